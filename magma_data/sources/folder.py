@@ -1,0 +1,46 @@
+"""The ``folder`` source: every video under a directory, recursively, one clip per file.
+
+Text is optional: a sidecar ``<video stem>.txt`` next to a video becomes its task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from magma_data.sources.base import VIDEO_SUFFIXES, Clip, ClipProblem
+
+
+class FolderSource:
+    name = "folder"
+
+    def __init__(self, root: Path, suffixes: tuple[str, ...] = VIDEO_SUFFIXES):
+        self.root = Path(root).resolve()
+        self.suffixes = tuple(s.lower() for s in suffixes)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"--root {self.root} is not a directory; point it at a folder of videos")
+
+    def clips(self) -> Iterator[Clip | ClipProblem]:
+        videos = sorted(
+            p for p in self.root.rglob("*")
+            if p.suffix.lower() in self.suffixes and p.is_file() and not p.name.startswith(".")
+        )
+        for path in videos:
+            relative = path.relative_to(self.root)
+            clip_id = relative.with_suffix("").as_posix()
+            try:
+                task = self._sidecar_text(path)
+            except UnicodeDecodeError as error:
+                yield ClipProblem(
+                    unit_id=f"{self.name}/{clip_id}",
+                    error_class="TextNotUtf8",
+                    message=f"{path.with_suffix('.txt')} is not UTF-8 ({error}); re-save it as UTF-8",
+                    video_path=str(path),
+                )
+                continue
+            yield Clip(clip_id=clip_id, video_uid=clip_id, video_path=str(path), task=task)
+
+    @staticmethod
+    def _sidecar_text(video: Path) -> str:
+        sidecar = video.with_suffix(".txt")
+        return sidecar.read_bytes().decode("utf-8").strip() if sidecar.is_file() else ""
