@@ -1,0 +1,121 @@
+"""Decode: read only the frames a window needs and resize them to the working height.
+
+decord seeks straight to the window's frames; PyAV is the fallback for files decord cannot open
+(AV1, some webm). Frames are resized to ``height`` pixels, aspect kept, with area averaging when
+shrinking. Decoded frames live only until the track stage; rows downstream carry small things.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from magma_data.stages.base import Row, StageError
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    height: int = 512  # working height in pixels; width follows the aspect ratio (Magma: 512)
+    backend: str = "auto"  # "auto" (decord, PyAV on failure) | "decord" | "pyav"
+
+
+class DecodeFailed(StageError):
+    pass
+
+
+def resized_width(width: int, height: int, target_height: int) -> int:
+    """Width at ``target_height`` with the aspect kept, rounded to an even number for video codecs."""
+    return max(2, int(round(width * target_height / height / 2)) * 2)
+
+
+def resize_frames(frames: np.ndarray, target_height: int) -> np.ndarray:
+    """[T, H, W, 3] -> [T, target_height, W', 3]; area filter when shrinking, cubic when enlarging."""
+    height, width = frames.shape[1:3]
+    if height == target_height:
+        return frames
+    size = (resized_width(width, height, target_height), target_height)
+    interpolation = cv2.INTER_AREA if target_height < height else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(frame, size, interpolation=interpolation) for frame in frames])
+
+
+class _DecordReader:
+    def __init__(self, path: str):
+        import decord
+
+        self.reader = decord.VideoReader(path, num_threads=1)
+
+    def frames(self, indices: np.ndarray) -> np.ndarray:
+        return self.reader.get_batch(indices.tolist()).asnumpy()
+
+
+class _PyAVReader:
+    """Seeks to the keyframe before the first wanted frame and decodes forward from there."""
+
+    def __init__(self, path: str):
+        import av
+
+        self.container = av.open(path)
+        self.stream = self.container.streams.video[0]
+        self.fps = float(self.stream.average_rate or self.stream.guessed_rate)
+
+    def frames(self, indices: np.ndarray) -> np.ndarray:
+        wanted = {int(i) for i in indices}
+        first, last = min(wanted), max(wanted)
+        time_base = float(self.stream.time_base)
+        start_time = float(self.stream.start_time or 0) * time_base
+        self.container.seek(int((start_time + first / self.fps) / time_base), stream=self.stream, backward=True)
+        found: dict[int, np.ndarray] = {}
+        for frame in self.container.decode(self.stream):
+            index = int(round((float(frame.pts) * time_base - start_time) * self.fps))
+            if index in wanted:
+                found[index] = frame.to_ndarray(format="rgb24")
+            if index >= last:
+                break
+        missing = sorted(wanted - found.keys())
+        if missing:
+            raise DecodeFailed(f"frames {missing[:5]} not found in the stream (video ends early?)")
+        return np.stack([found[int(i)] for i in indices])
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class DecodeStage:
+    """Adds ``frames`` uint8 [T, H, W, 3] RGB at the working height, plus the frame size."""
+
+    name: ClassVar[str] = "decode"
+    consumes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: DecodeConfig):
+        self.config = config
+        self._open: tuple[str, object] | None = None  # windows of one video arrive together
+
+    def placeholders(self) -> Row:
+        return {"frames": np.zeros((0, 0, 0, 3), np.uint8), "image_width": 0, "image_height": 0}
+
+    def __call__(self, row: Row) -> Row:
+        frames = self._read(row["video_path"], np.asarray(row["frame_indices"]))
+        if frames.ndim != 4 or frames.shape[0] != len(row["frame_indices"]) or frames.shape[1] < 2:
+            raise DecodeFailed(f"{row['video_path']}: decoded an unusable frame stack {frames.shape}")
+        frames = resize_frames(frames, self.config.height)
+        return {"frames": frames, "image_width": frames.shape[2], "image_height": frames.shape[1]}
+
+    def _read(self, path: str, indices: np.ndarray) -> np.ndarray:
+        backends = {"auto": ("decord", "pyav"), "decord": ("decord",), "pyav": ("pyav",)}[self.config.backend]
+        errors = []
+        for backend in backends:
+            try:
+                return self._reader(path, backend).frames(indices)
+            except Exception as error:  # try the next backend; report all if none works
+                self._open = None
+                errors.append(f"{backend}: {type(error).__name__}: {error}")
+        raise DecodeFailed(f"{path}: cannot decode frames {indices[0]}..{indices[-1]} ({'; '.join(errors)})")
+
+    def _reader(self, path: str, backend: str):
+        key = f"{backend}:{path}"
+        if self._open is None or self._open[0] != key:
+            self._open = (key, _DecordReader(path) if backend == "decord" else _PyAVReader(path))
+        return self._open[1]

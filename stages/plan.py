@@ -1,0 +1,123 @@
+"""Plan: cut each clip into fixed-length windows, the unit of work everything after it counts.
+
+A window is ``window_len`` frames taken every ``window_stride`` samples, at the video's native
+frame rate or resampled to ``fps``. Frame indices are native indices, so a row maps back to the
+source video. Clips that cannot hold one window are reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from magma_data.sources.base import Clip
+from magma_data.stages.base import StageError
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    window_len: int = 16  # frames per window (Magma: 16 future frames)
+    window_stride: int = 16  # samples between window starts
+    fps: float | None = None  # resample to this rate; None = the video's native rate
+    max_windows_per_clip: int | None = None  # evenly spaced subset of a long clip's windows
+
+
+class ClipTooShort(StageError):
+    pass
+
+
+class VideoUnreadable(StageError):
+    pass
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    num_frames: int
+
+
+def probe_video(path: str) -> VideoInfo:
+    """Frame rate and frame count from the container, without decoding frames."""
+    try:
+        import decord
+
+        reader = decord.VideoReader(path, num_threads=1)
+        info = VideoInfo(float(reader.get_avg_fps()), len(reader))
+        del reader
+    except Exception:  # decord cannot open every codec (AV1, some webm): ask PyAV
+        info = _probe_with_pyav(path)
+    if not info.num_frames or not math.isfinite(info.fps) or info.fps <= 0:
+        raise VideoUnreadable(f"{path}: no frames or no frame rate in the container ({info})")
+    return info
+
+
+def _probe_with_pyav(path: str) -> VideoInfo:
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoUnreadable(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            frames = stream.frames
+            if not frames:  # containers such as webm do not store a count: count packets
+                frames = sum(1 for packet in container.demux(stream) if packet.size)
+            return VideoInfo(fps, int(frames))
+    except VideoUnreadable:
+        raise
+    except Exception as error:
+        raise VideoUnreadable(
+            f"{path}: neither decord nor PyAV can open it ({type(error).__name__}: {error}); "
+            "check that the file is a complete video"
+        ) from error
+
+
+def sample_id_for(source: str, clip_id: str, frame_index: int, config: PlanConfig) -> str:
+    """A stable id for one window: the same clip, start and window geometry give the same id."""
+    key = f"{source}\x00{clip_id}\x00{frame_index}\x00{config.window_len}\x00{config.window_stride}\x00{config.fps}"
+    return hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def plan_windows(clip: Clip, info: VideoInfo, source: str, config: PlanConfig) -> list[dict]:
+    """The windows of one clip, as rows carrying everything later stages need to find the frames."""
+    start_frame = 0 if clip.start_sec is None else int(round(clip.start_sec * info.fps))
+    end_frame = info.num_frames if clip.end_sec is None else int(round(clip.end_sec * info.fps))
+    end_frame = min(end_frame, info.num_frames)
+    step = 1.0 if config.fps is None else info.fps / config.fps
+    span = end_frame - start_frame
+    samples = int(math.floor((span - 1) / step)) + 1 if span > 0 else 0
+    if samples < config.window_len:
+        raise ClipTooShort(
+            f"clip {clip.clip_id} has {max(samples, 0)} frames at the sampling rate, fewer than one "
+            f"window of {config.window_len}; lower --window-len or --fps to keep it"
+        )
+    starts = list(range(0, samples - config.window_len + 1, config.window_stride))
+    if config.max_windows_per_clip and len(starts) > config.max_windows_per_clip:
+        keep = np.linspace(0, len(starts) - 1, config.max_windows_per_clip).round().astype(int)
+        starts = [starts[i] for i in keep]
+    rows = []
+    for first in starts:
+        positions = start_frame + (first + np.arange(config.window_len)) * step
+        frame_indices = np.minimum(np.round(positions).astype(np.int64), info.num_frames - 1)
+        frame_index = int(frame_indices[0])
+        rows.append(
+            {
+                "unit_id": f"{source}/{clip.clip_id}/{frame_index:08d}",
+                "sample_id": sample_id_for(source, clip.clip_id, frame_index, config),
+                "source": source,
+                "video_uid": clip.video_uid,
+                "clip_id": clip.clip_id,
+                "video_path": clip.video_path,
+                "task": clip.task,
+                "frame_index": frame_index,
+                "frame_indices": frame_indices,
+                "fps": float(info.fps),
+                "window_fps": float(config.fps or info.fps),
+                "window_len": config.window_len,
+            }
+        )
+    return rows
