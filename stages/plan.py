@@ -8,6 +8,7 @@ source video. Clips that cannot hold one window are reported, never silently dro
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -121,3 +122,54 @@ def plan_windows(clip: Clip, info: VideoInfo, source: str, config: PlanConfig) -
             }
         )
     return rows
+
+
+def plan_error_row(unit_id: str, source: str, error_class: str, message: str, **identity) -> dict:
+    """A unit that failed before any frame was decoded; it goes straight to the errors table."""
+    return {
+        "unit_id": unit_id,
+        "sample_id": hashlib.sha1(unit_id.encode()).hexdigest()[:20],
+        "source": source,
+        "clip_id": identity.get("clip_id", ""),
+        "video_path": identity.get("video_path", ""),
+        "frame_index": -1,
+        "error_stage": "plan",
+        "error_class": error_class,
+        "error_message": message,
+        "error_attempt": 1,
+    }
+
+
+def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None, threads: int = 8) -> list[dict]:
+    """All units of a source in a stable order: window rows, and error rows for clips that yield none.
+
+    Videos are probed in a thread pool (header reads, no decoding) unless the source's metadata
+    already gives the frame rate and frame count.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from magma_data.sources.base import ClipProblem
+
+    def windows_of(item) -> list[dict]:
+        if isinstance(item, ClipProblem):
+            return [plan_error_row(item.unit_id, source, item.error_class, item.message, video_path=item.video_path)]
+        identity = {"clip_id": item.clip_id, "video_path": item.video_path}
+        try:
+            if item.fps and item.num_frames:
+                info = VideoInfo(item.fps, item.num_frames)
+            else:
+                info = probe_video(item.video_path)
+            return plan_windows(item, info, source, config)
+        except Exception as error:
+            unit = f"{source}/{item.clip_id}"
+            return [plan_error_row(unit, source, type(error).__name__, str(error), **identity)]
+
+    units: list[dict] = []
+    clips = iter(clips)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        while chunk := list(itertools.islice(clips, 4 * threads)):  # bounded look-ahead for --limit
+            for rows in pool.map(windows_of, chunk):
+                units.extend(rows)
+                if limit is not None and len(units) >= limit:
+                    return units[:limit]
+    return units

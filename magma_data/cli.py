@@ -1,0 +1,119 @@
+"""``magma-data``: run a pipeline on a source, check a source, and read the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from magma_data.config import RunConfig, parse_assignments
+from magma_data.pipelines import PIPELINES
+from magma_data.sources import available_sources, load_manifest
+
+#: Exit status of a run that finished but turned some units into error rows (see errors/).
+EXIT_SOME_UNITS_FAILED = 3
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def resolve_tracker(config: RunConfig) -> RunConfig:
+    """Turn ``--tracker auto`` into the tracker that will run, so the config hash names it."""
+    from magma_data.stages.cotracker3 import find_checkpoint
+
+    track = config.track
+    if track.tracker == "lk":
+        return config
+    checkpoint = find_checkpoint(track.checkpoint, variant=track.variant)
+    if checkpoint is None:
+        if track.tracker == "cotracker3":
+            raise click.UsageError(
+                f"no CoTracker3 checkpoint found; pass --checkpoint, set MAGMA_COTRACKER3_CHECKPOINT, or put "
+                f"scaled_{track.variant}.pth in ~/.cache/torch/hub/checkpoints/ (from the facebook/cotracker3 "
+                "model repository)"
+            )
+        click.echo("tracker: Lucas-Kanade on CPU (no CoTracker3 checkpoint found; --checkpoint to use one)", err=True)
+        return config.with_overrides({"track": {"tracker": "lk"}})
+    click.echo(f"tracker: CoTracker3 {track.variant} from {checkpoint}", err=True)
+    config = config.with_overrides({"track": {"tracker": "cotracker3", "checkpoint": str(checkpoint)}})
+    return dataclasses.replace(config, tracker_weights=_file_digest(checkpoint))
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log what each step decides.")
+def main(verbose: bool) -> None:
+    """Turn raw videos and robot episodes into Set-of-Mark / Trace-of-Mark training data."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Choice(PIPELINES))
+@click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
+@click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
+@click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
+@click.option("--tracker", type=click.Choice(["auto", "lk", "cotracker3"]), default="auto", show_default=True,
+              help="auto: CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="CoTracker3 weights (scaled_offline.pth).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--grid-size", type=int, default=15, show_default=True, help="Query grid is N x N points.")
+@click.option("--window-len", type=int, default=16, show_default=True, help="Frames per window.")
+@click.option("--window-stride", type=int, default=16, show_default=True, help="Frames between window starts.")
+@click.option("--fps", type=float, help="Resample windows to this frame rate (default: native).")
+@click.option("--height", type=int, default=512, show_default=True, help="Working frame height in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, help="Plan at most this many windows.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per tracker call.")
+@click.option("--rows-per-shard", type=int, default=256, show_default=True)
+@click.option("--set", "assignments", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Any other config field, e.g. --set marks.moving_threshold_px=2 (repeatable).")
+@click.option("--ray-address", help="Ray cluster address ('auto' inside `ray job submit`); default: local Ray.")
+@click.option("--num-cpus", type=int, help="CPUs for the embedded local Ray.")
+@click.option("--overwrite", is_flag=True, help="Delete this source's earlier output in --output and start over.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
+def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
+        height, seed, limit, batch_size, rows_per_shard, assignments, ray_address, num_cpus, overwrite, no_progress):
+    """Run PIPELINE on a source and write Parquet shards, errors and a dataset card to --output.
+
+    Exit status: 0 when every window became a row, 3 when the run finished but some units are
+    error rows (see errors/ and the summary), 1 on failure, 2 on a usage error.
+    """
+    from magma_data.progress import print_summary
+    from magma_data.runner import RunOptions, run as run_pipeline
+
+    try:
+        manifest = load_manifest(source)
+    except KeyError as error:
+        raise click.UsageError(str(error)) from None
+    config = RunConfig(pipeline=pipeline, source=source, seed=seed, limit=limit).with_overrides(manifest.defaults)
+    config = config.with_overrides({
+        "plan": {"window_len": window_len, "window_stride": window_stride, "fps": fps},
+        "decode": {"height": height},
+        "track": {"tracker": tracker, "grid_size": grid_size, "batch_size": batch_size, "precision": precision,
+                  "checkpoint": str(checkpoint) if checkpoint else None},
+        "sink": {"rows_per_shard": rows_per_shard},
+    })
+    try:
+        config = config.with_overrides(parse_assignments(assignments))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    config = resolve_tracker(config)
+    options = RunOptions(output=output or Path("out") / source, root=root, ray_address=ray_address,
+                         num_cpus=num_cpus, overwrite=overwrite, progress=not no_progress)
+    try:
+        summary = run_pipeline(config, options)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    print_summary(summary)
+    click.echo(f"wrote {options.output}", err=True)
+    if summary.error_rows:
+        sys.exit(EXIT_SOME_UNITS_FAILED)

@@ -1,0 +1,125 @@
+"""Run stages inside Ray Data: the bridge between ``map_batches`` batches and per-window rows.
+
+Stages take and return one row (a dict); Ray hands over a batch (a dict of NumPy columns). These
+adapters convert between the two, keep every row in the stream — a row that fails gets its
+error recorded, placeholder columns, and passes through the remaining stages untouched — and
+retry transient errors a bounded number of times. Pipelines call them from ``map_batches``.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from magma_data.stages.base import Row, Stage
+from magma_data.stages.track import TrackConfig, TrackStage
+
+#: Errors worth another try: the input may be fine and the system briefly not (network file
+#: systems, object stores). Anything else fails the window at once.
+TRANSIENT_ERRORS = (TimeoutError, ConnectionError, BlockingIOError, InterruptedError)
+MAX_ATTEMPTS = 3
+RETRY_BACKOFF_S = 0.5
+
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the tracker stage may take: one actor per GPU, or one CPU actor."""
+
+    tracker_actors: int = 1
+    gpus_per_tracker: float = 0.0
+    cpus_per_tracker: float = 1.0
+
+
+def batch_to_rows(batch: dict[str, np.ndarray]) -> list[Row]:
+    size = len(next(iter(batch.values()))) if batch else 0
+    return [{key: column[i] for key, column in batch.items()} for i in range(size)]
+
+
+def rows_to_batch(rows: list[Row]) -> dict[str, np.ndarray]:
+    """Stack equal-shape arrays; anything ragged or nested becomes an object column."""
+    batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        first = values[0]
+        if isinstance(first, np.ndarray) and all(
+            isinstance(v, np.ndarray) and v.shape == first.shape and v.dtype == first.dtype for v in values
+        ):
+            batch[key] = np.stack(values)
+        elif isinstance(first, (np.ndarray, list, dict, bytes)):
+            column = np.empty(len(values), dtype=object)
+            column[:] = values
+            batch[key] = column
+        else:
+            batch[key] = np.array(values)
+    return batch
+
+
+def mark_failed(row: Row, stage: str, error: BaseException, attempt: int = 1) -> None:
+    row["error_stage"] = stage
+    row["error_class"] = type(error).__name__
+    row["error_message"] = str(error) or "".join(traceback.format_exception_only(type(error), error)).strip()
+    row["error_attempt"] = attempt
+
+
+def apply_stage(row: Row, stage: Stage) -> None:
+    """Run ``stage`` on ``row`` in place; failures become the row's error, with retries for transient ones."""
+    if row["error_stage"]:
+        row.update(stage.placeholders())
+        return
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            row.update(stage(row))
+            return
+        except TRANSIENT_ERRORS as error:
+            if attempt == MAX_ATTEMPTS:
+                mark_failed(row, stage.name, error, attempt)
+            else:
+                time.sleep(RETRY_BACKOFF_S * attempt)
+        except Exception as error:  # one bad window must never stop the run
+            mark_failed(row, stage.name, error, attempt)
+            break
+    row.update(stage.placeholders())
+
+
+def run_stage(batch: dict[str, np.ndarray], stage: Stage) -> dict[str, np.ndarray]:
+    """``map_batches`` function for a CPU stage (the stage object travels with the task)."""
+    rows = batch_to_rows(batch)
+    for row in rows:
+        apply_stage(row, stage)
+        for column in stage.consumes:
+            row.pop(column, None)
+    return rows_to_batch(rows)
+
+
+class TrackActor:
+    """``map_batches`` class for the tracker: loads the model once per actor, batches windows."""
+
+    def __init__(self, config: TrackConfig):
+        self.stage = TrackStage(config)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = batch_to_rows(batch)
+        healthy = [row for row in rows if not row["error_stage"]]
+        results = self.stage.track_rows(healthy) if healthy else []
+        for row, result in zip(healthy, results):
+            if isinstance(result, BaseException):
+                mark_failed(row, self.stage.name, result)
+                row.update(self.stage.placeholders())
+            else:
+                row.update(result)
+        for row in rows:
+            if row["error_stage"] and "tracks" not in row:
+                row.update(self.stage.placeholders())
+            for column in self.stage.consumes:
+                row.pop(column, None)
+        return rows_to_batch(rows)
+
+
+def new_unit_row(plan_row: dict[str, Any]) -> Row:
+    """A planned window entering the stream, with empty error columns."""
+    return {**plan_row, "error_stage": "", "error_class": "", "error_message": "", "error_attempt": 0}

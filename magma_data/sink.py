@@ -1,0 +1,182 @@
+"""Sink: Parquet shards in Hugging Face layout, the errors table, and the ledger that makes runs resumable.
+
+Every planned unit has a fixed place: unit ``i`` of a source belongs to shard ``i // rows_per_shard``.
+A shard is written when all of its units have come back (as rows or as errors), under a temporary
+name, then renamed into place; only then does the ledger record it. A crashed run therefore
+leaves whole shards or nothing, and the re-run redoes exactly the shards the ledger lacks, so
+its output equals an uninterrupted run's, byte for byte (no timestamps inside data files).
+
+Layout of an output folder::
+
+    data/<source>/train-00000-of-00004.parquet    rows (one config per source in the card)
+    errors/<source>-00000-of-00004.parquet        what failed, where and why (only when something did)
+    .magma/<source>/ledger.sqlite                 committed shards, and the run's config hash
+    .magma/<source>/config.json                   the resolved config of the run
+    summary.json, README.md                       statistics and the dataset card
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from datasets import Features
+
+from magma_data.schema import ERROR_FEATURES, to_arrow_table
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    rows_per_shard: int = 256  # windows per shard: ~50-100 MB of Parquet with two JPEGs a row
+    rows_per_row_group: int = 32  # small row groups stream well (datasets, duckdb)
+
+
+class ConfigMismatch(RuntimeError):
+    pass
+
+
+def shard_name(index: int, total: int) -> str:
+    return f"train-{index:05d}-of-{total:05d}.parquet"
+
+
+class Ledger:
+    """Which shards of a source are committed, in a SQLite file beside the data."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS shards (shard INTEGER PRIMARY KEY, num_shards INTEGER, "
+            "units INTEGER, rows INTEGER, errors INTEGER, error_classes TEXT)"
+        )
+        self.db.commit()
+
+    def get(self, key: str) -> str | None:
+        found = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return found[0] if found else None
+
+    def set(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self.db.commit()
+
+    def committed(self) -> dict[int, dict]:
+        rows = self.db.execute("SELECT shard, units, rows, errors, error_classes FROM shards").fetchall()
+        return {s: {"units": u, "rows": r, "errors": e, "error_classes": json.loads(c)} for s, u, r, e, c in rows}
+
+    def commit(self, shard: int, num_shards: int, units: int, rows: int, errors: int, error_classes: dict) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?)",
+            (shard, num_shards, units, rows, errors, json.dumps(error_classes, sort_keys=True)),
+        )
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class OutputFolder:
+    """One source's part of an output folder: its ledger, its shards, and the config that made them."""
+
+    def __init__(self, root: Path, source: str, config_hash: str, config_json: str, overwrite: bool = False):
+        self.root, self.source, self.config_hash = Path(root), source, config_hash
+        self.state_dir = self.root / ".magma" / source
+        if overwrite:
+            self._clear()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.state_dir / "ledger.sqlite")
+        recorded = self.ledger.get("config_hash")
+        if recorded is not None and recorded != config_hash:
+            raise ConfigMismatch(
+                f"{self.root} already holds {source!r} data made with config {recorded}, and this run's "
+                f"config is {config_hash}; use another --output, the same options as before, or --overwrite "
+                "to start over"
+            )
+        if recorded is None:
+            (self.state_dir / "config.json").write_text(config_json)
+            self.ledger.set("config_hash", config_hash)
+        self.data_dir = self.root / "data" / source
+        self.errors_dir = self.root / "errors"
+        self._discard_partial_files()
+
+    def _clear(self) -> None:
+        for path in (self.root / "data" / self.source, self.state_dir):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in (self.root / "errors").glob(f"{self.source}-*.parquet"):
+            path.unlink()
+
+    def _discard_partial_files(self) -> None:
+        for folder in (self.data_dir, self.errors_dir):
+            if folder.is_dir():
+                for path in folder.glob(".*.partial"):
+                    path.unlink()
+
+    def committed_shards(self) -> dict[int, dict]:
+        return self.ledger.committed()
+
+    def write_shard(
+        self, index: int, total: int, rows: list[dict], errors: list[dict], features: Features, sink: SinkConfig
+    ) -> None:
+        """Write one shard's rows and errors atomically, then record it in the ledger."""
+        if rows:
+            self._write(self.data_dir / shard_name(index, total), to_arrow_table(rows, features), sink)
+        if errors:
+            name = f"{self.source}-{index:05d}-of-{total:05d}.parquet"
+            self._write(self.errors_dir / name, to_arrow_table(errors, ERROR_FEATURES), sink)
+        classes = Counter(error["error_class"] for error in errors)
+        self.ledger.commit(index, total, len(rows) + len(errors), len(rows), len(errors), dict(classes))
+
+    @staticmethod
+    def _write(path: Path, table, sink: SinkConfig) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        pq.write_table(
+            table,
+            partial,
+            row_group_size=sink.rows_per_row_group,
+            compression="zstd",
+            write_page_index=True,
+            use_content_defined_chunking=True,
+        )
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def write_dataset_card(root: Path, pipeline: str) -> None:
+    """README.md with one config per source folder (and a default over all), so both
+    ``load_dataset(root)`` and ``load_dataset(root, "<source>")`` work."""
+    sources = sorted(p.name for p in (root / "data").iterdir() if p.is_dir() and any(p.glob("train-*.parquet")))
+    lines = ["---", "configs:"]
+    lines += ["- config_name: default", "  default: true", "  data_files:", "  - split: train", "    path: data/*/train-*"]
+    for source in sources:
+        lines += [f"- config_name: {source}", "  data_files:", "  - split: train", f"    path: data/{source}/train-*"]
+    lines += ["tags:", "- set-of-mark", "- trace-of-mark", "- magma", "---", ""]
+    lines += [
+        f"# SoM/ToM windows made by magma-data ({pipeline})",
+        "",
+        "One row per window: the first frame (`image`), the frame with numbered marks (`som_image`), point",
+        "tracks after camera-motion removal, homographies and their quality, marks, Trace-of-Mark targets on",
+        "the 256x256 grid, and Magma conversation turns (`conversations`). Inputs that could not become rows",
+        "are listed with stage, error class and message under `errors/`.",
+        "",
+        "Sources: " + (", ".join(f"`{s}`" for s in sources) or "none yet") + ".",
+        "",
+    ]
+    (root / "README.md").write_text("\n".join(lines))

@@ -1,0 +1,50 @@
+"""video_tom: videos -> 16-frame windows -> point traces -> marks -> SoM image, ToM targets, Magma text.
+
+Read ``build`` top to bottom: each line is one stage with its batch size and resources, so the
+cost of each step is visible here. Planning runs on the driver (it only reads metadata and video
+headers); the sink, also on the driver, commits shards as their windows come back.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from magma_data.config import RunConfig
+from magma_data.execution import Resources, TrackActor, run_stage
+from magma_data.schema import video_tom_features
+from magma_data.sources.base import Source
+from magma_data.stages.camera import CameraStage
+from magma_data.stages.decode import DecodeStage
+from magma_data.stages.marks import MarksStage
+from magma_data.stages.plan import plan_source
+from magma_data.stages.render import RenderStage
+
+NAME = "video_tom"
+
+
+def features(config: RunConfig):
+    return video_tom_features(config.plan.window_len, config.track.grid_size**2)
+
+
+def plan(source: Source, config: RunConfig) -> list[dict]:
+    return plan_source(source.clips(), source.name, config.plan, limit=config.limit)
+
+
+def build(windows: ray.data.Dataset, config: RunConfig, resources: Resources) -> ray.data.Dataset:
+    seed = config.seed
+    return (
+        windows
+        # frames exist only between these two lines: ~20 MB a window at 512x768, so small batches
+        .map_batches(run_stage, fn_args=(DecodeStage(config.decode),), batch_size=2, num_cpus=1)
+        .map_batches(
+            TrackActor,
+            fn_constructor_args=(config.track,),
+            batch_size=config.track.batch_size,
+            num_gpus=resources.gpus_per_tracker,
+            num_cpus=resources.cpus_per_tracker,
+            compute=ray.data.ActorPoolStrategy(size=resources.tracker_actors),
+        )
+        .map_batches(run_stage, fn_args=(CameraStage(config.camera),), batch_size=16, num_cpus=1)
+        .map_batches(run_stage, fn_args=(MarksStage(config.marks, seed=seed),), batch_size=16, num_cpus=1)
+        .map_batches(run_stage, fn_args=(RenderStage(config.render),), batch_size=16, num_cpus=1)
+    )
