@@ -1,0 +1,104 @@
+"""The Ego4D reader on a miniature of the CLI's layout: narrations -> clips, every odd row reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from magma_data.sources import load_manifest, open_source
+from magma_data.sources.base import Clip, ClipProblem
+from magma_data.sources.ego4d import Ego4DSource, clean_narration, phrase_pattern
+from source_fixtures import ego4d_miniature
+
+
+@pytest.fixture(scope="module")
+def ego4d_root(tmp_path_factory):
+    return ego4d_miniature(tmp_path_factory.mktemp("ego4d") / "v2")
+
+
+def _read(root, **options):
+    units = list(Ego4DSource(root, **options).clips())
+    clips = {u.clip_id: u for u in units if isinstance(u, Clip)}
+    problems = {u.unit_id: u for u in units if isinstance(u, ClipProblem)}
+    return units, clips, problems
+
+
+def test_narrations_become_spans_up_to_the_next_narration(ego4d_root):
+    _, clips, _ = _read(ego4d_root)
+    first = clips["vid-a/narration_pass_1/00000"]
+    assert (first.start_sec, first.end_sec) == (0.0, 4.0)
+    assert first.task == "the person opens the drawer"
+    assert first.video_path == str(ego4d_root.resolve() / "full_scale" / "vid-a.mp4")
+    assert (first.fps, first.num_frames) == (4.0, 32)  # from ego4d.json, no probing needed
+    last = clips["vid-a/narration_pass_1/00001"]
+    assert (last.start_sec, last.end_sec) == (4.0, 8.0)  # capped by the video's duration
+    assert last.extra["narration_text"] == "#C C puts the café cup on the 瓶 shelf"
+
+
+def test_non_ascii_narrations_are_kept(ego4d_root):
+    _, clips, _ = _read(ego4d_root)
+    assert clips["vid-a/narration_pass_1/00001"].task == "the person puts the café cup on the 瓶 shelf"
+
+
+def test_verb_filter_matches_whole_words_only(ego4d_root):
+    _, clips, problems = _read(ego4d_root)
+    assert "vid-c/narration_pass_1/00000" in clips  # "understands" is not "stand"
+    assert clips["vid-c/narration_pass_1/00004"].task == "the person wipes the sidewalk"
+    dropped = problems["ego4d/vid-c/narration_pass_1/00001"]
+    assert dropped.error_class == "NarrationFiltered" and "walks" in dropped.message
+
+
+def test_every_awkward_row_is_a_problem_with_a_reason(ego4d_root):
+    _, _, problems = _read(ego4d_root)
+    classes = {unit: p.error_class for unit, p in problems.items()}
+    assert classes == {
+        "ego4d/../../outside": "PathEscapesRoot",
+        "ego4d/vid-c/narration_pass_1/00001": "NarrationFiltered",
+        "ego4d/vid-c/narration_pass_1/00002": "EmptyText",
+        "ego4d/vid-c/narration_pass_1/00003": "ZeroLengthWindow",
+        "ego4d/vid-c/narration_pass_1/00005": "TextNotUtf8",
+        "ego4d/vid-c/narration_pass_1/00006": "BadTimestamp",
+        "ego4d/vid-c/narration_pass_1/00007": "ClipTooShort",
+        "ego4d/vid-missing": "VideoMissing",
+        "ego4d/vid-stereo": "StereoVideo",
+        "ego4d/vid-unknown": "UnknownVideoUid",
+    }
+    assert "ego4d --datasets full_scale --video_uids vid-missing" in problems["ego4d/vid-missing"].message
+    assert all(p.message for p in problems.values())
+
+
+def test_order_is_stable_and_passes_are_selectable(ego4d_root):
+    first, _, _ = _read(ego4d_root)
+    again, _, _ = _read(ego4d_root)
+    assert first == again
+    _, clips, _ = _read(ego4d_root, passes=["narration_pass_1", "narration_pass_2"])
+    assert clips["vid-a/narration_pass_2/00000"].task == "the person opens a drawer"
+
+
+def test_manifest_opens_the_reader(ego4d_root):
+    manifest = load_manifest("ego4d")
+    source = open_source(manifest, ego4d_root)
+    assert source.name == "ego4d"
+    assert manifest.defaults["camera"]["force"] is True
+    assert sum(isinstance(u, Clip) for u in source.clips()) == 4
+
+
+def test_missing_metadata_says_which_option_to_set(tmp_path):
+    with pytest.raises(FileNotFoundError, match="option metadata"):
+        Ego4DSource(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "dropped"),
+    [("C walks to the door", True), ("C walked", True), ("C walking", True), ("C crosses the sidewalk", False),
+     ("C stands up", True), ("C understands", False), ("C is conversing", True), ("C moves around", True),
+     ("C moving around the room", True), ("C looks around", True), ("C looks at the pot", False),
+     ("C LAUGHS", True), ("C reads a walkthrough", False)],
+)
+def test_phrase_pattern(text, dropped):
+    pattern = phrase_pattern(("converse", "walk", "laugh", "stand", "move around", "looks around"))
+    assert bool(pattern.search(text)) is dropped
+
+
+def test_clean_narration():
+    assert clean_narration("#C C picks a #unsure from the table") == "the person picks a something from the table"
+    assert clean_narration("#O man X gives C a cup") == "man X gives the person a cup"
