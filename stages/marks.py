@@ -1,0 +1,151 @@
+"""Marks: pick the few traces a Set-of-Mark image labels, split into moving and static.
+
+Magma keeps traces visible in more than half the window, calls a trace moving when its mean
+step (after camera compensation) exceeds a threshold, clusters the moving and the static traces
+with k-means on their positions, keeps one trace per cluster and numbers all marks with a random
+permutation so an id does not tell whether its mark moves. Every draw here is seeded from the
+run seed and the sample id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import faiss
+import numpy as np
+
+from .base import Row, StageError, seeded_rng
+from .camera import mean_step_length, usable_points
+
+
+@dataclass(frozen=True)
+class MarksConfig:
+    """Which traces become marks (defaults: Magma's video loader)."""
+
+    #: keep traces usable in more than this fraction of the window's frames
+    min_visible_fraction: float = 0.5
+    #: a trace moves when its mean compensated step exceeds this many pixels per frame
+    #: (video loader 3, demo 2, robot 1; manifests override it per source)
+    moving_threshold_px: float = 3.0
+    #: inclusive range the number of moving clusters is drawn from
+    moving_clusters: tuple[int, int] = (2, 5)
+    #: inclusive range the number of static clusters is drawn from
+    static_clusters: tuple[int, int] = (6, 14)
+    #: Lloyd iterations of faiss k-means; fixed so the result does not depend on convergence tests
+    kmeans_iterations: int = 50
+
+
+class MarksStage:
+    """Chooses the marked traces of one window and gives them shuffled ids 1..K."""
+
+    name: ClassVar[str] = "marks"
+    consumes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: MarksConfig | None = None, seed: int = 0):
+        self.config = config or MarksConfig()
+        self.seed = seed
+
+    def placeholders(self) -> Row:
+        return {
+            "mark_ids": np.zeros(0, np.int32),
+            "mark_xy": np.zeros((0, 2), np.float32),
+            "mark_positive": np.zeros(0, bool),
+            "mark_track_index": np.zeros(0, np.int32),
+            "num_moving_points": np.int32(0),
+            "num_visible_points": np.int32(0),
+        }
+
+    def __call__(self, row: Row) -> Row:
+        cfg = self.config
+        sample_id = row["sample_id"]
+        tracks = np.asarray(row["tracks"], dtype=np.float32)
+        usable = usable_points(row)
+        if not usable.any():
+            raise StageError(
+                "no tracked point is visible in any frame of the window; "
+                "the tracker lost everything (check the decoded frames)"
+            )
+        num_frames = len(tracks)
+        kept = np.flatnonzero(usable.sum(axis=0) > cfg.min_visible_fraction * num_frames)
+        moving = mean_step_length(tracks, usable)[kept] > cfg.moving_threshold_px
+        features = _cluster_features(tracks[:, kept], usable[:, kept])
+
+        groups = []
+        for is_moving, cluster_range in ((True, cfg.moving_clusters), (False, cfg.static_clusters)):
+            purpose = "moving" if is_moving else "static"
+            low, high = cluster_range
+            k = int(seeded_rng(self.seed, sample_id, f"{purpose} cluster count").integers(low, high + 1))
+            kmeans_seed = int(seeded_rng(self.seed, sample_id, f"{purpose} kmeans").integers(2**31))
+            members = np.flatnonzero(moving == is_moving)
+            chosen = _representatives(features[members], k, kmeans_seed, cfg.kmeans_iterations)
+            groups.append((kept[members[chosen]], is_moving))
+
+        track_index = np.concatenate([indices for indices, _ in groups]).astype(np.int32)
+        positive = np.concatenate([np.full(len(indices), flag) for indices, flag in groups])
+        ids = seeded_rng(self.seed, sample_id, "mark ids").permutation(len(track_index)) + 1
+        order = np.argsort(ids)
+        return {
+            "mark_ids": ids[order].astype(np.int32),
+            "mark_xy": tracks[0, track_index[order]].reshape(-1, 2),
+            "mark_positive": positive[order].astype(bool),
+            "mark_track_index": track_index[order],
+            "num_moving_points": np.int32(moving.sum()),
+            "num_visible_points": np.int32(len(kept)),
+        }
+
+
+def _cluster_features(tracks: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """[N, 2T] float32 absolute positions per trace, as Magma clusters them.
+
+    An unusable step takes the nearest earlier usable position (or, before the first one, the
+    first usable position): an occluded or lost point is taken to stay where it was last seen,
+    so the tracker's guesses behind an occluder do not pull it into another cluster.
+    """
+    num_frames, num_points = usable.shape
+    frame = np.arange(num_frames)[:, None]
+    last_seen = np.maximum.accumulate(np.where(usable, frame, -1), axis=0)
+    first_seen = np.argmax(usable, axis=0)
+    source = np.where(last_seen >= 0, last_seen, first_seen[None, :])
+    filled = tracks[source, np.arange(num_points)[None, :]]
+    return np.ascontiguousarray(filled.transpose(1, 0, 2).reshape(num_points, 2 * num_frames), np.float32)
+
+
+def _representatives(features: np.ndarray, k: int, seed: int, iterations: int) -> np.ndarray:
+    """Indices into ``features`` of one trace per non-empty k-means cluster, in cluster order.
+
+    With no more traces than clusters (Magma's min(k, n)), every trace is its own cluster.
+
+    The representative is the member nearest its centroid rather than Magma's random member:
+    the mark then shows the cluster's typical motion, not an outlier, and the choice needs no
+    extra draw (the randomness Magma relies on is already in k and the k-means seed).
+
+    k-means runs on one thread: a few hundred traces are a millisecond of work, and OpenMP
+    threads on a busy machine (many pipeline workers) turned that into ~150 ms of contention.
+    """
+    count = len(features)
+    if count <= k:
+        return np.arange(count)
+    kmeans = faiss.Kmeans(
+        features.shape[1],
+        k,
+        niter=iterations,
+        seed=seed,
+        min_points_per_centroid=1,
+        max_points_per_centroid=max(count, 256),
+        verbose=False,
+    )
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        kmeans.train(features)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    distances = ((features[:, None, :] - kmeans.centroids[None, :, :]) ** 2).sum(axis=-1)
+    labels = distances.argmin(axis=1)
+    chosen = []
+    for cluster in range(k):
+        members = np.flatnonzero(labels == cluster)
+        if len(members):
+            chosen.append(members[distances[members, cluster].argmin()])
+    return np.asarray(chosen, np.int64)
