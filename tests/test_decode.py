@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from magma_data.sources.sample import SceneSpec, render_scene, write_video
+from magma_data.stages.decode import DecodeConfig, DecodeFailed, DecodeStage, resized_width
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("decode") / "clip.mp4"
+    clip = render_scene(SceneSpec(width=192, height=128, num_frames=24, pan=(2.0, 0.0), seed=3))
+    write_video(clip.frames, path, fps=12.0)
+    return path, clip.frames
+
+
+def _row(path, indices):
+    return {"video_path": str(path), "frame_indices": np.asarray(indices, np.int64)}
+
+
+def test_decodes_only_the_requested_frames_at_the_working_height(small_video):
+    path, frames = small_video
+    out = DecodeStage(DecodeConfig(height=256))(_row(path, [4, 5, 6, 7]))
+    assert out["frames"].shape == (4, 256, 384, 3)
+    assert (out["image_width"], out["image_height"]) == (384, 256)
+
+
+def test_pyav_fallback_gives_the_same_frames_as_decord(small_video):
+    path, frames = small_video
+    indices = [8, 9, 10, 11, 12]
+    by_decord = DecodeStage(DecodeConfig(height=128, backend="decord"))(_row(path, indices))["frames"]
+    by_pyav = DecodeStage(DecodeConfig(height=128, backend="pyav"))(_row(path, indices))["frames"]
+    assert np.array_equal(by_decord, by_pyav)
+    for decoded, wanted in zip(by_decord.astype(int), indices):  # the right frames, not their neighbours
+        distances = [np.abs(decoded - source).mean() for source in frames]
+        assert int(np.argmin(distances)) == wanted
+
+
+def test_aspect_is_kept_with_an_even_width():
+    assert resized_width(854, 480, 512) == 910
+    assert resized_width(368, 480, 512) == 392
+
+
+def test_an_unreadable_file_fails_with_both_backends_named(tmp_path):
+    bogus = tmp_path / "bogus.mp4"
+    bogus.write_bytes(b"not a video at all")
+    with pytest.raises(DecodeFailed, match="decord.*pyav"):
+        DecodeStage(DecodeConfig())(_row(bogus, [0, 1]))
