@@ -1,0 +1,283 @@
+"""Render: the Set-of-Mark image, the Trace-of-Mark targets and Magma's conversation text.
+
+Follows the reference (magma.md §4 step 12, §7, §8) with its data defects fixed (§17.9, §17.10):
+grid coordinates are rounded, not truncated; a point is invisible when the tracker lost it, the
+camera stage could not align its frame, or it lies outside [0, 256) on any side; inputs are never
+modified; the SoM-only fallback reuses the clustered marks instead of drawing traces again.
+
+Choices where the reference leaves room, in one place:
+
+- Rounding: grid coordinates are ``floor(256·x/W + 0.5)``, clipped to 255 (a point just inside
+  the right or bottom edge would otherwise round onto 256, off the grid).
+- Invisible points are dropped before thinning (Magma thins first, so a lost point could be the
+  "last kept" one and suppress a real point after it).
+- ``tom_targets`` holds, per ToM mark, its whole thinned trace as ``[[x, y], ...]`` Python ints,
+  the start point first; the conversation's future list is that trace without its first point.
+- The SoM-only coordinates use the same rounding as the ToM targets.
+- An empty task (folder videos often have none) drops the semantic turn and the sentence
+  "The person is doing: {task}." from the ToM question; the rest of the template is kept word
+  for word, so the text stays in Magma's distribution. A task's own final period is dropped
+  there, so the sentence does not end in "..".
+- A window with no marks gets no SoM/ToM turn; a video window left with no turn at all fails.
+- ``<image>`` placeholders refer, in order, to ``image`` (semantic turn, when present) and then
+  ``som_image``; the "robot" style has no semantic turn (its action turn is added elsewhere).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import ClassVar, Literal
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .base import Row, StageError
+from .camera import usable_points
+
+IMAGE_PLACEHOLDER = "<image>\n"
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """How marks are drawn and the training text is written (defaults: Magma's video loader)."""
+
+    #: "video": semantic turn + person ToM turn (§8.1, §8.2); "robot": robot ToM turn (§8.5) only
+    style: Literal["video", "robot"] = "video"
+    #: JPEG quality of ``image`` and ``som_image``
+    jpeg_quality: int = 95
+    #: a ToM mark whose mean speed on the grid is below this (grid units per kept point) is
+    #: dropped (ego4d 2, epic 1, robot 1)
+    speed_threshold: float = 2.0
+    #: thinning: a trace point is kept only this far (grid units) from the last kept one
+    min_point_distance: float = 2.0
+    #: a ToM mark needs more than T // this many kept points; None for no minimum (robot loader)
+    min_points_divisor: int | None = 4
+    #: side of the square grid the conversation's coordinates live on
+    grid_size: int = 256
+    #: mark font size: the smallest whose "55" box reaches this fraction of the image width
+    font_width_fraction: float = 0.03
+
+
+class RenderStage:
+    """Draws the marks on the window's first frame and writes the SoM/ToM conversation."""
+
+    name: ClassVar[str] = "render"
+    consumes: ClassVar[tuple[str, ...]] = ("frame0",)
+
+    def __init__(self, config: RenderConfig | None = None):
+        self.config = config or RenderConfig()
+
+    def placeholders(self) -> Row:
+        return {
+            "image": b"",
+            "som_image": b"",
+            "tom_mark_ids": np.zeros(0, np.int32),
+            "tom_targets": [],
+            "tom_steps": np.int32(0),
+            "conversations": [],
+        }
+
+    def __call__(self, row: Row) -> Row:
+        cfg = self.config
+        frame = np.asarray(row["frame0"])
+        width, height = int(row["image_width"]), int(row["image_height"])
+        if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+            raise StageError(
+                f"frame0 is {frame.dtype} {frame.shape}, expected uint8 ({height}, {width}, 3) "
+                "to match image_width/image_height; check the decode stage"
+            )
+        ids = np.asarray(row["mark_ids"], dtype=np.int64)
+        mark_xy = np.asarray(row["mark_xy"], dtype=np.float64)
+        positive = np.asarray(row["mark_positive"], dtype=bool)
+
+        picture = Image.fromarray(frame)
+        marked = draw_marks(picture, ids, mark_xy, mark_font(width, cfg.font_width_fraction))
+
+        tom_ids, targets = self._tom_targets(row, ids, positive, width, height)
+        task = str(row["task"]).strip()
+        conversations = []
+        if cfg.style == "video" and task:
+            conversations += semantic_turn(task)
+        if len(tom_ids):
+            conversations += tom_turn(cfg.style, task, ids, tom_ids, targets, cfg.grid_size)
+        elif len(ids):
+            grid_xy = to_grid(mark_xy, width, height, cfg.grid_size)
+            conversations += som_turn(ids, grid_xy, cfg.grid_size)
+        if cfg.style == "video" and not conversations:
+            raise StageError(
+                "window has no marks and no task text, so no conversation can be written; "
+                "give the source a task text or check the tracks of this window"
+            )
+
+        return {
+            "image": _jpeg(picture, cfg.jpeg_quality),
+            "som_image": _jpeg(marked, cfg.jpeg_quality),
+            "tom_mark_ids": tom_ids.astype(np.int32),
+            "tom_targets": [target.tolist() for target in targets],
+            "tom_steps": np.int32(max((len(target) - 1 for target in targets), default=0)),
+            "conversations": conversations,
+        }
+
+    def _tom_targets(
+        self, row: Row, ids: np.ndarray, positive: np.ndarray, width: int, height: int
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Ids (ascending) and grid traces of the moving marks that survive Magma's rules.
+
+        Fewer than two moving marks is Magma's static fallback: no ToM, SoM only.
+        """
+        if positive.sum() < 2:
+            return np.zeros(0, np.int64), []
+        tracks = np.asarray(row["tracks"], dtype=np.float64)
+        usable = usable_points(row)
+        track_index = np.asarray(row["mark_track_index"], dtype=np.int64)
+        kept_ids, targets = [], []
+        for mark in np.argsort(ids):
+            if not positive[mark]:
+                continue
+            point = track_index[mark]
+            target = self._grid_trace(tracks[:, point], usable[:, point], width, height)
+            if target is not None:
+                kept_ids.append(ids[mark])
+                targets.append(target)
+        return np.asarray(kept_ids, np.int64), targets
+
+    def _grid_trace(
+        self, trace: np.ndarray, usable: np.ndarray, width: int, height: int
+    ) -> np.ndarray | None:
+        """[L, 2] int32 thinned grid trace of one mark, or None when Magma would skip it."""
+        cfg = self.config
+        grid = quantise(trace, width, height, cfg.grid_size)
+        on_grid = usable & ((grid >= 0) & (grid < cfg.grid_size)).all(axis=1)
+        points = thin(grid[on_grid], cfg.min_point_distance)
+        if cfg.min_points_divisor and len(points) <= len(trace) // cfg.min_points_divisor:
+            return None
+        if len(points) < 2:
+            return None
+        speed = np.linalg.norm(np.diff(points, axis=0), axis=1).mean()
+        if speed < cfg.speed_threshold:
+            return None
+        return round_to_grid(points, cfg.grid_size)
+
+
+def quantise(xy: np.ndarray, width: int, height: int, grid_size: int) -> np.ndarray:
+    """Pixel positions [..., 2] to float grid positions: x' = size·x/W, y' = size·y/H."""
+    return np.asarray(xy, dtype=np.float64) * (grid_size / np.array([width, height], np.float64))
+
+
+def round_to_grid(grid_xy: np.ndarray, grid_size: int) -> np.ndarray:
+    """Float grid positions to the nearest integer cell, clipped to [0, size - 1]."""
+    return np.clip(np.floor(grid_xy + 0.5), 0, grid_size - 1).astype(np.int32)
+
+
+def to_grid(xy: np.ndarray, width: int, height: int, grid_size: int) -> np.ndarray:
+    """Pixel positions to integer grid cells."""
+    return round_to_grid(quantise(xy, width, height, grid_size), grid_size)
+
+
+def thin(points: np.ndarray, min_distance: float) -> np.ndarray:
+    """Keep a point only if it is at least ``min_distance`` from the last kept one (first kept)."""
+    if len(points) == 0:
+        return points
+    kept = [points[0]]
+    for point in points[1:]:
+        if np.linalg.norm(point - kept[-1]) >= min_distance:
+            kept.append(point)
+    return np.asarray(kept)
+
+
+@lru_cache(maxsize=32)
+def mark_font(image_width: int, width_fraction: float = 0.03) -> ImageFont.FreeTypeFont:
+    """The smallest bundled font whose "55" reaches ``width_fraction`` of the image width.
+
+    Magma's rule (§7) with Pillow's scalable default font in place of Arial: the size grows
+    from 1 until min(right, bottom) of textbbox((0, 0), "55") is at least the target.
+    """
+    target = width_fraction * image_width
+    size = 1
+    while True:
+        font = ImageFont.load_default(size=size)
+        if min(_text_size("55", font)) >= target:
+            return font
+        size += 1
+
+
+def draw_marks(
+    image: Image.Image, ids: np.ndarray, xy: np.ndarray, font: ImageFont.FreeTypeFont
+) -> Image.Image:
+    """A copy of ``image`` with a filled red disc and the white id at each mark (§7)."""
+    marked = image.copy()
+    draw = ImageDraw.Draw(marked)
+    for mark_id, (x, y) in zip(ids, xy):
+        text = str(int(mark_id))
+        text_w, text_h = _text_size(text, font)
+        radius = max(text_w, text_h) // 2 + 1
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill="red")
+        draw.text((x - text_w // 2, y - text_h // 2 - 3), text, fill="white", font=font)
+    return marked
+
+
+def _text_size(text: str, font: ImageFont.FreeTypeFont) -> tuple[int, int]:
+    """Right and bottom of the text box drawn at the origin, as Magma measures text."""
+    _, _, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox(
+        (0, 0), text, font=font
+    )
+    return right, bottom
+
+
+def semantic_turn(task: str) -> list[dict[str, str]]:
+    """§8.1, the ego4d / sthv2 question every video source uses."""
+    return [
+        {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat is the person doing in the image?\n"},
+        {"from": "gpt", "value": f"{task}\n"},
+    ]
+
+
+def tom_turn(
+    style: str,
+    task: str,
+    ids: np.ndarray,
+    tom_ids: np.ndarray,
+    targets: list[np.ndarray],
+    grid_size: int = 256,
+) -> list[dict[str, str]]:
+    """§8.2 (video) or §8.5 (robot, with the colon): where the moving marks go next."""
+    all_ids = sorted(int(mark_id) for mark_id in ids)
+    steps = max(len(target) - 1 for target in targets)
+    actor, colon = ("robot", ":") if style == "robot" else ("person", "")
+    doing = f"The {actor} is doing: {task.removesuffix('.')}. " if task else ""
+    question = (
+        f"{IMAGE_PLACEHOLDER}\nThe image is split into {grid_size}x{grid_size} grids, and labeled "
+        f"with numeric marks{colon} {all_ids}.\n{doing}To finish the task, how to move the numerical marks "
+        f"in the image for the next {steps} steps?\n"
+    )
+    starts = ", ".join(
+        f"Mark {mark_id} at [{target[0, 0]},{target[0, 1]}]"
+        for mark_id, target in zip(tom_ids, targets)
+    )
+    futures = "".join(
+        f'"Mark {mark_id}": "[{",".join(f"[{x},{y}]" for x, y in target[1:])}]"\n\n'
+        for mark_id, target in zip(tom_ids, targets)
+    )
+    answer = f"{starts} should be moved, and their future positions are:\n\n{futures}"
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
+def som_turn(ids: np.ndarray, grid_xy: np.ndarray, grid_size: int = 256) -> list[dict[str, str]]:
+    """§8.3: locate every mark, ids ascending."""
+    question = (
+        f"{IMAGE_PLACEHOLDER}\nThe image is split into {grid_size}x{grid_size} grids, and labeled "
+        "with numeric marks.\nPlease locate all the numerical marks in the image.\n"
+    )
+    order = np.argsort(ids)
+    answer = ". ".join(
+        f"Mark {int(ids[mark])} at [{grid_xy[mark, 0]},{grid_xy[mark, 1]}]" for mark in order
+    )
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": f"{answer}\n"}]
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
