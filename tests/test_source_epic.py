@@ -72,3 +72,10 @@ def test_manifest_defaults(epic_root):
                                                ("00:00:00", 0.0), ("1:2", None), ("", None)])
 def test_parse_timestamp(text, seconds):
     assert parse_timestamp(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_a_csv_listed_twice_gives_duplicate_rows_distinct_unit_ids(epic_root):
+    notes = "epic-kitchens-100-annotations/"
+    units, _, problems = _read(epic_root, annotations=[notes + "EPIC_100_validation.csv"] * 2)
+    assert len({u.unit_id if isinstance(u, ClipProblem) else u.clip_id for u in units}) == len(units)
+    assert problems["epic_kitchens/P02_101_0@EPIC_100_validation.csv:2"].error_class == "DuplicateId"

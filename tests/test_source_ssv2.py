@@ -57,3 +57,10 @@ def test_fill_template_slot_variants():
         "Putting 2 pens onto a book"
     with pytest.raises(TemplateMismatch):
         fill_template("Holding [something]", [])
+
+
+def test_a_split_listed_twice_is_reported_not_duplicated(ssv2_root):
+    units = list(SomethingSomethingV2Source(ssv2_root, annotations=["something-something-v2-train.json"] * 2).clips())
+    assert sum(isinstance(u, Clip) for u in units) == 2
+    duplicates = [u for u in units if isinstance(u, ClipProblem) and u.error_class == "DuplicateId"]
+    assert len(duplicates) == 5 and len({u.unit_id for u in duplicates}) == 5

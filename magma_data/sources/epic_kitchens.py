@@ -90,9 +90,9 @@ class EpicKitchensSource:
         narration_id = (row.get("narration_id") or "").strip() or where
         unit = f"{self.name}/{narration_id}"
         video_id = (row.get("video_id") or "").strip()
-        if narration_id in seen:
-            return ClipProblem(unit, "DuplicateId", f"{where}: narration_id {narration_id} appears twice; "
-                                                    "list each annotation CSV once")
+        if narration_id in seen:  # the unit id names the row: the first one already owns the plain id
+            return ClipProblem(f"{unit}@{where}", "DuplicateId",
+                               f"{where}: narration_id {narration_id} appears twice; list each annotation CSV once")
         seen.add(narration_id)
         if info is not None and video_id not in info:
             return ClipProblem(unit, "UnknownVideoId",

@@ -71,12 +71,20 @@ class SomethingSomethingV2Source:
 
     def clips(self) -> Iterator[Clip | ClipProblem]:
         known = set(load_json_lenient(self.labels_path)) if self.labels_path else None
+        seen: set[str] = set()
         for path in self.annotation_paths:
             entries = load_json_lenient(path)
             if not isinstance(entries, list):
                 raise ValueError(f"{path}: expected a JSON list of {{id, label, template, placeholders}}")
             for position, entry in enumerate(entries):
-                yield self._clip(entry, f"{path.name}[{position}]", known)
+                where = f"{path.name}[{position}]"
+                video_id = str(entry.get("id", "")).strip() if isinstance(entry, dict) else ""
+                if video_id and video_id in seen:  # the first entry already owns the plain unit id
+                    yield ClipProblem(f"{self.name}/{video_id}@{where}", "DuplicateId",
+                                      f"{where}: id {video_id} appears twice; list each split file once")
+                    continue
+                seen.add(video_id)
+                yield self._clip(entry, where, known)
 
     def _clip(self, entry, where: str, known: set[str] | None) -> Clip | ClipProblem:
         video_id = str(entry.get("id", "")).strip() if isinstance(entry, dict) else ""

@@ -1,0 +1,250 @@
+"""Open-X-Embodiment read in place: RLDS episodes, each a unit of (dataset, episode, step) windows.
+
+Layout (as ``gsutil -m cp -r gs://gresearch/robotics/<dataset>`` leaves it; ``--root`` holds the
+dataset folders, or is one dataset's version folder)::
+
+    <dataset>/<version>/dataset_info.json, features.json, <dataset>-train.tfrecord-00000-of-00064 ...
+
+Episodes are not video files, so this source yields ``RobotEpisode`` units instead of clips: the
+episode's address in the RLDS dataset, its instruction, its length, the camera to track and its
+actions. No frame is kept here; ``magma_data.stages.rlds_frames`` reads a window's frames later,
+on a worker. Reading needs TensorFlow and tensorflow-datasets (``pip install magma-data[oxe]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from magma_data.sources.base import ClipProblem, PathEscapesRoot, resolve_inside
+
+#: Magma's primary camera per dataset of the oxe_magic_soup mixture (magma.md §12); others use "image".
+PRIMARY_IMAGE_KEYS = {
+    "bridge_orig": "image_0",
+    "taco_play": "rgb_static",
+    "roboturk": "front_rgb",
+    "viola": "agentview_rgb",
+    "language_table": "rgb",
+}
+
+#: Where datasets keep the instruction, first match wins (fractal and kuka keep it in the observation).
+INSTRUCTION_KEYS = ("language_instruction", "observation/natural_language_instruction")
+
+#: RT-1 style action dictionaries, concatenated in this order into the 7-D EEF action.
+RT1_ACTION_KEYS = ("world_vector", "rotation_delta", "gripper_closedness_action")
+
+MISSING_EXTRA = (
+    "reading Open-X-Embodiment (RLDS TFRecord) needs TensorFlow and tensorflow-datasets; "
+    "install them with `pip install 'magma-data[oxe]'`"
+)
+
+
+def import_tfds():
+    """tensorflow_datasets with TensorFlow, or an ImportError that says how to install them."""
+    try:
+        import tensorflow as tf  # noqa: F401  (TFRecord reading needs the real TensorFlow)
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise ImportError(MISSING_EXTRA) from error
+    tf.config.set_visible_devices([], "GPU")  # the GPU belongs to the tracker, never to the reader
+    return tfds
+
+
+@dataclass(frozen=True, eq=False)
+class RobotEpisode:
+    """One RLDS episode: where it is, what it asks for, and what the robot did at each step."""
+
+    episode_id: str  # "<dataset>/<split>/<index:06d>", unique and stable within the source
+    dataset: str
+    builder_dir: str  # absolute, inside the source root
+    split: str
+    episode_index: int  # position in the split, as tfds slicing ("train[i:i+1]") counts it
+    instruction: str
+    image_key: str  # observation key of the camera to track
+    num_steps: int
+    actions: np.ndarray = field(repr=False)  # float32 [num_steps, 7]: xyz delta, rotation delta, gripper
+    image_size: tuple[int, int] | None = None  # (height, width) from the features, when fixed
+    tom: bool = True  # False where Magma skips SoM/ToM (berkeley_cable_routing, kuka)
+
+
+def _lookup(nested: Mapping, path: str):
+    for part in path.split("/"):
+        if not isinstance(nested, Mapping) or part not in nested:
+            return None
+        nested = nested[part]
+    return nested
+
+
+class OpenXSource:
+    """RLDS episodes of the Open-X datasets under ``root``; see the module docstring."""
+
+    name = "oxe"
+
+    def __init__(
+        self,
+        root: Path,
+        datasets: Sequence[str] = (),
+        splits: Sequence[str] = ("train",),
+        image_keys: Mapping[str, str] = PRIMARY_IMAGE_KEYS,
+        default_image_key: str = "image",
+        no_tom_datasets: Sequence[str] = ("berkeley_cable_routing", "kuka"),
+        max_episodes: int | None = None,
+    ):
+        """
+        Args:
+            root: folder of ``<dataset>/<version>/`` folders, or one such version folder.
+            datasets: dataset folder names to read; empty = every dataset found.
+            splits: RLDS splits to read, when the dataset has them.
+            image_keys: camera to track per dataset; ``default_image_key`` for the rest.
+            no_tom_datasets: datasets whose episodes get the action turn only (as in Magma).
+            max_episodes: read at most this many episodes per dataset and split (quick looks).
+        """
+        self.root = Path(root).resolve()
+        self.datasets = tuple(datasets)
+        self.splits = tuple(splits)
+        self.image_keys = dict(image_keys)
+        self.default_image_key = default_image_key
+        self.no_tom_datasets = set(no_tom_datasets)
+        self.max_episodes = max_episodes
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"--root {self.root} is not a directory; point it at the Open-X download")
+
+    def builder_dirs(self) -> list[tuple[str, Path | ClipProblem]]:
+        """(dataset name, its newest version folder), sorted by name; the root itself if it is one."""
+        if (self.root / "dataset_info.json").is_file():
+            return [(self.root.parent.name, self.root)]
+        found = []
+        names = self.datasets or sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        for name in names:
+            try:
+                folder = resolve_inside(self.root, name)
+            except PathEscapesRoot as error:
+                found.append((name, ClipProblem(f"{self.name}/{name}", "PathEscapesRoot", str(error))))
+                continue
+            versions = sorted(
+                (v for v in folder.glob("*/dataset_info.json")), key=lambda p: _version_key(p.parent.name)
+            )
+            if versions:
+                found.append((name, versions[-1].parent))
+            elif self.datasets:  # asked for by name, so its absence is a problem, not a stray folder
+                found.append((name, ClipProblem(f"{self.name}/{name}", "DatasetMissing",
+                                                f"{folder} has no <version>/dataset_info.json; download the "
+                                                f"dataset (gsutil -m cp -r gs://gresearch/robotics/{name} ...)")))
+        if not found:
+            raise FileNotFoundError(
+                f"no RLDS dataset under {self.root} (expected <dataset>/<version>/dataset_info.json); "
+                "point --root at the folder holding the Open-X dataset folders"
+            )
+        return found
+
+    def clips(self) -> Iterator[RobotEpisode | ClipProblem]:
+        """Every episode of every dataset and split, in a stable order (the source protocol's method)."""
+        tfds = import_tfds()
+        for name, folder in self.builder_dirs():
+            if isinstance(folder, ClipProblem):
+                yield folder
+                continue
+            yield from self._dataset_episodes(tfds, name, folder)
+
+    def _dataset_episodes(self, tfds, name: str, folder: Path) -> Iterator[RobotEpisode | ClipProblem]:
+        unit = f"{self.name}/{name}"
+        try:
+            builder = tfds.builder_from_directory(str(folder))
+            steps = builder.info.features["steps"]
+        except Exception as error:  # a broken or partial download must not stop the other datasets
+            yield ClipProblem(unit, "DatasetUnreadable",
+                              f"{folder}: tensorflow-datasets cannot open it ({type(error).__name__}: {error}); "
+                              "re-download the dataset", str(folder))
+            return
+        image_key = self.image_keys.get(name, self.default_image_key)
+        cameras = steps["observation"] if "observation" in steps.keys() else {}
+        if image_key not in cameras.keys():
+            images = [k for k, f in cameras.items() if isinstance(f, tfds.features.Image)]
+            yield ClipProblem(unit, "ImageKeyMissing",
+                              f"{name} has no observation/{image_key}; its cameras are {images}; set the reader "
+                              f"option image_keys: {{{name}: <one of them>}}", str(folder))
+            return
+        shape = cameras[image_key].shape
+        image_size = (int(shape[0]), int(shape[1])) if shape[0] and shape[1] else None
+        skip_images = {
+            "steps": {"observation": {k: tfds.decode.SkipDecoding() for k, f in cameras.items()
+                                      if isinstance(f, tfds.features.Image)}}
+        }
+        for split in self.splits:
+            if split not in builder.info.splits:
+                continue
+            selection = split if self.max_episodes is None else f"{split}[:{self.max_episodes}]"
+            dataset = builder.as_dataset(split=selection, shuffle_files=False, decoders=skip_images)
+            for index, episode in enumerate(dataset):
+                yield self._episode(name, folder, split, index, episode["steps"], image_key, image_size)
+
+    def _episode(self, name, folder, split, index, steps_dataset, image_key, image_size):
+        episode_id = f"{name}/{split}/{index:06d}"
+        unit = f"{self.name}/{episode_id}"
+        steps = all_steps(steps_dataset)
+        if steps is None:
+            return ClipProblem(unit, "EmptyEpisode", f"episode {episode_id} has no steps", str(folder))
+        actions = _actions(steps.get("action"))
+        if actions is None or actions.ndim != 2 or actions.shape[1] != 7:
+            layout = getattr(actions, "shape", None) if actions is not None else type(steps.get("action")).__name__
+            return ClipProblem(unit, "ActionNot7D",
+                               f"{name} actions are {layout}; Magma's action turn needs 7-D EEF actions "
+                               "(xyz delta, rotation delta, gripper); leave the dataset out with the reader "
+                               "option datasets", str(folder))
+        instruction, problem = _instruction(steps, unit, str(folder))
+        if problem:
+            return problem
+        return RobotEpisode(
+            episode_id=episode_id, dataset=name, builder_dir=str(folder), split=split, episode_index=index,
+            instruction=instruction, image_key=image_key, num_steps=len(actions), actions=actions,
+            image_size=image_size, tom=name not in self.no_tom_datasets,
+        )
+
+
+def all_steps(steps_dataset) -> dict | None:
+    """An episode's ``steps`` dataset as one dict of NumPy arrays with a leading step axis; None if empty."""
+    import tensorflow as tf
+
+    try:
+        batched = steps_dataset.batch(1 << 30).get_single_element()
+    except tf.errors.InvalidArgumentError:  # "Dataset was empty"
+        return None
+    return tf.nest.map_structure(lambda tensor: tensor.numpy(), batched)
+
+
+def _actions(action) -> np.ndarray | None:
+    if action is None:
+        return None
+    if isinstance(action, Mapping):
+        if not all(key in action for key in RT1_ACTION_KEYS):
+            return None
+        parts = [np.asarray(action[key]).reshape(len(np.asarray(action[key])), -1) for key in RT1_ACTION_KEYS]
+        return np.concatenate(parts, axis=1).astype(np.float32)
+    return np.asarray(action, dtype=np.float32)
+
+
+def _instruction(steps, unit: str, where: str) -> tuple[str, ClipProblem | None]:
+    """The episode's first non-empty instruction; a problem when there is none or it is not UTF-8."""
+    for key in INSTRUCTION_KEYS:
+        values = _lookup(steps, key)
+        if values is None:
+            continue
+        for raw in np.asarray(values).reshape(-1):
+            raw = raw if isinstance(raw, bytes) else bytes(raw)
+            if not raw.strip():
+                continue
+            try:
+                return raw.decode("utf-8").strip(), None
+            except UnicodeDecodeError:
+                return "", ClipProblem(unit, "TextNotUtf8",
+                                       f"instruction {raw!r:.120} is not UTF-8; the dataset's text is damaged", where)
+    return "", ClipProblem(unit, "EpisodeWithoutInstruction",
+                           f"no step has a non-empty {' or '.join(INSTRUCTION_KEYS)}; Magma skips unlabeled "
+                           "episodes (skip_unlabeled)", where)
+
+
+def _version_key(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else -1 for part in name.split("."))
