@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -182,7 +183,10 @@ def _init_ray(options: RunOptions) -> None:
 
     if ray.is_initialized():
         return
-    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    quiet = not log.isEnabledFor(logging.INFO)  # Ray's start-up chatter only with --verbose
+    if quiet:
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR if quiet else logging.INFO)
     if options.ray_address:
         ray.init(address=options.ray_address, **kwargs)
     else:
