@@ -99,7 +99,17 @@ class _Fit:
 
 
 class CameraStage:
-    """Removes camera motion from a window's tracks with per-frame homographies to frame 0."""
+    """Removes camera motion from a window's tracks with per-frame homographies to frame 0.
+
+    Replaces ``tracks`` (float32 [T, N, 2], now in frame-0 coordinates where aligned) and adds
+    ``homography`` float32 [T, 3, 3] (frame t -> frame 0; identity where not applied),
+    ``homography_ok`` bool [T] (frame t is aligned; all False when the window is not
+    compensated), ``inlier_ratio`` float32 [T] (0 where not fitted), ``reprojection_error``
+    float32 [T] (inlier RMS in pixels; NaN where not fitted), ``camera_motion`` bool (the window
+    is compensated: the motion rule fired or ``force``), ``moving_fraction`` float32 (share of
+    kept traces over ``global_motion_px`` before compensation) and ``camera_status`` str
+    ("static", "applied", "forced" or "fallback: frames ... could not be fitted (reasons)").
+    """
 
     name: ClassVar[str] = "camera"
     consumes: ClassVar[tuple[str, ...]] = ()

@@ -37,7 +37,14 @@ class MarksConfig:
 
 
 class MarksStage:
-    """Chooses the marked traces of one window and gives them shuffled ids 1..K."""
+    """Chooses the marked traces of one window and gives them shuffled ids 1..K.
+
+    Adds, sorted by id: ``mark_ids`` int32 [K] (1..K), ``mark_xy`` float32 [K, 2] (window-start
+    pixels), ``mark_positive`` bool [K] (the mark moves), ``mark_track_index`` int32 [K] (index
+    into the N traces), and the counts ``num_moving_points`` / ``num_visible_points`` int32 of
+    kept traces. K = 0 is a valid answer (no trace visible long enough); a window with no usable
+    point in any frame is an error, since the tracker then lost everything.
+    """
 
     name: ClassVar[str] = "marks"
     consumes: ClassVar[tuple[str, ...]] = ()

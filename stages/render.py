@@ -61,7 +61,13 @@ class RenderConfig:
 
 
 class RenderStage:
-    """Draws the marks on the window's first frame and writes the SoM/ToM conversation."""
+    """Draws the marks on the window's first frame and writes the SoM/ToM conversation.
+
+    Adds ``image`` and ``som_image`` (JPEG bytes of ``frame0`` without / with marks),
+    ``tom_mark_ids`` int32 [M] (ascending), ``tom_targets`` (M lists of [x, y] grid ints, start
+    point first), ``tom_steps`` int32 (N of the ToM question, 0 without a ToM turn) and
+    ``conversations`` (list of {"from": "human" | "gpt", "value": str}); drops ``frame0``.
+    """
 
     name: ClassVar[str] = "render"
     consumes: ClassVar[tuple[str, ...]] = ("frame0",)
