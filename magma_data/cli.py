@@ -117,3 +117,32 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
     click.echo(f"wrote {options.output}", err=True)
     if summary.error_rows:
         sys.exit(EXIT_SOME_UNITS_FAILED)
+
+
+@main.command()
+@click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
+@click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
+@click.option("--window-len", type=int, default=16, show_default=True, help="Frames (or robot steps) per window.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
+def check(source, root, window_len, report_path):
+    """Validate a source before any tracking time is spent.
+
+    Reads the metadata as a run would, probes every video's header, and reports clips, videos,
+    windows, missing or unreadable videos, clips shorter than a window, frame-rate outliers and
+    empty text. Exit status: 0 when some clip is usable, 1 when nothing is (or the source cannot
+    be read), 2 on a usage error.
+    """
+    from magma_data.check import run_check
+
+    try:
+        load_manifest(source)
+    except KeyError as error:
+        raise click.UsageError(str(error)) from None
+    try:
+        report = run_check(source, root, window_len=window_len, report_path=report_path)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    report.render()
+    if not report.usable:
+        sys.exit(1)

@@ -57,7 +57,7 @@ def test_every_awkward_row_is_a_problem_with_a_reason(ego4d_root):
         "ego4d/vid-c/narration_pass_1/00003": "ZeroLengthWindow",
         "ego4d/vid-c/narration_pass_1/00005": "TextNotUtf8",
         "ego4d/vid-c/narration_pass_1/00006": "BadTimestamp",
-        "ego4d/vid-c/narration_pass_1/00007": "ClipTooShort",
+        "ego4d/vid-c/narration_pass_1/00007": "NarrationTooShort",
         "ego4d/vid-missing": "VideoMissing",
         "ego4d/vid-stereo": "StereoVideo",
         "ego4d/vid-unknown": "UnknownVideoUid",

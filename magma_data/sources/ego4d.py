@@ -190,7 +190,7 @@ class Ego4DSource:
                                   "no time; nothing to track", str(path))
                 continue
             if end - start < self.min_duration_sec:
-                yield ClipProblem(unit, "ClipTooShort",
+                yield ClipProblem(unit, "NarrationTooShort",
                                   f"span {start:.3f}-{end:.3f} s is shorter than min_duration_sec "
                                   f"{self.min_duration_sec} s (Magma's Ego4D filter)", str(path))
                 continue
