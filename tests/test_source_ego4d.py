@@ -102,3 +102,32 @@ def test_phrase_pattern(text, dropped):
 def test_clean_narration():
     assert clean_narration("#C C picks a #unsure from the table") == "the person picks a something from the table"
     assert clean_narration("#O man X gives C a cup") == "man X gives the person a cup"
+
+
+def test_run_video_tom_on_ego4d_writes_rows_that_map_back_to_the_narrations(tmp_path):
+    """The headline command on a miniature: rows carry the narration, the video and the frame index."""
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from magma_data.cli import EXIT_SOME_UNITS_FAILED, main
+
+    root = ego4d_miniature(tmp_path / "v2", video_size=(128, 96))
+    output = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "run", "video_tom", "--input", "ego4d", "--root", str(root), "--output", str(output),
+        "--tracker", "lk", "--height", "96", "--grid-size", "8", "--num-cpus", "2", "--no-progress",
+    ])
+    # the miniature's awkward narrations are error rows, so the run reports that some units failed
+    assert result.exit_code == EXIT_SOME_UNITS_FAILED, result.output
+
+    rows = pq.read_table(sorted((output / "data" / "ego4d").glob("train-*.parquet"))).to_pylist()
+    got = sorted((r["video_uid"], r["frame_index"], r["task"], r["source"]) for r in rows)
+    assert got == [
+        ("vid-a", 0, "the person opens the drawer", "ego4d"),
+        ("vid-a", 16, "the person puts the café cup on the 瓶 shelf", "ego4d"),  # 4.0 s at 4 fps
+    ]
+    assert all(r["clip_id"].startswith("vid-a/narration_pass_1/") for r in rows)
+    errors = pq.read_table(sorted((output / "errors").glob("ego4d-*.parquet"))).to_pylist()
+    classes = sorted(e["error_class"] for e in errors)
+    assert classes.count("ClipTooShort") == 2 and "VideoMissing" in classes and "PathEscapesRoot" in classes
+    assert len(errors) == 12  # the 10 source problems and the 2 narrations shorter than a window
