@@ -80,7 +80,7 @@ class ToyTabletop(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self):
         for index, (num_steps, instruction) in enumerate(TABLETOP_EPISODES):
-            video = frames(num_steps, WIDTH, HEIGHT, seed=index)
+            video = frames(num_steps, WIDTH, HEIGHT, seed=index, speed=1.5, radius=0.3)  # a robot arm's pace
             yield f"episode_{index}", {
                 "steps": [_step(video[t], t, num_steps, tabletop_action(t, num_steps),
                                 {"language_instruction": instruction}) for t in range(num_steps)],

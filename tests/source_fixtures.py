@@ -18,11 +18,13 @@ from magma_data.sources.sample import SceneSpec, MovingObject, render_scene, wri
 NOT_UTF8 = "@@NOT_UTF8@@"  # replaced by a raw 0xff byte when a metadata file is written
 
 
-def frames(num_frames: int = 32, width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:
-    """A small textured scene with one moving object, so trackers have something to follow."""
+def frames(num_frames: int = 32, width: int = 64, height: int = 48, seed: int = 0,
+           speed: float = 0.6, radius: float = 0.2) -> np.ndarray:
+    """A small textured scene with one moving object (``speed`` px/frame, ``radius`` x height),
+    so trackers have something to follow."""
     spec = SceneSpec(
         width=width, height=height, num_frames=num_frames, pan=(0.3, 0.0), seed=seed,
-        objects=(MovingObject((-width / 6, 0), height / 5, (0.6, 0.2), (220, 40, 40)),),
+        objects=(MovingObject((-width / 6, 0), height * radius, (speed, speed / 3), (220, 40, 40)),),
     )
     return render_scene(spec).frames
 

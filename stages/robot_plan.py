@@ -1,0 +1,77 @@
+"""Robot plan: every step of an episode starts a window of the steps that follow it.
+
+Magma-OXE-ToM traces, for each frame of an episode, that frame and the ones after it; near the
+end the indices are clamped to the last step, so a window repeats the final frame rather than
+getting shorter (the OpenVLA future-observation gather). Rows carry the episode's address in
+its RLDS dataset, the step's action and the dataset's action bounds; frames are read later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from magma_data.sources.base import ClipProblem
+from magma_data.sources.oxe import RobotEpisode
+from magma_data.stages.action_tokens import ActionBounds, action_bounds
+from magma_data.stages.plan import PlanConfig, plan_error_row, sample_id_for
+
+
+def future_indices(step: int, num_steps: int, window_len: int) -> np.ndarray:
+    """``step, step+1, ...`` for ``window_len`` steps, clamped at the episode's last step."""
+    return np.minimum(step + np.arange(window_len), num_steps - 1).astype(np.int64)
+
+
+def episode_windows(episode: RobotEpisode, source: str, config: PlanConfig, bounds: ActionBounds) -> list[dict]:
+    """One row per window start (every ``window_stride`` steps) of one episode."""
+    rows = []
+    for step in range(0, episode.num_steps, config.window_stride):
+        rows.append({
+            "unit_id": f"{source}/{episode.episode_id}/{step:06d}",
+            "sample_id": sample_id_for(source, episode.episode_id, step, config),
+            "source": source,
+            "video_uid": episode.episode_id,
+            "clip_id": episode.episode_id,
+            "video_path": episode.builder_dir,
+            "task": episode.instruction,
+            "frame_index": step,
+            "frame_indices": future_indices(step, episode.num_steps, config.window_len),
+            "fps": 0.0,  # robot windows count steps; RLDS records no frame rate
+            "window_fps": 0.0,
+            "window_len": config.window_len,
+            "dataset": episode.dataset,
+            "split": episode.split,
+            "episode_index": episode.episode_index,
+            "image_key": episode.image_key,
+            "tom": episode.tom,
+            "action": episode.actions[step].astype(np.float32),
+            "action_q01": bounds.low,
+            "action_q99": bounds.high,
+        })
+    return rows
+
+
+def plan_episodes(units: Iterable[RobotEpisode | ClipProblem], source: str, config: PlanConfig,
+                  limit: int | None = None) -> list[dict]:
+    """All units of a robot source in order: window rows, and error rows for its problems.
+
+    Action bounds are per dataset, over the episodes planned (all of them unless ``limit`` stops
+    the reading early), as OpenVLA computes its normalisation statistics.
+    """
+    taken: list[RobotEpisode | ClipProblem] = []
+    planned = 0
+    for unit in units:
+        taken.append(unit)
+        planned += 1 if isinstance(unit, ClipProblem) else -(-unit.num_steps // config.window_stride)
+        if limit is not None and planned >= limit:
+            break
+    bounds = action_bounds([u for u in taken if isinstance(u, RobotEpisode)])
+    rows: list[dict] = []
+    for unit in taken:
+        if isinstance(unit, ClipProblem):
+            rows.append(plan_error_row(unit.unit_id, source, unit.error_class, unit.message,
+                                       video_path=unit.video_path))
+        else:
+            rows.extend(episode_windows(unit, source, config, bounds[unit.dataset]))
+    return rows[:limit] if limit is not None else rows
