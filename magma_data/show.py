@@ -1,0 +1,102 @@
+"""``magma-data show``: look at what a run wrote before training on it.
+
+Prints per-source statistics (rows, errors by class, how often camera compensation fired and how
+well it fitted, marks and ToM coverage) and draws a contact sheet: each SoM image with the traces
+of its moving marks, as Magma's visualisation shows them, so a bad threshold or a drifting tracker
+is visible at a glance.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+STAT_COLUMNS = ["camera_motion", "homography_ok", "inlier_ratio", "mark_ids", "mark_positive", "tom_steps", "tracker"]
+
+
+@dataclass
+class SourceStats:
+    source: str
+    rows: int = 0
+    errors: Counter = field(default_factory=Counter)
+    camera_motion: float = 0.0  # fraction of windows compensated
+    homography_ok: float = 0.0  # fraction of compensated frames with an accepted fit
+    inlier_ratio: float = 0.0  # median over fitted frames
+    marks_per_row: float = 0.0
+    moving_marks_per_row: float = 0.0
+    tom_rows: float = 0.0  # fraction of rows with a ToM turn
+    trackers: list[str] = field(default_factory=list)
+
+
+def dataset_stats(root: Path) -> list[SourceStats]:
+    stats = []
+    for folder in sorted(p for p in (root / "data").iterdir() if p.is_dir()):
+        table = pq.read_table(folder, columns=STAT_COLUMNS)
+        entry = SourceStats(source=folder.name, rows=table.num_rows)
+        if table.num_rows:
+            compensated = table.filter(table["camera_motion"])
+            ok = np.concatenate([np.asarray(v, bool) for v in compensated["homography_ok"].to_pylist()] or [np.zeros(0)])
+            ratios = np.concatenate([np.asarray(v, float) for v in compensated["inlier_ratio"].to_pylist()] or [np.zeros(0)])
+            entry.camera_motion = compensated.num_rows / table.num_rows
+            entry.homography_ok = float(ok.mean()) if ok.size else 0.0
+            entry.inlier_ratio = float(np.median(ratios[ratios > 0])) if (ratios > 0).any() else 0.0
+            entry.marks_per_row = float(pc.mean(pc.list_value_length(table["mark_ids"])).as_py())
+            entry.moving_marks_per_row = float(np.mean([sum(v) for v in table["mark_positive"].to_pylist()]))
+            entry.tom_rows = float(pc.mean(pc.greater(table["tom_steps"], 0)).as_py())
+            entry.trackers = sorted(set(table["tracker"].to_pylist()))
+        for path in sorted((root / "errors").glob(f"{folder.name}-*.parquet")):
+            entry.errors.update(pq.read_table(path, columns=["error_class"])["error_class"].to_pylist())
+        stats.append(entry)
+    return stats
+
+
+def draw_traces(row: dict) -> Image.Image:
+    """The SoM image with each moving mark's compensated trace drawn from its start, fading in."""
+    image = Image.open(io.BytesIO(row["som_image"]["bytes"])).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    tracks = np.asarray(row["tracks"], np.float32)  # T N 2
+    visibility = np.asarray(row["visibility"], bool)  # T N
+    steps = len(tracks)
+    for index, positive in zip(row["mark_track_index"], row["mark_positive"]):
+        if not positive:
+            continue
+        points = [tuple(tracks[t, index]) for t in range(steps) if visibility[t, index]]
+        for t, (start, end) in enumerate(zip(points, points[1:])):
+            shade = int(80 + 175 * (t + 1) / max(len(points) - 1, 1))
+            draw.line([start, end], fill=(255, shade, 0), width=3)
+    return image
+
+
+def contact_sheet(root: Path, count: int, destination: Path, columns: int = 4, thumb_height: int = 256) -> Path:
+    """A grid of the first ``count`` rows (across sources, in shard order) with their traces."""
+    wanted = ["som_image", "tracks", "visibility", "mark_track_index", "mark_positive"]
+    pictures = []
+    for path in sorted((root / "data").glob("*/train-*.parquet")):
+        for row in pq.read_table(path, columns=wanted).slice(0, count - len(pictures)).to_pylist():
+            picture = draw_traces(row)
+            width = max(1, round(picture.width * thumb_height / picture.height))
+            pictures.append(picture.resize((width, thumb_height), Image.Resampling.LANCZOS))
+        if len(pictures) >= count:
+            break
+    if not pictures:
+        raise FileNotFoundError(f"no rows under {root / 'data'}; run `magma-data run` first")
+    cell_width = max(p.width for p in pictures)
+    rows = -(-len(pictures) // columns)
+    sheet = Image.new("RGB", (cell_width * min(columns, len(pictures)), thumb_height * rows), "white")
+    for i, picture in enumerate(pictures):
+        sheet.paste(picture, ((i % columns) * cell_width, (i // columns) * thumb_height))
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(destination)
+    return destination
+
+
+def stats_json(stats: list[SourceStats]) -> str:
+    return json.dumps([{**s.__dict__, "errors": dict(s.errors)} for s in stats], indent=2, sort_keys=True)
