@@ -25,6 +25,18 @@ def _episode(dataset="toy", index=0, num_steps=20, instruction="pick up the cup"
                         num_steps=num_steps, actions=actions, tom=tom)
 
 
+def test_manifest_sets_magmas_robot_settings():
+    from magma_data.config import RunConfig
+    from magma_data.sources import load_manifest
+
+    config = RunConfig(pipeline="oxe_tom", source="oxe").with_overrides(load_manifest("oxe").defaults)
+    assert (config.marks.moving_threshold_px, config.marks.moving_clusters, config.marks.static_clusters) == \
+        (1.0, (2, 4), (4, 9))
+    assert config.camera.force is False and config.camera.global_motion_px == 1.0
+    assert (config.render.style, config.render.speed_threshold, config.render.min_points_divisor) == ("robot", 1.0, None)
+    assert (config.plan.window_stride, config.plan.window_len, config.decode.height) == (1, 16, 256)
+
+
 def test_future_steps_are_clamped_at_the_episode_end():
     assert future_indices(0, 20, 16).tolist() == list(range(16))
     assert future_indices(10, 20, 16).tolist() == list(range(10, 20)) + [19] * 6

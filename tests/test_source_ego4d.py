@@ -131,3 +131,12 @@ def test_run_video_tom_on_ego4d_writes_rows_that_map_back_to_the_narrations(tmp_
     classes = sorted(e["error_class"] for e in errors)
     assert classes.count("ClipTooShort") == 2 and "VideoMissing" in classes and "PathEscapesRoot" in classes
     assert len(errors) == 12  # the 10 source problems and the 2 narrations shorter than a window
+
+
+def test_manifest_defaults_compose_into_the_run_config():
+    from magma_data.config import RunConfig
+
+    config = RunConfig(source="ego4d").with_overrides(load_manifest("ego4d").defaults)
+    assert config.camera.force is True and config.render.speed_threshold == 2.0
+    assert (config.marks.moving_threshold_px, config.marks.moving_clusters, config.marks.static_clusters) == \
+        (3.0, (2, 5), (6, 14))

@@ -79,3 +79,12 @@ def test_a_csv_listed_twice_gives_duplicate_rows_distinct_unit_ids(epic_root):
     units, _, problems = _read(epic_root, annotations=[notes + "EPIC_100_validation.csv"] * 2)
     assert len({u.unit_id if isinstance(u, ClipProblem) else u.clip_id for u in units}) == len(units)
     assert problems["epic_kitchens/P02_101_0@EPIC_100_validation.csv:2"].error_class == "DuplicateId"
+
+
+def test_manifest_defaults_compose_into_the_run_config():
+    from magma_data.config import RunConfig
+
+    config = RunConfig(source="epic_kitchens").with_overrides(load_manifest("epic_kitchens").defaults)
+    assert config.camera.force is True and config.render.speed_threshold == 1.0
+    assert (config.marks.moving_threshold_px, config.marks.moving_clusters, config.marks.static_clusters) == \
+        (3.0, (2, 5), (6, 14))

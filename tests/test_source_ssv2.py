@@ -64,3 +64,10 @@ def test_a_split_listed_twice_is_reported_not_duplicated(ssv2_root):
     assert sum(isinstance(u, Clip) for u in units) == 2
     duplicates = [u for u in units if isinstance(u, ClipProblem) and u.error_class == "DuplicateId"]
     assert len(duplicates) == 5 and len({u.unit_id for u in duplicates}) == 5
+
+
+def test_manifest_defaults_compose_into_the_run_config():
+    from magma_data.config import RunConfig
+
+    config = RunConfig(source="ssv2").with_overrides(load_manifest("ssv2").defaults)
+    assert config.camera.force is False and config.marks.moving_threshold_px == 3.0
