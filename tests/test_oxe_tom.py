@@ -102,7 +102,7 @@ def test_datasets_without_tom_keep_only_the_action_turn():
     assert len(ActionTokensStage()(_rendered_row(tom=False))["conversations"]) == 2
 
 
-tfds = pytest.importorskip("tensorflow_datasets", reason="the [oxe] extra (tensorflow-datasets) is not installed")
+pytest.importorskip("tensorflow_datasets", reason="the [oxe] extra (tensorflow-datasets) is not installed")
 pytest.importorskip("tensorflow", reason="the [oxe] extra (TensorFlow, to read TFRecord) is not installed")
 
 from rlds_fixtures import HEIGHT, WIDTH, oxe_miniature  # noqa: E402

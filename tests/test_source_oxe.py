@@ -19,7 +19,7 @@ def test_missing_extra_says_how_to_install(monkeypatch):
     assert "TensorFlow" in MISSING_EXTRA
 
 
-tfds = pytest.importorskip("tensorflow_datasets", reason="the [oxe] extra (tensorflow-datasets) is not installed")
+pytest.importorskip("tensorflow_datasets", reason="the [oxe] extra (tensorflow-datasets) is not installed")
 pytest.importorskip("tensorflow", reason="the [oxe] extra (TensorFlow, to read TFRecord) is not installed")
 
 from rlds_fixtures import TABLETOP_EPISODES, oxe_miniature, tabletop_action  # noqa: E402
