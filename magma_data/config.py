@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from magma_data.sink import SinkConfig
+from magma_data.stages.action_tokens import ActionConfig
 from magma_data.stages.camera import CameraConfig
 from magma_data.stages.decode import DecodeConfig
 from magma_data.stages.marks import MarksConfig
@@ -39,6 +40,7 @@ class RunConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     marks: MarksConfig = field(default_factory=MarksConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)  # robot pipelines only
     sink: SinkConfig = field(default_factory=SinkConfig)
     tracker_weights: str = ""  # digest of the CoTracker3 checkpoint, when one is used
 

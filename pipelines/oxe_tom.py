@@ -67,5 +67,5 @@ def build(windows: ray.data.Dataset, config: RunConfig, resources: Resources) ->
         .map_batches(run_stage, fn_args=(CameraStage(config.camera),), batch_size=16, num_cpus=1)
         .map_batches(run_stage, fn_args=(MarksStage(config.marks, seed=seed),), batch_size=16, num_cpus=1)
         .map_batches(run_stage, fn_args=(RenderStage(config.render),), batch_size=16, num_cpus=1)
-        .map_batches(run_stage, fn_args=(ActionTokensStage(),), batch_size=64, num_cpus=1)
+        .map_batches(run_stage, fn_args=(ActionTokensStage(config.action),), batch_size=64, num_cpus=1)
     )
