@@ -114,7 +114,11 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
     print_summary(summary)
-    click.echo(f"wrote {options.output}", err=True)
+    if summary.nothing_to_do:
+        click.echo(f"nothing to do: all {summary.shards} shards of {source!r} in {options.output} were committed by "
+                   "an earlier run with this config (--overwrite starts over)", err=True)
+    else:
+        click.echo(f"wrote {options.output}", err=True)
     if summary.error_rows:
         sys.exit(EXIT_SOME_UNITS_FAILED)
 

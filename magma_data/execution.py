@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from magma_data.faults import crash_on_clips, crash_once
 from magma_data.stages.base import Row, Stage
 from magma_data.stages.track import TrackConfig, TrackStage
 
@@ -24,6 +25,14 @@ TRANSIENT_ERRORS = (TimeoutError, ConnectionError, BlockingIOError, InterruptedE
 MAX_ATTEMPTS = 3
 RETRY_BACKOFF_S = 0.5
 
+#: Ray-level retries of a task whose worker process died (killed for memory, a segfault in a
+#: decoder, a lost node). Ray Data's default is unbounded, which turns a video that crashes its
+#: decoder every time into an endless loop; bounded, its units end as WorkerLost error rows.
+#: Tracker actors may themselves restart without limit: on preemptible machines they die for
+#: reasons no unit caused. Pipelines pass these to ``map_batches``.
+TASK_RETRIES = 3
+CPU_TASK_ARGS = {"max_retries": TASK_RETRIES}
+ACTOR_ARGS = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,7 @@ class Resources:
 
 
 def batch_to_rows(batch: dict[str, np.ndarray]) -> list[Row]:
+    """A batch's columns -> one dict per row."""
     size = len(next(iter(batch.values()))) if batch else 0
     return [{key: column[i] for key, column in batch.items()} for i in range(size)]
 
@@ -67,7 +77,10 @@ def mark_failed(row: Row, stage: str, error: BaseException, attempt: int = 1) ->
 
 
 def apply_stage(row: Row, stage: Stage) -> None:
-    """Run ``stage`` on ``row`` in place; failures become the row's error, with retries for transient ones."""
+    """Run ``stage`` on ``row`` in place; failures become the row's error, with retries for transient ones.
+
+    ``attempt`` in the error row says how many tries the stage had.
+    """
     if row["error_stage"]:
         row.update(stage.placeholders())
         return
@@ -88,7 +101,11 @@ def apply_stage(row: Row, stage: Stage) -> None:
 
 def run_stage(batch: dict[str, np.ndarray], stage: Stage) -> dict[str, np.ndarray]:
     """``map_batches`` function for a CPU stage (the stage object travels with the task)."""
+    crash_once("in_stage")
     rows = batch_to_rows(batch)
+    if not rows:
+        return batch
+    crash_on_clips(row.get("clip_id") for row in rows)
     for row in rows:
         apply_stage(row, stage)
         for column in stage.consumes:
@@ -103,7 +120,10 @@ class TrackActor:
         self.stage = TrackStage(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        crash_once("in_track")
         rows = batch_to_rows(batch)
+        if not rows:
+            return batch
         healthy = [row for row in rows if not row["error_stage"]]
         results = self.stage.track_rows(healthy) if healthy else []
         for row, result in zip(healthy, results):

@@ -6,6 +6,7 @@ all of its units are in. Ray executes; this module only feeds and drains the str
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -16,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from magma_data.config import RunConfig
-from magma_data.execution import Resources, batch_to_rows, new_unit_row
+from magma_data.execution import TASK_RETRIES, Resources, batch_to_rows, new_unit_row
+from magma_data.faults import crash_point
 from magma_data.pipelines import load_pipeline
+from magma_data.schema import to_arrow_table
 from magma_data.sink import OutputFolder, write_dataset_card
 from magma_data.sources import load_manifest, open_source
+from magma_data.sources.base import PathEscapesRoot, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,11 @@ class RunSummary:
     tracker: str = ""
 
     @property
+    def nothing_to_do(self) -> bool:
+        """A re-run of a finished job: every shard was already committed."""
+        return self.shards_skipped == self.shards and not self.windows_processed
+
+    @property
     def windows_per_s(self) -> float:
         return self.windows_processed / self.wall_time_s if self.wall_time_s else 0.0
 
@@ -58,32 +67,68 @@ class RunSummary:
 
 
 class ShardCollector:
-    """Gathers the rows of each shard as they stream in and writes a shard once it is whole."""
+    """Gathers the rows of each shard as they stream in and writes a shard once it is whole.
+
+    Each planned unit is taken once: a second copy (Ray re-running a task whose output was
+    already delivered) is dropped, so no row is written twice.
+    """
 
     ERROR_ROW_KEYS = ("unit_id", "sample_id", "source", "clip_id", "video_path", "frame_index")
 
     def __init__(self, output: OutputFolder, config: RunConfig, features, shard_of: dict[str, int],
-                 expected: Counter, total: int):
+                 todo: list[dict], total: int):
         self.output, self.config, self.features = output, config, features
-        self.shard_of, self.expected, self.total = shard_of, expected, total
+        self.shard_of, self.total = shard_of, total
+        self.pending = {unit["unit_id"]: unit for unit in todo}
+        self.expected = Counter(shard_of[unit_id] for unit_id in self.pending)
         self.received: dict[int, list[dict]] = defaultdict(list)
         self.order = {unit: i for i, unit in enumerate(shard_of)}
-        self.counts = Counter()
+        self.arrived = 0
 
     def add(self, row: dict) -> None:
+        unit = self.pending.pop(row["unit_id"], None)
+        if unit is None:
+            log.warning("dropped a second copy of unit %s", row["unit_id"])
+            return
+        self.arrived += 1
+        crash_point("during_stream", self.arrived)
         shard = self.shard_of[row["unit_id"]]
         self.received[shard].append(row)
         if len(self.received[shard]) == self.expected[shard]:
             self._write(shard)
 
+    def add_lost(self) -> int:
+        """Turn the units Ray gave up on (their task failed on every retry) into error rows."""
+        lost = list(self.pending.values())
+        for unit in lost:
+            self.add({**unit, "error_stage": "ray", "error_class": "WorkerLost", "error_attempt": 1 + TASK_RETRIES,
+                      "error_message": "the Ray task holding this window failed on every retry (a worker died: "
+                                       "out of memory, or a crash in a decoder or tracker); the driver's log "
+                                       "has Ray's error, and a re-run with --overwrite tries it again"})
+        return len(lost)
+
     def _write(self, shard: int) -> None:
         rows = sorted(self.received.pop(shard), key=lambda r: self.order[r["unit_id"]])
         data = [dict(r, config_hash=self.output.config_hash) for r in rows if not r["error_stage"]]
         errors = [self._error_record(r) for r in rows if r["error_stage"]]
-        self.output.write_shard(shard, self.total, data, errors, self.features, self.config.sink)
-        self.counts["rows"] += len(data)
-        self.counts["errors"] += len(errors)
-        self.counts.update(f"class:{e['error_class']}" for e in errors)
+        table, unwritable = self._table(data)
+        errors = sorted(errors + unwritable, key=lambda e: self.order[e["unit_id"]])
+        self.output.write_shard(shard, self.total, table, errors, self.config.sink)
+
+    def _table(self, data: list[dict]):
+        """The shard's Arrow table; a row that does not fit the schema becomes a ``sink`` error row."""
+        try:
+            return to_arrow_table(data, self.features), []
+        except Exception:  # find the culprits row by row; the rest are still written
+            good, bad = [], []
+            for row in data:
+                try:
+                    to_arrow_table([row], self.features)
+                    good.append(row)
+                except Exception as error:
+                    bad.append(self._error_record(dict(row, error_stage="sink", error_class=type(error).__name__,
+                                                       error_message=str(error), error_attempt=1)))
+            return to_arrow_table(good, self.features), bad
 
     def _error_record(self, row: dict) -> dict:
         return {
@@ -96,8 +141,36 @@ class ShardCollector:
             "config_hash": self.output.config_hash,
         }
 
-    def missing(self) -> dict[int, int]:
-        return {s: self.expected[s] - len(rows) for s, rows in self.received.items()}
+
+def plan_digest(units: list[dict], rows_per_shard: int) -> str:
+    """Names the plan: which units, in which order, cut into which shards."""
+    digest = hashlib.sha256(str(rows_per_shard).encode())
+    for unit in units:
+        digest.update(b"\x00" + unit["unit_id"].encode())
+    return digest.hexdigest()[:16]
+
+
+def refuse_paths_outside(units: list[dict], root: Path) -> list[dict]:
+    """Units whose video lies outside ``--root`` (a ``..`` in metadata, a symlink out) become plan errors."""
+    inside: dict[str, str | None] = {}
+    checked = []
+    for unit in units:
+        path = unit.get("video_path") or ""
+        if unit.get("error_stage") or not path:
+            checked.append(unit)
+            continue
+        if path not in inside:
+            try:
+                resolve_inside(root, path)
+                inside[path] = None
+            except PathEscapesRoot as error:
+                inside[path] = str(error)
+        if inside[path] is None:
+            checked.append(unit)
+        else:
+            checked.append({**unit, "error_stage": "plan", "error_class": "PathEscapesRoot",
+                            "error_message": inside[path], "error_attempt": 1})
+    return checked
 
 
 def run(config: RunConfig, options: RunOptions) -> RunSummary:
@@ -106,25 +179,26 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     pipeline = load_pipeline(config.pipeline)
     source = open_source(manifest, options.root)
     units = pipeline.plan(source, config)
+    if options.root is not None:
+        units = refuse_paths_outside(units, Path(options.root))
     config_hash = config.hash()
     summary = RunSummary(source=config.source, pipeline=config.pipeline, config_hash=config_hash,
-                         windows_planned=len(units))
+                         windows_planned=len(units), tracker=config.track.tracker)
     if not units:
         raise RuntimeError(f"source {config.source!r} planned no units under {options.root}; "
                            f"run `magma-data check --input {config.source} --root ...` to see why")
 
-    output = OutputFolder(options.output, config.source, config_hash,
-                          json.dumps(config.to_dict(), indent=2, sort_keys=True), overwrite=options.overwrite)
     per_shard = config.sink.rows_per_shard
-    total = math.ceil(len(units) / per_shard)
-    committed = output.committed_shards()
     shard_of = {unit["unit_id"]: i // per_shard for i, unit in enumerate(units)}
     if len(shard_of) != len(units):
         raise RuntimeError("two planned units share an id; the source yields duplicate clip ids")
+    output = OutputFolder(options.output, config.source, config_hash,
+                          json.dumps(config.to_dict(), indent=2, sort_keys=True),
+                          plan_digest(units, per_shard), len(units), overwrite=options.overwrite)
+    total = math.ceil(len(units) / per_shard)
+    committed = output.committed_shards()
     todo = [unit for unit in units if shard_of[unit["unit_id"]] not in committed]
-    expected = Counter(shard_of[unit["unit_id"]] for unit in todo)
-    features = pipeline.features(config)
-    collector = ShardCollector(output, config, features, shard_of, expected, total)
+    collector = ShardCollector(output, config, pipeline.features(config), shard_of, todo, total)
     summary.shards, summary.shards_skipped = total, len(committed)
 
     if not todo:
@@ -135,12 +209,11 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
         for unit in planned_errors:
             collector.add(unit)
         if windows:
-            summary.tracker = _stream(pipeline, config, options, windows, collector)
+            summary.tracker = _stream(pipeline, config, options, windows, collector) or summary.tracker
+        lost = collector.add_lost()
+        if lost:
+            log.error("%d units never came back from Ray; they are error rows of class WorkerLost", lost)
         summary.windows_processed = len(todo)
-        missing = collector.missing()
-        if missing:
-            raise RuntimeError(f"units never came back from the pipeline (shard: count): {missing}; "
-                               "re-run the same command to finish them")
 
     ledger = output.committed_shards()
     output.close()
@@ -167,6 +240,9 @@ def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # A block whose task failed on every Ray retry is skipped rather than aborting the run; its
+    # units come back as WorkerLost error rows (ShardCollector.add_lost).
+    context.max_errored_blocks = -1
     dataset = ray.data.from_items(windows, override_num_blocks=min(len(windows), 256))
     tracker = ""
     with progress_bar(len(windows), enabled=options.progress, label=f"{config.pipeline} {config.source}") as advance:

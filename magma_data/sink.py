@@ -10,7 +10,7 @@ Layout of an output folder::
 
     data/<source>/train-00000-of-00004.parquet    rows (one config per source in the card)
     errors/<source>-00000-of-00004.parquet        what failed, where and why (only when something did)
-    .magma/<source>/ledger.sqlite                 committed shards, and the run's config hash
+    .magma/<source>/ledger.sqlite                 committed shards, the run's config hash and plan digest
     .magma/<source>/config.json                   the resolved config of the run
     summary.json, README.md                       statistics and the dataset card
 """
@@ -25,9 +25,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features
 
+from magma_data.faults import crash_point
 from magma_data.schema import ERROR_FEATURES, to_arrow_table
 
 
@@ -38,7 +39,7 @@ class SinkConfig:
 
 
 class ConfigMismatch(RuntimeError):
-    pass
+    """The output folder holds this source's data from another config, or from another plan."""
 
 
 def shard_name(index: int, total: int) -> str:
@@ -86,7 +87,8 @@ class Ledger:
 class OutputFolder:
     """One source's part of an output folder: its ledger, its shards, and the config that made them."""
 
-    def __init__(self, root: Path, source: str, config_hash: str, config_json: str, overwrite: bool = False):
+    def __init__(self, root: Path, source: str, config_hash: str, config_json: str, plan_digest: str,
+                 num_units: int, overwrite: bool = False):
         self.root, self.source, self.config_hash = Path(root), source, config_hash
         self.state_dir = self.root / ".magma" / source
         if overwrite:
@@ -100,12 +102,22 @@ class OutputFolder:
                 f"config is {config_hash}; use another --output, the same options as before, or --overwrite "
                 "to start over"
             )
+        planned = self.ledger.get("plan_digest")
+        if planned is not None and planned != plan_digest:
+            raise ConfigMismatch(
+                f"the input of {source!r} changed since {self.root} was started: the same config now plans "
+                f"{num_units} units, and not the units the committed shards were cut from (files added, removed "
+                "or renamed under --root?); use another --output, or --overwrite to start over"
+            )
         if recorded is None:
             (self.state_dir / "config.json").write_text(config_json)
             self.ledger.set("config_hash", config_hash)
+        if planned is None:
+            self.ledger.set("plan_digest", plan_digest)
         self.data_dir = self.root / "data" / source
         self.errors_dir = self.root / "errors"
         self._discard_partial_files()
+        self.shards_written = 0  # by this process; the crash test hook counts them
 
     def _clear(self) -> None:
         for path in (self.root / "data" / self.source, self.state_dir):
@@ -122,20 +134,25 @@ class OutputFolder:
     def committed_shards(self) -> dict[int, dict]:
         return self.ledger.committed()
 
-    def write_shard(
-        self, index: int, total: int, rows: list[dict], errors: list[dict], features: Features, sink: SinkConfig
-    ) -> None:
-        """Write one shard's rows and errors atomically, then record it in the ledger."""
-        if rows:
-            self._write(self.data_dir / shard_name(index, total), to_arrow_table(rows, features), sink)
+    def write_shard(self, index: int, total: int, rows: pa.Table | None, errors: list[dict], sink: SinkConfig) -> None:
+        """Write one shard's rows and errors atomically, then record it in the ledger.
+
+        Files already in place from a run that died before its ledger commit are overwritten
+        with the same bytes; a shard with no rows (or no errors) has no file of that kind.
+        """
+        self.shards_written += 1
+        num_rows = rows.num_rows if rows is not None else 0
+        if num_rows:
+            self._write(self.data_dir / shard_name(index, total), rows, sink)
         if errors:
             name = f"{self.source}-{index:05d}-of-{total:05d}.parquet"
             self._write(self.errors_dir / name, to_arrow_table(errors, ERROR_FEATURES), sink)
+        crash_point("before_ledger", self.shards_written)
         classes = Counter(error["error_class"] for error in errors)
-        self.ledger.commit(index, total, len(rows) + len(errors), len(rows), len(errors), dict(classes))
+        self.ledger.commit(index, total, num_rows + len(errors), num_rows, len(errors), dict(classes))
+        crash_point("after_shard", self.shards_written)
 
-    @staticmethod
-    def _write(path: Path, table, sink: SinkConfig) -> None:
+    def _write(self, path: Path, table: pa.Table, sink: SinkConfig) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
         pq.write_table(
@@ -148,6 +165,7 @@ class OutputFolder:
         )
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
+        crash_point("during_write", self.shards_written)
         os.replace(partial, path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:

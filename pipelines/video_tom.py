@@ -10,7 +10,7 @@ from __future__ import annotations
 import ray
 
 from magma_data.config import RunConfig
-from magma_data.execution import Resources, TrackActor, run_stage
+from magma_data.execution import ACTOR_ARGS, CPU_TASK_ARGS, Resources, TrackActor, run_stage
 from magma_data.schema import video_tom_features
 from magma_data.sources.base import Source
 from magma_data.stages.camera import CameraStage
@@ -35,7 +35,9 @@ def build(windows: ray.data.Dataset, config: RunConfig, resources: Resources) ->
     return (
         windows
         # frames exist only between these two lines: ~20 MB a window at 512x768, so small batches
-        .map_batches(run_stage, fn_args=(DecodeStage(config.decode),), batch_size=2, num_cpus=1)
+        # bounded Ray retries (execution.CPU_TASK_ARGS): a file that crashes its decoder every time
+        # ends as error rows instead of looping forever
+        .map_batches(run_stage, fn_args=(DecodeStage(config.decode),), batch_size=2, num_cpus=1, **CPU_TASK_ARGS)
         .map_batches(
             TrackActor,
             fn_constructor_args=(config.track,),
@@ -43,8 +45,10 @@ def build(windows: ray.data.Dataset, config: RunConfig, resources: Resources) ->
             num_gpus=resources.gpus_per_tracker,
             num_cpus=resources.cpus_per_tracker,
             compute=ray.data.ActorPoolStrategy(size=resources.tracker_actors),
+            **ACTOR_ARGS,
         )
-        .map_batches(run_stage, fn_args=(CameraStage(config.camera),), batch_size=16, num_cpus=1)
-        .map_batches(run_stage, fn_args=(MarksStage(config.marks, seed=seed),), batch_size=16, num_cpus=1)
-        .map_batches(run_stage, fn_args=(RenderStage(config.render),), batch_size=16, num_cpus=1)
+        .map_batches(run_stage, fn_args=(CameraStage(config.camera),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS)
+        .map_batches(run_stage, fn_args=(MarksStage(config.marks, seed=seed),), batch_size=16, num_cpus=1,
+                     **CPU_TASK_ARGS)
+        .map_batches(run_stage, fn_args=(RenderStage(config.render),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS)
     )

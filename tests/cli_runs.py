@@ -1,0 +1,93 @@
+"""Run ``magma-data run`` as a real subprocess, kill it at named points, and compare output folders.
+
+Every run is started in a session of its own; the local Ray it starts (raylet, GCS, workers,
+agents) stays in that session, so after a run (killed or not) ``reap`` ends exactly the processes
+that run started and no others. A SIGKILLed driver leaves Ray's agents behind otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+
+MAGMA_DATA = str(Path(sys.executable).with_name("magma-data"))
+
+#: Small and fast: 8 windows of 8 frames from the synthetic sample, 2 windows a shard -> 4 shards.
+SMALL = ("--input", "sample", "--tracker", "lk", "--height", "128", "--grid-size", "5", "--window-len", "8",
+         "--window-stride", "8", "--limit", "8", "--rows-per-shard", "2", "--no-progress")
+
+
+def magma_run(output: Path, *args: str, crash_at: str | None = None, timeout: float = 240):
+    """``magma-data run video_tom --output OUTPUT ARGS``; ``crash_at`` sets the kill hook (magma_data.faults)."""
+    env = dict(os.environ)
+    env.pop("MAGMA_DATA_CRASH_AT", None)
+    if crash_at:
+        env["MAGMA_DATA_CRASH_AT"] = crash_at
+    command = [MAGMA_DATA, "run", "video_tom", "--output", str(output), "--num-cpus", "2", *args]
+    driver = subprocess.Popen(command, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = driver.communicate(timeout=timeout)
+    finally:
+        driver.kill()
+        reap(driver.pid)
+    return subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
+
+
+def reap(session: int, grace_s: float = 5.0) -> None:
+    """SIGKILL what is left of the session ``magma_run`` started its driver in."""
+    deadline = time.monotonic() + grace_s
+    while (left := in_session(session)) and time.monotonic() < deadline:
+        time.sleep(0.5)  # a driver that exited cleanly shuts its Ray down by itself
+    for process in left:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=5)
+
+
+def in_session(session: int) -> list[psutil.Process]:
+    found = []
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == session:
+                found.append(psutil.Process(pid))
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+def data_files(output: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every shard and errors file (the dataset, without run statistics)."""
+    files = sorted([*output.glob("data/*/*.parquet"), *output.glob("errors/*.parquet")])
+    return {p.relative_to(output).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def stray_files(output: Path) -> list[str]:
+    """Temporary files a crash may leave; a finished run must have removed them."""
+    return sorted(p.relative_to(output).as_posix() for p in output.rglob("*.partial"))
+
+
+def sample_ids(output: Path) -> list[str]:
+    return [sid for p in sorted(output.glob("data/*/*.parquet")) for sid in pq.read_table(p)["sample_id"].to_pylist()]
+
+
+_BASELINE: list[Path] = []
+
+
+def uninterrupted_run(tmp_path_factory) -> Path:
+    """One clean ``SMALL`` run per test session, the reference the crash and determinism tests compare to."""
+    if not _BASELINE:
+        output = tmp_path_factory.mktemp("uninterrupted")
+        result = magma_run(output, *SMALL)
+        assert result.returncode == 0, result.stderr
+        _BASELINE.append(output)
+    return _BASELINE[0]

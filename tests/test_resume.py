@@ -1,0 +1,110 @@
+"""Kill -9 a real ``magma-data run`` at named points, re-run the same command, get the same dataset.
+
+The kill points come from the ``MAGMA_DATA_CRASH_AT`` hook (magma_data/faults.py), so each run
+dies at an exact place: while windows are being tracked, with a shard half written, with a shard
+renamed but not in the ledger, and between two committed shards. The runs share one output
+folder, each resuming what the one before left; the last finishes the job.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+
+import pytest
+from cli_runs import SMALL, data_files, magma_run, sample_ids, stray_files, uninterrupted_run
+
+from magma_data.sink import ConfigMismatch, OutputFolder, SinkConfig
+
+KILL_POINTS = ("during_stream:2", "during_write:1", "before_ledger:1", "after_shard:2")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return uninterrupted_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """The output folder after one killed run per kill point, then the finishing re-run."""
+    output = tmp_path_factory.mktemp("killed")
+    left_behind = {}
+    for point in KILL_POINTS:
+        result = magma_run(output, *SMALL, crash_at=point)
+        assert result.returncode == -signal.SIGKILL, f"{point} was not reached:\n{result.stderr[-3000:]}"
+        left_behind[point] = stray_files(output)
+    final = magma_run(output, *SMALL)
+    assert final.returncode == 0, final.stderr
+    return output, left_behind, final
+
+
+def test_killed_runs_resume_to_the_uninterrupted_dataset_byte_for_byte(baseline, resumed):
+    output, _, _ = resumed
+    assert data_files(output) == data_files(baseline)
+    assert len(data_files(baseline)) == 4
+
+
+def test_no_row_is_missing_or_written_twice(baseline, resumed):
+    ids = sample_ids(resumed[0])
+    assert len(ids) == len(set(ids)) == 8
+    assert ids == sample_ids(baseline)
+
+
+def test_a_kill_during_a_shard_write_leaves_only_a_partial_file_which_the_rerun_discards(resumed):
+    output, left_behind, _ = resumed
+    assert left_behind["during_write:1"], "the kill during a write should leave the temporary file"
+    assert stray_files(output) == []
+
+
+def test_the_ledger_lists_every_shard_once(resumed):
+    db = sqlite3.connect(resumed[0] / ".magma" / "sample" / "ledger.sqlite")
+    shards = db.execute("SELECT shard, num_shards, units, rows, errors FROM shards ORDER BY shard").fetchall()
+    assert shards == [(i, 4, 2, 2, 0) for i in range(4)]
+
+
+def test_rerunning_a_finished_job_does_nothing_and_says_so(resumed):
+    output, _, _ = resumed
+    before = {p: p.stat().st_mtime_ns for p in output.glob("data/*/*.parquet")}
+    again = magma_run(output, *SMALL)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do: all 4 shards" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in output.glob("data/*/*.parquet")} == before
+
+
+def test_the_cli_refuses_a_folder_made_with_another_config(tmp_path, baseline):
+    output = tmp_path / "out"
+    shutil.copytree(baseline / ".magma", output / ".magma")
+    refused = magma_run(output, *SMALL, "--seed", "1")
+    assert refused.returncode == 1
+    assert "made with config" in refused.stderr and "--overwrite" in refused.stderr
+
+
+def _folder(root, config_hash="c1", plan="p1", overwrite=False) -> OutputFolder:
+    return OutputFolder(root, "src", config_hash, "{}", plan, num_units=4, overwrite=overwrite)
+
+
+def test_a_changed_config_or_plan_is_refused_and_overwrite_starts_over(tmp_path):
+    folder = _folder(tmp_path)
+    folder.write_shard(0, 2, None, [ERROR], SinkConfig())
+    folder.close()
+    with pytest.raises(ConfigMismatch, match="made with config c1"):
+        _folder(tmp_path, config_hash="c2")
+    with pytest.raises(ConfigMismatch, match="input of 'src' changed"):
+        _folder(tmp_path, plan="p2")
+    fresh = _folder(tmp_path, config_hash="c2", plan="p2", overwrite=True)
+    assert fresh.committed_shards() == {} and not list((tmp_path / "errors").glob("*.parquet"))
+    fresh.close()
+
+
+def test_partial_files_of_a_dead_run_are_discarded_on_open(tmp_path):
+    partial = tmp_path / "data" / "src" / ".train-00000-of-00002.parquet.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"half a shard")
+    _folder(tmp_path).close()
+    assert not partial.exists()
+
+
+ERROR = {"unit_id": "src/a", "sample_id": "s", "source": "src", "clip_id": "a", "video_path": "/v.mp4",
+         "frame_index": -1, "stage": "plan", "error_class": "VideoUnreadable", "message": "m", "attempt": 1,
+         "config_hash": "c1"}
