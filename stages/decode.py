@@ -1,8 +1,12 @@
 """Decode: read only the frames a window needs and resize them to the working height.
 
 decord seeks straight to the window's frames; PyAV is the fallback for files decord cannot open
-(AV1, some webm). Frames are resized to ``height`` pixels, aspect kept, with area averaging when
-shrinking. Decoded frames live only until the track stage; rows downstream carry small things.
+(AV1, some webm). Both return frames in display orientation: a phone video stored sideways with
+a rotation in its container comes out upright, as a player shows it. Frames are resized to
+``height`` pixels, aspect kept, with area averaging when shrinking. Decoded frames live only
+until the track stage; rows downstream carry small things. Transient I/O errors are raised as
+they are, so the stage runner retries them; anything else is a ``DecodeFailed`` naming both
+backends' errors.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from magma_data.execution import TRANSIENT_ERRORS
 from magma_data.stages.base import Row, StageError
 
 
@@ -52,35 +57,55 @@ class _DecordReader:
 
 
 class _PyAVReader:
-    """Seeks to the keyframe before the first wanted frame and decodes forward from there."""
+    """Decodes forward from the first frame, counting frames, and keeps its place between windows.
+
+    Frame numbers, as decord and the planner count them, stay right for variable frame rate
+    video, where timestamps times the average rate would not. Windows of one video arrive in
+    order, so going on from the last window costs nothing; a window behind the reader's place
+    reopens the file. Frames are turned to display orientation, as decord returns them.
+    """
 
     def __init__(self, path: str):
+        self.path = path
+        self.container = None
+        self._reopen()
+
+    def _reopen(self) -> None:
         import av
 
-        self.container = av.open(path)
-        self.stream = self.container.streams.video[0]
-        self.fps = float(self.stream.average_rate or self.stream.guessed_rate)
+        self.close()
+        self.container = av.open(self.path)
+        self.decoded = self.container.decode(self.container.streams.video[0])
+        self.position = 0  # number of the frame ``decoded`` yields next
 
     def frames(self, indices: np.ndarray) -> np.ndarray:
         wanted = {int(i) for i in indices}
-        first, last = min(wanted), max(wanted)
-        time_base = float(self.stream.time_base)
-        start_time = float(self.stream.start_time or 0) * time_base
-        self.container.seek(int((start_time + first / self.fps) / time_base), stream=self.stream, backward=True)
+        if min(wanted) < self.position:
+            self._reopen()
         found: dict[int, np.ndarray] = {}
-        for frame in self.container.decode(self.stream):
-            index = int(round((float(frame.pts) * time_base - start_time) * self.fps))
-            if index in wanted:
-                found[index] = frame.to_ndarray(format="rgb24")
-            if index >= last:
+        last = max(wanted)
+        while self.position <= last:
+            frame = next(self.decoded, None)
+            if frame is None:
                 break
+            if self.position in wanted:
+                found[self.position] = _display_array(frame)
+            self.position += 1
         missing = sorted(wanted - found.keys())
         if missing:
             raise DecodeFailed(f"frames {missing[:5]} not found in the stream (video ends early?)")
         return np.stack([found[int(i)] for i in indices])
 
     def close(self) -> None:
-        self.container.close()
+        if self.container is not None:
+            self.container.close()
+
+
+def _display_array(frame) -> np.ndarray:
+    """RGB pixels as a player shows them: the container's rotation (display matrix) applied."""
+    array = frame.to_ndarray(format="rgb24")
+    rotation = int(getattr(frame, "rotation", 0) or 0)
+    return np.ascontiguousarray(np.rot90(array, rotation // 90)) if rotation % 360 else array
 
 
 class DecodeStage:
@@ -109,13 +134,23 @@ class DecodeStage:
         for backend in backends:
             try:
                 return self._reader(path, backend).frames(indices)
+            except TRANSIENT_ERRORS:
+                self._drop()
+                raise  # the file may be fine and its storage briefly not: the stage runner retries
             except Exception as error:  # try the next backend; report all if none works
-                self._open = None
+                self._drop()
                 errors.append(f"{backend}: {type(error).__name__}: {error}")
         raise DecodeFailed(f"{path}: cannot decode frames {indices[0]}..{indices[-1]} ({'; '.join(errors)})")
 
     def _reader(self, path: str, backend: str):
         key = f"{backend}:{path}"
         if self._open is None or self._open[0] != key:
+            self._drop()
             self._open = (key, _DecordReader(path) if backend == "decord" else _PyAVReader(path))
         return self._open[1]
+
+    def _drop(self) -> None:
+        """Forget the open reader, closing its file (PyAV holds one open per reader)."""
+        if self._open is not None and hasattr(self._open[1], "close"):
+            self._open[1].close()
+        self._open = None

@@ -1,6 +1,7 @@
 """The ``folder`` source: every video under a directory, recursively, one clip per file.
 
-Text is optional: a sidecar ``<video stem>.txt`` next to a video becomes its task.
+Text is optional: a sidecar ``<video stem>.txt`` next to a video becomes its task. A video or
+sidecar that is a symlink leading out of the root is reported, never read.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from magma_data.sources.base import VIDEO_SUFFIXES, Clip, ClipProblem
+from magma_data.sources.base import VIDEO_SUFFIXES, Clip, ClipProblem, PathEscapesRoot, resolve_inside
 
 
 class FolderSource:
@@ -29,7 +30,12 @@ class FolderSource:
             relative = path.relative_to(self.root)
             clip_id = relative.with_suffix("").as_posix()
             try:
-                task = self._sidecar_text(path)
+                resolve_inside(self.root, relative)
+                task = self._sidecar_text(self.root, relative)
+            except PathEscapesRoot as error:
+                yield ClipProblem(unit_id=f"{self.name}/{clip_id}", error_class="PathEscapesRoot",
+                                  message=str(error), video_path=str(path))
+                continue
             except UnicodeDecodeError as error:
                 yield ClipProblem(
                     unit_id=f"{self.name}/{clip_id}",
@@ -41,6 +47,8 @@ class FolderSource:
             yield Clip(clip_id=clip_id, video_uid=clip_id, video_path=str(path), task=task)
 
     @staticmethod
-    def _sidecar_text(video: Path) -> str:
-        sidecar = video.with_suffix(".txt")
-        return sidecar.read_bytes().decode("utf-8").strip() if sidecar.is_file() else ""
+    def _sidecar_text(root: Path, video: Path) -> str:
+        sidecar = root / video.with_suffix(".txt")
+        if not sidecar.is_file():
+            return ""
+        return resolve_inside(root, video.with_suffix(".txt")).read_bytes().decode("utf-8").strip()
