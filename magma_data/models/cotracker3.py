@@ -1,0 +1,290 @@
+"""CoTracker3 (Karaev et al., 2024): joint point tracking by iterated 4D-correlation updates.
+
+Our own implementation, weight-compatible with the released ``scaled_offline.pth`` and
+``scaled_online.pth`` (their state_dicts load with ``strict=True``) and numerically equal to the
+reference code in fp32. Unlike the reference, every tensor op here is batched, so many windows
+go through one forward (the reference fails for batch > 1).
+
+Positions inside the model are in feature pixels (model-resolution pixels / ``stride``), with
+0 at the centre of the first pixel (``align_corners=True``); queries are ``(t, x, y)`` in
+model-resolution pixels. Shape letters: B batch, T frames, N tracks, C channels, K = 49 samples
+of a 7x7 neighbourhood.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from magma_data.models.cotracker3_blocks import EfficientUpdateFormer, FeatureEncoder, Mlp
+
+
+def sincos_time_embedding(dim: int, length: int) -> torch.Tensor:
+    """The fixed sin|cos table [1, length, dim] of the ``time_emb`` buffer (float64 math, as trained)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)[None].float()
+
+
+def motion_encoding(coords: torch.Tensor, scale: torch.Tensor, num_octaves: int = 10) -> torch.Tensor:
+    """Fourier features of each point's displacement to the next and from the previous frame.
+
+    coords [B, T, N, 2] -> [B, T, N, 4 + 2 * 4 * num_octaves]: the displacements (divided by the
+    feature-map size ``scale``) followed by their sines and cosines at scales 2^0 .. 2^(octaves-1),
+    scale-major.
+    """
+    forward = F.pad(coords[:, :-1] - coords[:, 1:], (0, 0, 0, 0, 0, 1))  # zero on the last frame
+    backward = F.pad(coords[:, 1:] - coords[:, :-1], (0, 0, 0, 0, 1, 0))  # zero on the first frame
+    motion = torch.cat([forward / scale, backward / scale], dim=-1)  # B T N 4
+    scales = 2.0 ** torch.arange(num_octaves, dtype=motion.dtype, device=motion.device)
+    phases = (motion[..., None, :] * scales[:, None]).flatten(-2)  # B T N (octaves 4)
+    return torch.cat([motion, torch.sin(torch.cat([phases, phases + 0.5 * math.pi], dim=-1))], dim=-1)
+
+
+def _normalise(xy: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """Pixel positions (align-corners convention) to grid_sample's [-1, 1], one size per last-dim entry."""
+    return xy * xy.new_tensor([2 / max(s - 1, 1) for s in sizes]) - 1
+
+
+class LocalCorrelation(nn.Module):
+    """4D correlation between a track's query neighbourhood and its current neighbourhood.
+
+    Both neighbourhoods are 7x7 bilinear samples (radius 3, border padding) of one pyramid level;
+    every current sample is dotted with every query sample, giving 49 x 49 = 2401 values per
+    (frame, track). The first neighbourhood index steps x, the second y, as in the checkpoints.
+    """
+
+    def __init__(self, radius: int = 3):
+        super().__init__()
+        d = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        offsets = torch.stack(torch.meshgrid(d, d, indexing="ij"), dim=-1).reshape(-1, 2)  # K 2 as (x, y)
+        self.register_buffer("offsets", offsets, persistent=False)
+
+    def query_features(self, level: torch.Tensor, frames: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """level [B, T, C, H, W], frames [B, N] (long), xy [B, N, 2] in level pixels -> [B, N, K, C].
+
+        Samples the query's own frame through a trilinear lookup at an integer time, which
+        picks that frame without gathering a full feature map per track.
+        """
+        B, T, C, H, W = level.shape
+        txy = torch.cat([frames[..., None].to(xy.dtype), xy], dim=-1)[:, None]  # B 1 N 3 as (t, x, y)
+        offsets = F.pad(self.offsets, (1, 0))[:, None]  # K 1 3 as (0, dx, dy)
+        points = (txy + offsets)[..., [1, 2, 0]]  # B K N 3 as (x, y, t)
+        grid = _normalise(points, (W, H, T))[:, :, :, None]  # B K N 1 3
+        volume = level.transpose(1, 2)  # B C T H W
+        sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return sampled[..., 0].permute(0, 3, 2, 1)  # B C K N -> B N K C
+
+    def forward(self, level: torch.Tensor, coords: torch.Tensor, query_feats: torch.Tensor) -> torch.Tensor:
+        """level [B, T, C, H, W], coords [B, T, N, 2] in level pixels, query_feats [B, N, K, C] -> [B, T, N, K*K]."""
+        B, T, C, H, W = level.shape
+        N = coords.shape[2]
+        points = coords.reshape(B * T, N, 1, 2) + self.offsets  # (B T) N K 2
+        sampled = F.grid_sample(
+            level.reshape(B * T, C, H, W),
+            _normalise(points, (W, H)),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )  # (B T) C N K
+        current = sampled.reshape(B, T, C, N, -1).permute(0, 1, 3, 4, 2)  # B T N K C
+        corr = current @ query_feats.transpose(-1, -2)[:, None]  # B T N K K
+        return corr.flatten(-2)
+
+
+class CoTracker3Base(nn.Module):
+    """What the offline and online models share: encoder, correlation and the iterated update.
+
+    ``window_len`` fixes the rows of the ``time_emb`` buffer (60 offline, 16 online), so it must
+    match the checkpoint. ``model_resolution`` is the (H, W) the predictors resize video to; it
+    also sets the constant that scales the motion encoding.
+    """
+
+    def __init__(
+        self,
+        window_len: int,
+        stride: int = 4,
+        corr_radius: int = 3,
+        corr_levels: int = 4,
+        num_virtual_tracks: int = 64,
+        model_resolution: tuple[int, int] = (384, 512),
+    ):
+        super().__init__()
+        self.window_len = window_len
+        self.stride = stride
+        self.corr_levels = corr_levels
+        self.model_resolution = tuple(model_resolution)
+        self.latent_dim = 128
+        corr_dim = (2 * corr_radius + 1) ** 4  # 2401
+        corr_emb_dim = 256
+        motion_dim = 4 + 2 * 4 * 10  # 84
+        input_dim = 2 + corr_levels * corr_emb_dim + motion_dim  # 1110: vis, conf, correlations, motion
+
+        self.fnet = FeatureEncoder(output_dim=self.latent_dim, stride=stride)
+        self.updateformer = EfficientUpdateFormer(
+            input_dim=input_dim,
+            hidden_size=384,
+            num_heads=8,
+            output_dim=4,
+            depth=3,
+            mlp_ratio=4.0,
+            num_virtual_tracks=num_virtual_tracks,
+        )
+        self.corr_mlp = Mlp(corr_dim, 384, corr_emb_dim)
+        self.correlation = LocalCorrelation(corr_radius)
+        self.register_buffer("time_emb", sincos_time_embedding(input_dim, window_len))
+        motion_scale = torch.tensor([model_resolution[1], model_resolution[0]]) / stride
+        self.register_buffer("motion_scale", motion_scale, persistent=False)
+
+    def encode(self, video: torch.Tensor, chunk_size: int = 200) -> list[torch.Tensor]:
+        """video [B, T, 3, H, W] in 0..255 -> feature pyramid, level i [B, T, C, H/4/2^i, W/4/2^i].
+
+        Features are L2-normalised per pixel before pooling (not after); frames go through the
+        encoder ``chunk_size`` at a time to bound memory.
+        """
+        B, T = video.shape[:2]
+        frames = 2 * (video.flatten(0, 1) / 255.0) - 1.0  # (B T) 3 H W
+        fmaps = torch.cat([self.fnet(chunk) for chunk in frames.split(chunk_size)])  # (B T) C h w
+        fmaps = fmaps / torch.sqrt(torch.clamp(fmaps.square().sum(dim=1, keepdim=True), min=1e-12))
+        fmaps = fmaps.to(video.dtype)
+        pyramid = [fmaps]
+        for _ in range(self.corr_levels - 1):
+            pyramid.append(F.avg_pool2d(pyramid[-1], 2, stride=2))
+        return [level.unflatten(0, (B, T)) for level in pyramid]
+
+    def query_features(self, pyramid: list[torch.Tensor], queries: torch.Tensor) -> list[torch.Tensor]:
+        """queries [B, N, 3] (t, x, y) in model pixels -> per level, the 7x7 neighbourhood [B, N, K, C]."""
+        frames = queries[..., 0].long()
+        xy = queries[..., 1:] / self.stride
+        return [self.correlation.query_features(level, frames, xy / 2**i) for i, level in enumerate(pyramid)]
+
+    def time_embedding(self, num_frames: int) -> torch.Tensor:
+        """``time_emb`` [1, T, D], linearly resampled (align_corners=False) when T differs from its rows."""
+        if num_frames == self.time_emb.shape[1]:
+            return self.time_emb
+        resampled = F.interpolate(self.time_emb.float().transpose(1, 2), size=num_frames, mode="linear")
+        return resampled.transpose(1, 2).to(self.time_emb.dtype)
+
+    def refine(
+        self,
+        pyramid: list[torch.Tensor],
+        coords: torch.Tensor,
+        vis: torch.Tensor,
+        conf: torch.Tensor,
+        query_feats: list[torch.Tensor],
+        iters: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Iterate the transformer update on one window.
+
+        coords [B, T, N, 2] in feature pixels, vis and conf [B, T, N] logits; returns them updated.
+        Each iteration looks up correlations at the current estimate, so each step can correct the last.
+        """
+        T = coords.shape[1]
+        time_emb = self.time_embedding(T)[:, None]  # 1 1 T D
+        for _ in range(iters):
+            coords = coords.detach()
+            corr = torch.cat(
+                [
+                    self.corr_mlp(self.correlation(level, coords / 2**i, feats))
+                    for i, (level, feats) in enumerate(zip(pyramid, query_feats))
+                ],
+                dim=-1,
+            )  # B T N (levels 256)
+            tokens = torch.cat(
+                [vis[..., None], conf[..., None], corr, motion_encoding(coords, self.motion_scale)], dim=-1
+            )  # B T N D
+            tokens = tokens.transpose(1, 2) + time_emb  # B N T D
+            delta = self.updateformer(tokens).transpose(1, 2)  # B T N 4
+            coords = coords + delta[..., :2]
+            vis = vis + delta[..., 2]
+            conf = conf + delta[..., 3]
+        return coords, vis, conf
+
+
+class CoTracker3Offline(CoTracker3Base):
+    """Tracks all points through the whole clip in one window (``time_emb`` resampled to T frames).
+
+    Every frame is predicted for every query, before and after its query frame.
+    """
+
+    def __init__(self, window_len: int = 60, **kwargs):
+        super().__init__(window_len=window_len, **kwargs)
+
+    def forward(
+        self, video: torch.Tensor, queries: torch.Tensor, iters: int = 4
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """video [B, T, 3, H, W] 0..255, queries [B, N, 3] (t, x, y) in video pixels.
+
+        Returns tracks [B, T, N, 2] in video pixels, visibility and confidence [B, T, N] in (0, 1).
+        """
+        B, T = video.shape[:2]
+        N = queries.shape[1]
+        pyramid = self.encode(video)
+        query_feats = self.query_features(pyramid, queries)
+        coords = (queries[:, None, :, 1:] / self.stride).expand(B, T, N, 2).float()
+        vis = coords.new_zeros(B, T, N)
+        conf = coords.new_zeros(B, T, N)
+        coords, vis, conf = self.refine(pyramid, coords, vis, conf, query_feats, iters)
+        return coords * self.stride, vis.sigmoid(), conf.sigmoid()
+
+
+class CoTracker3Online(CoTracker3Base):
+    """Tracks through sliding windows of ``window_len`` frames that advance by half a window.
+
+    Each window starts from the previous one's predictions on the frames they share (the last
+    shared frame repeated over the new half); tracks whose query frame is not reached yet keep
+    their query position and contribute no correlation. The clip is padded at the end with its
+    last frame to whole windows. Clips of at most half a window get no window (zeros, 0.5), as
+    in the reference.
+    """
+
+    def __init__(self, window_len: int = 16, **kwargs):
+        super().__init__(window_len=window_len, **kwargs)
+
+    def forward(
+        self, video: torch.Tensor, queries: torch.Tensor, iters: int = 4
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Same contract as :meth:`CoTracker3Offline.forward`."""
+        B, T = video.shape[:2]
+        N = queries.shape[1]
+        S = self.window_len
+        step = S // 2
+        overlap = S - step
+        pyramid = self.encode(video)
+        query_feats = self.query_features(pyramid, queries)
+        query_frames = queries[..., 0].long()  # B N
+
+        coords_out = video.new_zeros(B, T, N, 2, dtype=torch.float32)
+        vis_out = video.new_zeros(B, T, N, dtype=torch.float32)
+        conf_out = video.new_zeros(B, T, N, dtype=torch.float32)
+        coords = (queries[:, None, :, 1:] / self.stride).expand(B, S, N, 2).float()
+        vis = coords.new_zeros(B, S, N)
+        conf = coords.new_zeros(B, S, N)
+
+        num_windows = (T - S + step - 1) // step + 1
+        for start in range(0, num_windows * step, step):
+            window = torch.arange(start, start + S, device=video.device)
+            if start > 0:
+                carried = (query_frames < start + overlap)[:, None]  # B 1 N
+                previous = window.clamp(max=start + overlap - 1)  # shared frames, last one repeated
+                coords = torch.where(carried[..., None], coords_out[:, previous] / self.stride, coords)
+                vis = torch.where(carried, vis_out[:, previous], vis)
+                conf = torch.where(carried, conf_out[:, previous], conf)
+            started = (query_frames < start + S)[..., None, None]  # B N 1 1
+            frames = window.clamp(max=T - 1)  # end padding repeats the last frame
+            w_coords, w_vis, w_conf = self.refine(
+                [level[:, frames] for level in pyramid],
+                coords,
+                vis,
+                conf,
+                [feats * started for feats in query_feats],
+                iters,
+            )
+            kept = min(T - start, S)
+            coords_out[:, start : start + kept] = w_coords[:, :kept] * self.stride
+            vis_out[:, start : start + kept] = w_vis[:, :kept]
+            conf_out[:, start : start + kept] = w_conf[:, :kept]
+        return coords_out, vis_out.sigmoid(), conf_out.sigmoid()
