@@ -107,7 +107,8 @@ class OutputFolder:
             raise ConfigMismatch(
                 f"the input of {source!r} changed since {self.root} was started: the same config now plans "
                 f"{num_units} units, and not the units the committed shards were cut from (files added, removed "
-                "or renamed under --root?); use another --output, or --overwrite to start over"
+                "or renamed under --root, or a video that could not be probed then or now); use another --output, "
+                "or --overwrite to start over"
             )
         if recorded is None:
             (self.state_dir / "config.json").write_text(config_json)
@@ -137,16 +138,22 @@ class OutputFolder:
     def write_shard(self, index: int, total: int, rows: pa.Table | None, errors: list[dict], sink: SinkConfig) -> None:
         """Write one shard's rows and errors atomically, then record it in the ledger.
 
-        Files already in place from a run that died before its ledger commit are overwritten
-        with the same bytes; a shard with no rows (or no errors) has no file of that kind.
+        Files already in place from a run that died before its ledger commit are replaced; a
+        shard with no rows (or no errors) has no file of that kind, and a stale one is removed (a
+        dead run may have written a unit as WorkerLost that this run brought back as a row).
         """
         self.shards_written += 1
         num_rows = rows.num_rows if rows is not None else 0
+        data_path = self.data_dir / shard_name(index, total)
+        errors_path = self.errors_dir / f"{self.source}-{index:05d}-of-{total:05d}.parquet"
         if num_rows:
-            self._write(self.data_dir / shard_name(index, total), rows, sink)
+            self._write(data_path, rows, sink)
+        else:
+            data_path.unlink(missing_ok=True)
         if errors:
-            name = f"{self.source}-{index:05d}-of-{total:05d}.parquet"
-            self._write(self.errors_dir / name, to_arrow_table(errors, ERROR_FEATURES), sink)
+            self._write(errors_path, to_arrow_table(errors, ERROR_FEATURES), sink)
+        else:
+            errors_path.unlink(missing_ok=True)
         crash_point("before_ledger", self.shards_written)
         classes = Counter(error["error_class"] for error in errors)
         self.ledger.commit(index, total, num_rows + len(errors), num_rows, len(errors), dict(classes))

@@ -20,8 +20,10 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
 from magma_data import execution
+from magma_data.cli import EXIT_SOME_UNITS_FAILED, main
 from magma_data.config import RunConfig
 from magma_data.execution import batch_to_rows, new_unit_row, rows_to_batch, run_stage
 from magma_data.runner import RunOptions, run
@@ -32,6 +34,8 @@ from magma_data.stages.track import TrackConfig, TrackStage
 WINDOW = 8
 SMALL = {"plan": {"window_len": WINDOW, "window_stride": WINDOW}, "decode": {"height": 128},
          "track": {"tracker": "lk", "grid_size": 5}, "sink": {"rows_per_shard": 4}}
+CLI_SMALL = ("--window-len", str(WINDOW), "--window-stride", str(WINDOW), "--height", "128", "--tracker", "lk",
+             "--grid-size", "5", "--rows-per-shard", "4", "--no-progress")
 
 
 def scene(num_frames: int = 24, width: int = 96, height: int = 64) -> np.ndarray:
@@ -96,9 +100,12 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def corpus_run(corpus, tmp_path_factory):
+    """The corpus through the CLI (in this process): it must finish, with exit status 3."""
     output = tmp_path_factory.mktemp("corpus-out")
-    config = RunConfig(source="folder").with_overrides(SMALL)
-    summary = run(config, RunOptions(output=output, root=corpus, num_cpus=2, progress=False))
+    result = CliRunner().invoke(main, ["run", "video_tom", "--input", "folder", "--root", str(corpus), "--output",
+                                       str(output), *CLI_SMALL])
+    assert result.exit_code == EXIT_SOME_UNITS_FAILED, result.output
+    summary = json.loads((output / "summary.json").read_text())["folder"]
     rows = pq.read_table(output / "data" / "folder").to_pylist()
     errors = pq.read_table(output / "errors").to_pylist()
     return summary, rows, errors
@@ -113,9 +120,9 @@ def test_the_codec_case_is_one_decord_cannot_read(corpus):
 
 def test_every_planned_unit_ends_as_a_row_or_an_error_row(corpus_run):
     summary, rows, errors = corpus_run
-    assert len(rows) + len(errors) == summary.windows_planned
-    assert (summary.rows_written, summary.error_rows) == (len(rows), len(errors))
-    assert summary.error_classes == dict(Counter(e["error_class"] for e in errors))
+    assert len(rows) + len(errors) == summary["windows_planned"]
+    assert (summary["rows_written"], summary["error_rows"]) == (len(rows), len(errors))
+    assert summary["error_classes"] == dict(Counter(e["error_class"] for e in errors))
     units = [r["sample_id"] for r in rows] + [e["sample_id"] for e in errors]
     assert len(units) == len(set(units))
 

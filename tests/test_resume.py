@@ -12,9 +12,12 @@ import shutil
 import signal
 import sqlite3
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from cli_runs import SMALL, data_files, magma_run, sample_ids, stray_files, uninterrupted_run
 
+from magma_data.schema import ERROR_FEATURES, to_arrow_table
 from magma_data.sink import ConfigMismatch, OutputFolder, SinkConfig
 
 KILL_POINTS = ("during_stream:2", "during_write:1", "before_ledger:1", "after_shard:2")
@@ -108,3 +111,17 @@ def test_partial_files_of_a_dead_run_are_discarded_on_open(tmp_path):
 ERROR = {"unit_id": "src/a", "sample_id": "s", "source": "src", "clip_id": "a", "video_path": "/v.mp4",
          "frame_index": -1, "stage": "plan", "error_class": "VideoUnreadable", "message": "m", "attempt": 1,
          "config_hash": "c1"}
+
+
+def test_a_shard_rewritten_after_a_crash_before_its_ledger_commit_leaves_no_stale_errors_file(tmp_path):
+    """A dead run renamed shard 0 with an error (say a WorkerLost) in place; the re-run got a row for it."""
+    table = pa.table({"unit_id": ["src/a"]})
+    dead = _folder(tmp_path)
+    dead._write(tmp_path / "errors" / "src-00000-of-00002.parquet", to_arrow_table([ERROR], ERROR_FEATURES),
+                SinkConfig())
+    dead.close()
+    rerun = _folder(tmp_path)
+    rerun.write_shard(0, 2, table, [], SinkConfig())
+    assert not list((tmp_path / "errors").glob("*.parquet"))
+    assert pq.read_table(tmp_path / "data" / "src" / "train-00000-of-00002.parquet").num_rows == 1
+    assert rerun.committed_shards()[0]["errors"] == 0
