@@ -98,13 +98,13 @@ class ShardCollector:
             self._write(shard)
 
     def add_lost(self) -> int:
-        """Turn the units Ray gave up on (their task failed on every retry) into error rows."""
+        """Turn the units Ray gave up on (their task failed, after its retries) into error rows."""
         lost = list(self.pending.values())
         for unit in lost:
             self.add({**unit, "error_stage": "ray", "error_class": "WorkerLost", "error_attempt": 1 + TASK_RETRIES,
-                      "error_message": "the Ray task holding this window failed on every retry (a worker died: "
-                                       "out of memory, or a crash in a decoder or tracker); the driver's log "
-                                       "has Ray's error, and a re-run with --overwrite tries it again"})
+                      "error_message": "the Ray task holding this window failed: its worker died on every retry "
+                                       "(out of memory, a crash in a decoder or tracker) or the batch adapter "
+                                       "raised; Ray's error is in the driver's log; --overwrite redoes the source"})
         return len(lost)
 
     def _write(self, shard: int) -> None:

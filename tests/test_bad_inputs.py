@@ -21,12 +21,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from datasets import Features, List, Value
 
 from magma_data import execution
 from magma_data.cli import EXIT_SOME_UNITS_FAILED, main
 from magma_data.config import RunConfig
 from magma_data.execution import batch_to_rows, new_unit_row, rows_to_batch, run_stage
-from magma_data.runner import RunOptions, run
+from magma_data.runner import RunOptions, ShardCollector, refuse_paths_outside, run
+from magma_data.sink import OutputFolder
 from magma_data.sources.sample import MovingObject, SceneSpec, render_scene
 from magma_data.stages.decode import DecodeConfig, DecodeStage
 from magma_data.stages.track import TrackConfig, TrackStage
@@ -306,3 +308,30 @@ def test_the_pyav_fallback_gives_decords_frames_for_rotated_and_variable_rate_vi
     by_decord = DecodeStage(DecodeConfig(height=64, backend="decord"))(dict(row))["frames"]
     by_pyav = DecodeStage(DecodeConfig(height=64, backend="pyav"))(dict(row))["frames"]
     assert np.array_equal(by_decord, by_pyav)
+
+
+def test_the_runner_turns_units_whose_video_lies_outside_the_root_into_plan_errors(tmp_path):
+    """Defence in depth for every source: the runner checks each planned video path itself."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere.mp4"
+    root.mkdir()
+    elsewhere.write_bytes(b"")
+    (root / "inside.mp4").write_bytes(b"")
+    (root / "link.mp4").symlink_to(elsewhere)
+    units = [{"unit_id": f"s/{name}", "video_path": str(root / name)} for name in ("inside.mp4", "link.mp4")]
+    units.append({"unit_id": "s/dots", "video_path": str(root / ".." / "elsewhere.mp4")})
+    checked = refuse_paths_outside(units, root)
+    assert [u.get("error_class", "") for u in checked] == ["", "PathEscapesRoot", "PathEscapesRoot"]
+    assert all(u["error_stage"] == "plan" for u in checked[1:])
+
+
+def test_a_row_that_does_not_fit_the_schema_becomes_a_sink_error_row_and_its_shard_is_written(tmp_path):
+    features = Features({"sample_id": Value("string"), "xy": List(Value("float32"), length=2)})
+    units = [{"unit_id": f"s/{i}", "sample_id": str(i)} for i in range(3)]
+    output = OutputFolder(tmp_path, "s", "c1", "{}", "p1", num_units=3)
+    collector = ShardCollector(output, RunConfig(), features, {u["unit_id"]: 0 for u in units}, units, total=1)
+    for i, unit in enumerate(units):
+        collector.add({**new_unit_row(unit), "xy": np.zeros(3 if i == 1 else 2, np.float32)})
+    output.close()
+    assert pq.read_table(tmp_path / "data" / "s")["sample_id"].to_pylist() == ["0", "2"]
+    [error] = pq.read_table(tmp_path / "errors").to_pylist()
+    assert (error["unit_id"], error["stage"]) == ("s/1", "sink") and error["error_class"].startswith("Arrow")
