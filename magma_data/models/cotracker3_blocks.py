@@ -44,9 +44,9 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.norm1(self.conv1(x)))
-        y = F.relu(self.norm2(self.conv2(y)))
-        return F.relu(self.downsample(x) + y)
+        y = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        y = F.relu(self.norm2(self.conv2(y)), inplace=True)
+        return F.relu(self.downsample(x) + y, inplace=True)
 
 
 class FeatureEncoder(nn.Module):
@@ -83,7 +83,7 @@ class FeatureEncoder(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [F, 3, H, W] in [-1, 1] -> features [F, C, H/4, W/4]."""
         size = (frames.shape[-2] // self.stride, frames.shape[-1] // self.stride)
-        x = F.relu(self.norm1(self.conv1(frames)))
+        x = F.relu(self.norm1(self.conv1(frames)), inplace=True)
         a = self.layer1(x)
         b = self.layer2(a)
         c = self.layer3(b)
@@ -91,7 +91,7 @@ class FeatureEncoder(nn.Module):
         fused = torch.cat(
             [F.interpolate(s, size, mode="bilinear", align_corners=True) for s in (a, b, c, d)], dim=1
         )
-        return self.conv3(F.relu(self.norm2(self.conv2(fused))))
+        return self.conv3(F.relu(self.norm2(self.conv2(fused)), inplace=True))
 
 
 class Attention(nn.Module):
