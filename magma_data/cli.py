@@ -60,19 +60,19 @@ def main(verbose: bool) -> None:
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
 @click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
-@click.option("--tracker", type=click.Choice(["auto", "lk", "cotracker3"]), default="auto", show_default=True,
-              help="auto: CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
+@click.option("--tracker", type=click.Choice(["auto", "lk", "cotracker3"]),
+              help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="CoTracker3 weights (scaled_offline.pth).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--grid-size", type=int, default=15, show_default=True, help="Query grid is N x N points.")
-@click.option("--window-len", type=int, default=16, show_default=True, help="Frames per window.")
-@click.option("--window-stride", type=int, default=16, show_default=True, help="Frames between window starts.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="Tracker precision on GPU (default fp32).")
+@click.option("--grid-size", type=int, help="Query grid is N x N points (default 15).")
+@click.option("--window-len", type=int, help="Frames per window (default 16).")
+@click.option("--window-stride", type=int, help="Frames between window starts (default 16; the source may set it).")
 @click.option("--fps", type=float, help="Resample windows to this frame rate (default: native).")
-@click.option("--height", type=int, default=512, show_default=True, help="Working frame height in pixels.")
+@click.option("--height", type=int, help="Working frame height in pixels (default 512; the source may set it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, help="Plan at most this many windows.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per tracker call.")
-@click.option("--rows-per-shard", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, help="Windows per tracker call (default 8).")
+@click.option("--rows-per-shard", type=int, help="Windows per Parquet shard (default 256).")
 @click.option("--set", "assignments", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Any other config field, e.g. --set marks.moving_threshold_px=2 (repeatable).")
 @click.option("--ray-address", help="Ray cluster address ('auto' inside `ray job submit`); default: local Ray.")
@@ -93,14 +93,18 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
         manifest = load_manifest(source)
     except KeyError as error:
         raise click.UsageError(str(error)) from None
-    config = RunConfig(pipeline=pipeline, source=source, seed=seed, limit=limit).with_overrides(manifest.defaults)
-    config = config.with_overrides({
+    if manifest.pipeline != pipeline:
+        raise click.UsageError(f"source {source!r} is made by the {manifest.pipeline} pipeline: "
+                               f"magma-data run {manifest.pipeline} --input {source} ...")
+    given = {  # only options the user gave override the source's manifest and the stage defaults
         "plan": {"window_len": window_len, "window_stride": window_stride, "fps": fps},
         "decode": {"height": height},
         "track": {"tracker": tracker, "grid_size": grid_size, "batch_size": batch_size, "precision": precision,
                   "checkpoint": str(checkpoint) if checkpoint else None},
         "sink": {"rows_per_shard": rows_per_shard},
-    })
+    }
+    config = RunConfig(pipeline=pipeline, source=source, seed=seed, limit=limit).with_overrides(manifest.defaults)
+    config = config.with_overrides({k: {f: v for f, v in fields.items() if v is not None} for k, fields in given.items()})
     try:
         config = config.with_overrides(parse_assignments(assignments))
     except ValueError as error:
@@ -150,3 +154,34 @@ def check(source, root, window_len, report_path):
     report.render()
     if not report.usable:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--count", default=12, show_default=True, help="Windows on the contact sheet.")
+@click.option("--sheet", type=click.Path(path_type=Path), help="PNG to write (default: OUTPUT/show/contact_sheet.png).")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of a table.")
+def show(output, count, sheet, as_json):
+    """Statistics of a run's output and a contact sheet of SoM images with their moving traces."""
+    from rich.table import Table
+
+    from magma_data.progress import console
+    from magma_data.show import contact_sheet, dataset_stats, stats_json
+
+    if not (output / "data").is_dir():
+        raise click.UsageError(f"{output} has no data/ folder; point it at the --output of a magma-data run")
+    stats = dataset_stats(output)
+    if as_json:
+        click.echo(stats_json(stats))
+    else:
+        table = Table(title=str(output))
+        for column in ("source", "rows", "errors", "camera comp.", "H ok", "inliers", "marks", "moving", "ToM", "tracker"):
+            table.add_column(column, justify="left" if column in ("source", "errors", "tracker") else "right")
+        for s in stats:
+            errors = ", ".join(f"{name} {n}" for name, n in sorted(s.errors.items())) or "-"
+            table.add_row(s.source, str(s.rows), errors, f"{s.camera_motion:.0%}", f"{s.homography_ok:.0%}",
+                          f"{s.inlier_ratio:.2f}", f"{s.marks_per_row:.1f}", f"{s.moving_marks_per_row:.1f}",
+                          f"{s.tom_rows:.0%}", ", ".join(s.trackers))
+        console.print(table)
+    path = contact_sheet(output, count, sheet or output / "show" / "contact_sheet.png")
+    click.echo(f"contact sheet: {path}", err=True)
