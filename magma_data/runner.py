@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +246,13 @@ def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict
     context.max_errored_blocks = -1
     dataset = ray.data.from_items(windows, override_num_blocks=min(len(windows), 256))
     tracker = ""
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing max_retries / max_restarts to map_batches but offers no named
+        # parameter for them yet; the bounded retries matter more than the warning (execution.py).
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        finished = pipeline.build(dataset, config, resources)
     with progress_bar(len(windows), enabled=options.progress, label=f"{config.pipeline} {config.source}") as advance:
-        for batch in pipeline.build(dataset, config, resources).iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in finished.iter_batches(batch_size=None, batch_format="numpy"):
             for row in batch_to_rows(batch):
                 tracker = tracker or str(row.get("tracker", ""))
                 collector.add(row)
