@@ -131,6 +131,7 @@ def append_results(path: Path, block: str) -> None:
 
 def main() -> None:
     args = parse_args()
+    commit = git_commit()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -168,7 +169,7 @@ def main() -> None:
     full = (args.frames, args.grid, args.height, args.width) == (16, 15, 384, 512)
     shape = f"{args.frames}-frame windows, grid {args.grid} ({points} points), {args.height}x{args.width}"
     header = (
-        f"### {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {git_commit()}, "
+        f"### {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
         f"{device_name(device)}\n\n"
         f"{args.variant} model, {shape}{'' if full else ' (reduced workload)'}, "
         f"median of {args.repeats} interleaved runs after {args.warmup} warm-up, torch {torch.__version__}.\n"
