@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import replace_section
+
 from magma_data.config import RunConfig
 from magma_data.sources.sample import SampleSource
 from magma_data.stages.camera import CameraStage
@@ -26,8 +28,7 @@ from magma_data.stages.plan import plan_source
 from magma_data.stages.render import RenderStage
 from magma_data.stages.track import TrackStage
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-SECTION = "## video_tom stages (CPU, one process)"
+TITLE = "video_tom stages (CPU, one process)"
 
 
 def measure(windows: int, height: int, grid_size: int) -> list[tuple[str, float]]:
@@ -60,28 +61,17 @@ def measure(windows: int, height: int, grid_size: int) -> list[tuple[str, float]
 def write_results(figures: list[tuple[str, float]], args) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     slowest = min(rate for _, rate in figures)
+    total = sum(1 / rate for _, rate in figures)
     lines = [
-        SECTION,
-        "",
         f"{datetime.date.today()} · commit {commit} · {platform.processor() or platform.machine()}, "
         f"no GPU · {args.windows} sample windows of 16 frames at height {args.height}, grid {args.grid_size}",
         "",
         "| stage | windows/s | time share |",
         "|---|---:|---:|",
     ]
-    total = sum(1 / rate for _, rate in figures)
     lines += [f"| {name} | {rate:.1f} | {100 / rate / total:.0f} % |" for name, rate in figures]
-    lines += ["", f"Bound for one process: {1 / total:.2f} windows/s; slowest stage {slowest:.1f} windows/s.", ""]
-    section = "\n".join(lines)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        following = rest.find("\n## ")
-        text = head + section + (rest[following + 1 :] if following >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-    return section
+    lines += ["", f"Bound for one process: {1 / total:.2f} windows/s; slowest stage {slowest:.1f} windows/s."]
+    return replace_section(TITLE, "\n".join(lines))
 
 
 def main() -> None:

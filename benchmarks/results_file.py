@@ -1,0 +1,22 @@
+"""benchmarks/RESULTS.md: one section per benchmark, replaced in place when the benchmark runs again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def replace_section(title: str, body: str, path: Path = RESULTS) -> str:
+    """Write ``## title`` + body into ``path``, replacing that section if it is there already."""
+    section = f"## {title}\n\n{body.strip()}\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    heading = f"## {title}\n"
+    if heading in text:
+        head, _, rest = text.partition(heading)
+        following = rest.find("\n## ")
+        text = head + section + (rest[following:] if following >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+    return section
