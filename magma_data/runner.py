@@ -53,6 +53,7 @@ class RunSummary:
     windows_processed: int = 0  # by this run
     error_classes: dict[str, int] = field(default_factory=dict)
     tracker: str = ""
+    windows_after_oom: int = 0  # tracked in a batch halved after CUDA ran out of memory
 
     @property
     def nothing_to_do(self) -> bool:
@@ -210,7 +211,7 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
         for unit in planned_errors:
             collector.add(unit)
         if windows:
-            summary.tracker = _stream(pipeline, config, options, windows, collector) or summary.tracker
+            _stream(pipeline, config, options, windows, collector, summary)
         lost = collector.add_lost()
         if lost:
             log.error("%d units never came back from Ray; they are error rows of class WorkerLost", lost)
@@ -230,8 +231,12 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     return summary
 
 
-def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict], collector) -> str:
-    """Run the Ray Data graph over the planned windows and hand every finished row to the collector."""
+def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict], collector, summary) -> None:
+    """Run the Ray Data graph over the planned windows and hand every finished row to the collector.
+
+    The summary learns how many windows were tracked only after their batch was halved on
+    out-of-memory (the rows themselves stay free of such hardware-dependent facts).
+    """
     import ray
 
     from magma_data.progress import progress_bar
@@ -245,7 +250,6 @@ def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict
     # units come back as WorkerLost error rows (ShardCollector.add_lost).
     context.max_errored_blocks = -1
     dataset = ray.data.from_items(windows, override_num_blocks=min(len(windows), 256))
-    tracker = ""
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing max_retries / max_restarts to map_batches but offers no named
         # parameter for them yet; the bounded retries matter more than the warning (execution.py).
@@ -254,10 +258,9 @@ def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict
     with progress_bar(len(windows), enabled=options.progress, label=f"{config.pipeline} {config.source}") as advance:
         for batch in finished.iter_batches(batch_size=None, batch_format="numpy"):
             for row in batch_to_rows(batch):
-                tracker = tracker or str(row.get("tracker", ""))
+                summary.windows_after_oom += int(row.get("track_oom_halvings", 0) > 0)
                 collector.add(row)
                 advance()
-    return tracker
 
 
 def _init_ray(options: RunOptions) -> None:

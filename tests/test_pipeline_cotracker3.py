@@ -1,0 +1,60 @@
+"""magma-data run with --tracker cotracker3: random weights in a temporary checkpoint, real local Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from magma_data.stages.cotracker3 import CoTracker3Offline
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "scaled_offline.pth"
+    torch.save(CoTracker3Offline().state_dict(), path)
+    return path
+
+
+def test_cotracker3_tracks_every_window_in_the_pipeline(random_checkpoint, tmp_path):
+    output = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "magma_data", "run", "video_tom", "--input", "sample", "--output", str(output),
+        "--tracker", "cotracker3", "--checkpoint", str(random_checkpoint),
+        "--limit", "2", "--window-len", "8", "--grid-size", "3", "--height", "128", "--batch-size", "2",
+        "--num-cpus", "2", "--no-progress",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+    assert "tracker: CoTracker3 offline from" in done.stderr
+
+    summary = json.loads((output / "summary.json").read_text())["sample"]
+    assert summary["tracker"] == "cotracker3"
+    assert summary["windows_planned"] == 2
+    assert summary["rows_written"] + summary["error_rows"] == 2
+    errors = [pq.read_table(p).to_pylist() for p in (output / "errors").glob("*.parquet")]
+    assert not [e for shard in errors for e in shard if e["stage"] == "track"]  # tracking itself never failed
+    config = json.loads((output / ".magma" / "sample" / "config.json").read_text())
+    assert config["track"]["tracker"] == "cotracker3" and config["tracker_weights"]
+    if summary["rows_written"]:
+        table = pq.read_table(output / "data" / "sample", columns=["tracker", "tracks"])
+        assert set(table["tracker"].to_pylist()) == {"cotracker3"}
+        assert len(table["tracks"][0].as_py()) == 8 and len(table["tracks"][0].as_py()[0]) == 9
+
+
+def test_auto_picks_cotracker3_when_the_environment_names_a_checkpoint(random_checkpoint, monkeypatch):
+    from magma_data.cli import resolve_tracker
+    from magma_data.config import RunConfig
+
+    monkeypatch.setenv("MAGMA_COTRACKER3_CHECKPOINT", str(random_checkpoint))
+    resolved = resolve_tracker(RunConfig())
+    assert resolved.track.tracker == "cotracker3" and resolved.track.checkpoint == str(random_checkpoint)
+    assert resolved.hash() != RunConfig().hash()
+    monkeypatch.delenv("MAGMA_COTRACKER3_CHECKPOINT")
+    monkeypatch.setenv("TORCH_HOME", str(random_checkpoint.parent / "empty-hub"))
+    assert resolve_tracker(RunConfig()).track.tracker == "lk"
