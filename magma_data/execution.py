@@ -37,8 +37,9 @@ ACTOR_ARGS = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
 
 @dataclass(frozen=True)
 class Resources:
-    """What the tracker stage may take: one actor per GPU, or one CPU actor."""
+    """Where the tracker runs: plain tasks (weight-free trackers), or actors (one per GPU, or one on CPU)."""
 
+    tracker_in_tasks: bool = False
     tracker_actors: int = 1
     gpus_per_tracker: float = 0.0
     cpus_per_tracker: float = 1.0
@@ -113,31 +114,61 @@ def run_stage(batch: dict[str, np.ndarray], stage: Stage) -> dict[str, np.ndarra
     return rows_to_batch(rows)
 
 
+def track_batch(batch: dict[str, np.ndarray], stage: TrackStage) -> dict[str, np.ndarray]:
+    """``map_batches`` function for the track stage: healthy windows go to the tracker together."""
+    crash_once("in_track")
+    rows = batch_to_rows(batch)
+    if not rows:
+        return batch
+    healthy = [row for row in rows if not row["error_stage"]]
+    results = stage.track_rows(healthy) if healthy else []
+    for row, result in zip(healthy, results):
+        if isinstance(result, BaseException):
+            mark_failed(row, stage.name, result)
+            row.update(stage.placeholders())
+        else:
+            row.update(result)
+    for row in rows:
+        if row["error_stage"] and "tracks" not in row:
+            row.update(stage.placeholders())
+        for column in stage.consumes:
+            row.pop(column, None)
+    return rows_to_batch(rows)
+
+
 class TrackActor:
-    """``map_batches`` class for the tracker: loads the model once per actor, batches windows."""
+    """``map_batches`` class for a tracker with weights: loads the model once per actor."""
 
     def __init__(self, config: TrackConfig):
         self.stage = TrackStage(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        crash_once("in_track")
-        rows = batch_to_rows(batch)
-        if not rows:
-            return batch
-        healthy = [row for row in rows if not row["error_stage"]]
-        results = self.stage.track_rows(healthy) if healthy else []
-        for row, result in zip(healthy, results):
-            if isinstance(result, BaseException):
-                mark_failed(row, self.stage.name, result)
-                row.update(self.stage.placeholders())
-            else:
-                row.update(result)
-        for row in rows:
-            if row["error_stage"] and "tracks" not in row:
-                row.update(self.stage.placeholders())
-            for column in self.stage.consumes:
-                row.pop(column, None)
-        return rows_to_batch(rows)
+        return track_batch(batch, self.stage)
+
+
+def track_windows(windows, config: TrackConfig, resources: Resources):
+    """The track step of every pipeline, placed by what the tracker needs.
+
+    A tracker with weights (CoTracker3) runs in an actor pool, one actor per GPU, so the model is
+    loaded once and many windows share a forward pass. A weight-free tracker (Lucas-Kanade) runs
+    as plain tasks: Ray fuses them with decode and the CPU stages after, so decoded frames never
+    leave the worker that made them and every core works on whole windows.
+    """
+    import ray
+
+    if resources.tracker_in_tasks:
+        return windows.map_batches(
+            track_batch, fn_args=(TrackStage(config),), batch_size=config.batch_size, num_cpus=1, **CPU_TASK_ARGS
+        )
+    return windows.map_batches(
+        TrackActor,
+        fn_constructor_args=(config,),
+        batch_size=config.batch_size,
+        num_gpus=resources.gpus_per_tracker,
+        num_cpus=resources.cpus_per_tracker,
+        compute=ray.data.ActorPoolStrategy(size=resources.tracker_actors),
+        **ACTOR_ARGS,
+    )
 
 
 def new_unit_row(plan_row: dict[str, Any]) -> Row:

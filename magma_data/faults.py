@@ -13,7 +13,7 @@ an earlier run committed):
 Points in Ray workers, ``arg`` a marker file: the first worker to get there creates the marker
 and dies; Ray's retry (and every later worker) finds the marker and goes on.
 
-- ``in_track:PATH``    inside the tracker actor, before it tracks a batch
+- ``in_track:PATH``    inside the track step (a CoTracker3 actor, or a Lucas-Kanade task), before it tracks a batch
 - ``in_stage:PATH``    inside a CPU stage task (decode, camera, marks, render), before it runs
 
 And one that never passes, like a decoder that segfaults on one file every time:

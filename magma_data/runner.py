@@ -279,11 +279,13 @@ def _init_ray(options: RunOptions) -> None:
 
 
 def _resources(config: RunConfig) -> Resources:
-    """One tracker actor per GPU when the tracker can use them, else one CPU actor."""
+    """CoTracker3: one actor per GPU, or one CPU actor without GPUs; Lucas-Kanade: plain tasks."""
     import ray
 
+    if config.track.tracker == "lk":
+        return Resources(tracker_in_tasks=True)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    if config.track.tracker == "cotracker3" and gpus > 0:
+    if gpus > 0:
         return Resources(tracker_actors=gpus, gpus_per_tracker=1.0, cpus_per_tracker=1.0)
     return Resources()
 

@@ -13,7 +13,7 @@ import ray
 from datasets import Features, List, Value
 
 from magma_data.config import RunConfig
-from magma_data.execution import ACTOR_ARGS, CPU_TASK_ARGS, Resources, TrackActor, run_stage
+from magma_data.execution import CPU_TASK_ARGS, Resources, run_stage, track_windows
 from magma_data.schema import video_tom_features
 from magma_data.sources.base import Source
 from magma_data.stages.action_tokens import ActionTokensStage
@@ -51,22 +51,20 @@ def plan(source: Source, config: RunConfig) -> list[dict]:
 
 
 def build(windows: ray.data.Dataset, config: RunConfig, resources: Resources) -> ray.data.Dataset:
-    seed = config.seed
-    return (
-        windows
-        # frames exist only between these two lines; TensorFlow reads the episode once per worker
-        .map_batches(run_stage, fn_args=(RldsFramesStage(config.decode),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS)
-        .map_batches(
-            TrackActor,
-            fn_constructor_args=(config.track,),
-            batch_size=config.track.batch_size,
-            num_gpus=resources.gpus_per_tracker,
-            num_cpus=resources.cpus_per_tracker,
-            compute=ray.data.ActorPoolStrategy(size=resources.tracker_actors),
-            **ACTOR_ARGS,
-        )
-        .map_batches(run_stage, fn_args=(CameraStage(config.camera),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS)
-        .map_batches(run_stage, fn_args=(MarksStage(config.marks, seed=seed),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS)
-        .map_batches(run_stage, fn_args=(RenderStage(config.render),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS)
-        .map_batches(run_stage, fn_args=(ActionTokensStage(config.action),), batch_size=64, num_cpus=1, **CPU_TASK_ARGS)
+    # Frames exist only between the frame read and track; TensorFlow reads the episode once per worker.
+    windows = windows.map_batches(
+        run_stage, fn_args=(RldsFramesStage(config.decode),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS
+    )
+    windows = track_windows(windows, config.track, resources)  # GPU actors, or tasks fused with the read
+    windows = windows.map_batches(
+        run_stage, fn_args=(CameraStage(config.camera),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS
+    )
+    windows = windows.map_batches(
+        run_stage, fn_args=(MarksStage(config.marks, seed=config.seed),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS
+    )
+    windows = windows.map_batches(
+        run_stage, fn_args=(RenderStage(config.render),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS
+    )
+    return windows.map_batches(
+        run_stage, fn_args=(ActionTokensStage(config.action),), batch_size=64, num_cpus=1, **CPU_TASK_ARGS
     )

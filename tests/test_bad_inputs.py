@@ -292,10 +292,9 @@ def test_a_tracker_exception_fails_its_window_and_the_batch_goes_on():
                 raise RuntimeError("tracker blew up on this window")
             return np.zeros((len(video), video.shape[1], 4, 2)), np.ones((len(video), video.shape[1], 4), bool)
 
-    actor = execution.TrackActor.__new__(execution.TrackActor)
-    actor.stage = TrackStage(TrackConfig(tracker="lk", batch_size=4), tracker=Exploding())
+    stage = TrackStage(TrackConfig(tracker="lk", batch_size=4), tracker=Exploding())
     rows = [{**_unit(i), "frames": np.full((2, 8, 8, 3), 7 if i == 1 else 0, np.uint8)} for i in range(3)]
-    out = batch_to_rows(actor(rows_to_batch(rows)))
+    out = batch_to_rows(execution.track_batch(rows_to_batch(rows), stage))
     assert [r["error_class"] for r in out] == ["", "RuntimeError", ""]
     assert out[1]["error_stage"] == "track" and out[0]["tracks"].shape == (2, 4, 2)
     assert all("frames" not in r for r in out)

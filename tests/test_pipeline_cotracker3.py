@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -21,16 +22,19 @@ def random_checkpoint(tmp_path_factory):
     return path
 
 
-def test_cotracker3_tracks_every_window_in_the_pipeline(random_checkpoint, tmp_path):
+def test_cotracker3_tracks_every_window_in_its_actor_which_ray_restarts_once_killed(random_checkpoint, tmp_path):
     output = tmp_path / "out"
+    marker = tmp_path / "actor-killed"
     command = [
         sys.executable, "-m", "magma_data", "run", "video_tom", "--input", "sample", "--output", str(output),
         "--tracker", "cotracker3", "--checkpoint", str(random_checkpoint),
         "--limit", "2", "--window-len", "8", "--grid-size", "3", "--height", "128", "--batch-size", "2",
         "--num-cpus", "2", "--no-progress",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    environment = {**os.environ, "MAGMA_DATA_CRASH_AT": f"in_track:{marker}"}  # magma_data/faults.py
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
     assert done.returncode in (0, 3), done.stderr[-3000:]
+    assert marker.exists(), "the tracker actor should have killed itself once"
     assert "tracker: CoTracker3 offline from" in done.stderr
 
     summary = json.loads((output / "summary.json").read_text())["sample"]

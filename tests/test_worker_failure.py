@@ -14,7 +14,7 @@ from cli_runs import SMALL, data_files, magma_run, sample_ids, uninterrupted_run
 from magma_data.execution import ACTOR_ARGS, CPU_TASK_ARGS
 
 
-def test_killed_tracker_actor_and_stage_worker_are_retried_and_the_dataset_is_unchanged(tmp_path, tmp_path_factory):
+def test_killed_track_and_stage_workers_are_retried_and_the_dataset_is_unchanged(tmp_path, tmp_path_factory):
     output = tmp_path / "out"
     markers = tmp_path / "track.marker", tmp_path / "stage.marker"
     result = magma_run(output, *SMALL, crash_at=f"in_track:{markers[0]},in_stage:{markers[1]}")
