@@ -3,6 +3,7 @@ import pytest
 
 from magma_data.stages.base import StageError
 from magma_data.stages.camera import CameraConfig, CameraStage, apply_homography
+from stage_contract import assert_placeholders_match
 
 WIDTH, HEIGHT, FRAMES = 640, 480, 12
 
@@ -141,12 +142,7 @@ def test_input_row_is_not_modified():
 def test_placeholders_match_the_output_columns():
     row, _, _ = panning_window()
     out, empty = CameraStage()(row), CameraStage().placeholders()
-    assert out.keys() == empty.keys()
-    for key, value in out.items():
-        if isinstance(value, np.ndarray):
-            assert empty[key].dtype == value.dtype and empty[key].ndim == value.ndim, key
-        else:
-            assert type(empty[key]) is type(value), key
+    assert_placeholders_match(out, empty)
 
 
 def test_a_single_frame_window_is_an_error():

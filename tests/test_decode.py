@@ -47,3 +47,10 @@ def test_an_unreadable_file_fails_with_both_backends_named(tmp_path):
     bogus.write_bytes(b"not a video at all")
     with pytest.raises(DecodeFailed, match="decord.*pyav"):
         DecodeStage(DecodeConfig())(_row(bogus, [0, 1]))
+
+
+def test_placeholders_match_the_output_columns(small_video):
+    from stage_contract import assert_placeholders_match
+
+    stage = DecodeStage(DecodeConfig(height=64))
+    assert_placeholders_match(stage(_row(small_video[0], [0, 1])), stage.placeholders())

@@ -5,6 +5,7 @@ import pytest
 from magma_data.stages.base import StageError
 from magma_data.stages.camera import CameraStage, apply_homography
 from magma_data.stages.marks import MarksConfig, MarksStage
+from stage_contract import assert_placeholders_match
 
 WIDTH, HEIGHT, FRAMES = 640, 480, 16
 
@@ -124,9 +125,7 @@ def test_a_window_where_nothing_is_ever_visible_is_an_error():
 def test_placeholders_match_the_output_columns():
     row, _ = busy_window()
     out, empty = MarksStage()(row), MarksStage().placeholders()
-    assert out.keys() == empty.keys()
-    for key, value in out.items():
-        assert empty[key].dtype == value.dtype and empty[key].ndim == value.ndim, key
+    assert_placeholders_match(out, empty)
 
 
 # Acceptance criterion: "On a synthetic clip where a textured object moves while the camera pans

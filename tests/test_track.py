@@ -99,3 +99,12 @@ def test_unknown_tracker_names_are_refused():
 
     with pytest.raises(ValueError, match="use auto, lk or cotracker3"):
         make_tracker(TrackConfig(tracker="raft"))
+
+
+def test_placeholders_match_the_output_columns():
+    from stage_contract import assert_placeholders_match
+
+    stage = TrackStage(TrackConfig(tracker="lk", grid_size=4))
+    frames = render_scene(SceneSpec(width=64, height=48, num_frames=3, seed=1)).frames
+    [result] = stage.track_rows([{"frames": frames}])
+    assert_placeholders_match(result, stage.placeholders())
