@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from magma_data.sources.sample import MovingObject, SceneSpec, render_scene
+from magma_data.sources.sample import SceneSpec, render_scene
 from magma_data.stages.track import LucasKanadeTracker, TrackConfig, TrackStage, grid_points
 
 
