@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,11 +145,27 @@ def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None
     """All units of a source in a stable order: window rows, and error rows for clips that yield none.
 
     Videos are probed in a thread pool (header reads, no decoding) unless the source's metadata
-    already gives the frame rate and frame count.
+    already gives the frame rate and frame count. Each video is probed once, however many clips
+    it holds (an EPIC-KITCHENS video has hundreds of narration segments).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from magma_data.sources.base import ClipProblem
+
+    probed: dict[str, VideoInfo | Exception] = {}
+    probing: dict[str, threading.Lock] = {}
+
+    def probe_once(path: str) -> VideoInfo:
+        with probing.setdefault(path, threading.Lock()):
+            if path not in probed:
+                try:
+                    probed[path] = probe_video(path)
+                except Exception as error:  # remembered: every clip of the video gets the same error
+                    probed[path] = error
+        found = probed[path]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     def windows_of(item) -> list[dict]:
         if isinstance(item, ClipProblem):
@@ -158,7 +175,7 @@ def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None
             if item.fps and item.num_frames:
                 info = VideoInfo(item.fps, item.num_frames)
             else:
-                info = probe_video(item.video_path)
+                info = probe_once(item.video_path)
             return plan_windows(item, info, source, config)
         except Exception as error:
             unit = f"{source}/{item.clip_id}"

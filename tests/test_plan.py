@@ -64,3 +64,13 @@ def test_plan_source_turns_every_unusable_unit_into_an_error_row(tmp_path):
 def test_limit_stops_planning_early():
     clips = [Clip(clip_id=f"c{i}", video_uid="v", video_path="/v.mp4", fps=30.0, num_frames=64) for i in range(50)]
     assert len(plan_source(clips, "src", PlanConfig(), limit=5)) == 5
+
+
+def test_each_video_is_probed_once_however_many_clips_it_holds(monkeypatch):
+    from magma_data.stages import plan
+
+    calls = []
+    monkeypatch.setattr(plan, "probe_video", lambda path: calls.append(path) or VideoInfo(fps=30.0, num_frames=300))
+    clips = [Clip(clip_id=f"seg{i}", video_uid="v", video_path="/v.mp4", start_sec=i, end_sec=i + 1.0) for i in range(6)]
+    units = plan_source(clips, "src", PlanConfig())
+    assert calls == ["/v.mp4"] and len(units) == 6
