@@ -13,12 +13,11 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from results_file import replace_section
+from results_file import git_commit, replace_section
 
 from magma_data.config import RunConfig
 from magma_data.runner import RunOptions, run
@@ -61,7 +60,7 @@ def main() -> None:
         summary = run(config, RunOptions(output=Path(scratch) / "out", root=cache, num_cpus=args.num_cpus,
                                          progress=False))
         ray_s = time.perf_counter() - start
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     serial, pipelined = windows / serial_s, summary.windows_processed / ray_s
     body = "\n".join([
         f"{datetime.date.today()} · commit {commit} · {platform.machine()}, {args.num_cpus} CPUs, no GPU · "

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from results_file import replace_section
+from results_file import git_commit, replace_section
 
 from magma_data.config import RunConfig
 from magma_data.sources.sample import SampleSource
@@ -59,7 +58,7 @@ def measure(windows: int, height: int, grid_size: int) -> list[tuple[str, float]
 
 
 def write_results(figures: list[tuple[str, float]], args) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     slowest = min(rate for _, rate in figures)
     total = sum(1 / rate for _, rate in figures)
     lines = [

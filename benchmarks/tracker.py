@@ -16,13 +16,13 @@ import argparse
 import contextlib
 import datetime
 import platform
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
 import torch
+from results_file import git_commit
 
 from magma_data.stages.cotracker3 import CoTracker3Offline, CoTracker3Online, CoTracker3Predictor
 
@@ -105,16 +105,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def append_results(path: Path, block: str) -> None:

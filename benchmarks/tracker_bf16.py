@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 from pathlib import Path
 
 import decord
 import numpy as np
 import torch
-from results_file import replace_section
+from results_file import git_commit, replace_section
 
 from magma_data.stages.cotracker3 import CoTracker3Offline, CoTracker3PointTracker
 
@@ -63,7 +62,7 @@ def main() -> None:
         motion = np.linalg.norm(t32[:, -1] - t32[:, 0], axis=-1).mean()
         rows.append(f"| {name} | {motion:.1f} | {np.median(distance):.3f} | {np.percentile(distance, 95):.3f} | "
                     f"{distance.max():.3f} | {100 * (v32 != v16).mean():.2f} % |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     weights = f"weights {args.checkpoint.name}" if args.checkpoint else "seeded random weights (heads scaled), a proxy"
     body = "\n".join([
         f"{datetime.date.today()} · commit {commit} · device {device} · {weights} · offline model, "
