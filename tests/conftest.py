@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import av  # noqa: F401  (before decord: see below)
 import pytest
+
+# PyAV must load its FFmpeg before decord loads the copy it bundles: with decord first, PyAV's
+# libvpx encoder fails to open, and the SSv2 miniatures are VP9 .webm files the tests write.
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"
