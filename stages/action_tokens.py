@@ -18,11 +18,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from magma_data.magma_text import action_turn
+
 from .base import Row, StageError
-
-ACTION_PLACEHOLDER = "<action>"
-IMAGE_PLACEHOLDER = "<image>\n"
-
 
 @dataclass(frozen=True)
 class ActionConfig:
@@ -66,14 +64,6 @@ def action_token_ids(normalized: np.ndarray, config: ActionConfig) -> np.ndarray
     edges = np.linspace(-1, 1, config.bins)
     bins = np.digitize(np.clip(normalized, -1, 1), edges)  # 1..bins
     return (config.vocab_size - bins).astype(np.int32)
-
-
-def action_turn(instruction: str) -> list[dict[str, str]]:
-    """§8.4: the question with the image, and 7 action placeholders as the answer."""
-    return [
-        {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat action should the robot take to {instruction}?"},
-        {"from": "gpt", "value": ACTION_PLACEHOLDER * 7},
-    ]
 
 
 class ActionTokensStage:

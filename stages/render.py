@@ -33,11 +33,10 @@ from typing import ClassVar, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from magma_data.magma_text import GRID_SIZE, semantic_turn, som_turn, tom_turn
+
 from .base import Row, StageError
 from .camera import usable_points
-
-IMAGE_PLACEHOLDER = "<image>\n"
-
 
 @dataclass(frozen=True)
 class RenderConfig:
@@ -55,7 +54,7 @@ class RenderConfig:
     #: a ToM mark needs more than T // this many kept points; None for no minimum (robot loader)
     min_points_divisor: int | None = 4
     #: side of the square grid the conversation's coordinates live on
-    grid_size: int = 256
+    grid_size: int = GRID_SIZE
     #: mark font size: the smallest whose "55" box reaches this fraction of the image width
     font_width_fraction: float = 0.03
 
@@ -230,57 +229,6 @@ def _text_size(text: str, font: ImageFont.FreeTypeFont) -> tuple[int, int]:
         (0, 0), text, font=font
     )
     return right, bottom
-
-
-def semantic_turn(task: str) -> list[dict[str, str]]:
-    """§8.1, the ego4d / sthv2 question every video source uses."""
-    return [
-        {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat is the person doing in the image?\n"},
-        {"from": "gpt", "value": f"{task}\n"},
-    ]
-
-
-def tom_turn(
-    style: str,
-    task: str,
-    ids: np.ndarray,
-    tom_ids: np.ndarray,
-    targets: list[np.ndarray],
-    grid_size: int = 256,
-) -> list[dict[str, str]]:
-    """§8.2 (video) or §8.5 (robot, with the colon): where the moving marks go next."""
-    all_ids = sorted(int(mark_id) for mark_id in ids)
-    steps = max(len(target) - 1 for target in targets)
-    actor, colon = ("robot", ":") if style == "robot" else ("person", "")
-    doing = f"The {actor} is doing: {task.removesuffix('.')}. " if task else ""
-    question = (
-        f"{IMAGE_PLACEHOLDER}\nThe image is split into {grid_size}x{grid_size} grids, and labeled "
-        f"with numeric marks{colon} {all_ids}.\n{doing}To finish the task, how to move the numerical marks "
-        f"in the image for the next {steps} steps?\n"
-    )
-    starts = ", ".join(
-        f"Mark {mark_id} at [{target[0, 0]},{target[0, 1]}]"
-        for mark_id, target in zip(tom_ids, targets)
-    )
-    futures = "".join(
-        f'"Mark {mark_id}": "[{",".join(f"[{x},{y}]" for x, y in target[1:])}]"\n\n'
-        for mark_id, target in zip(tom_ids, targets)
-    )
-    answer = f"{starts} should be moved, and their future positions are:\n\n{futures}"
-    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-
-
-def som_turn(ids: np.ndarray, grid_xy: np.ndarray, grid_size: int = 256) -> list[dict[str, str]]:
-    """§8.3: locate every mark, ids ascending."""
-    question = (
-        f"{IMAGE_PLACEHOLDER}\nThe image is split into {grid_size}x{grid_size} grids, and labeled "
-        "with numeric marks.\nPlease locate all the numerical marks in the image.\n"
-    )
-    order = np.argsort(ids)
-    answer = ". ".join(
-        f"Mark {int(ids[mark])} at [{grid_xy[mark, 0]},{grid_xy[mark, 1]}]" for mark in order
-    )
-    return [{"from": "human", "value": question}, {"from": "gpt", "value": f"{answer}\n"}]
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
