@@ -281,7 +281,8 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
         embeddings, mask, position_ids, _ = self.embed(input_ids, attention_mask, pixel_values, image_sizes)
         if position_ids is None:
             position_ids = (mask.long().cumsum(-1) - 1).masked_fill_(mask == 0, 1)
-        generate_kwargs.setdefault("generation_config", self.generation_config)
+        # decode with Magma's generation_config.json (bos, eos, pad), not the one Llama derives
+        self.language_model.generation_config = self.generation_config
         new_tokens = self.language_model.generate(
             inputs_embeds=embeddings, attention_mask=mask, position_ids=position_ids, **generate_kwargs
         )
