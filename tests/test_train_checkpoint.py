@@ -93,16 +93,26 @@ def test_an_unexpected_tensor_in_the_checkpoint_is_an_error_naming_it(tiny, tmp_
         MagmaForCausalLM.from_pretrained(tmp_path)
 
 
-def test_the_towers_depths_and_widths_come_from_tensor_shapes_when_config_json_lacks_them(tiny, inputs, tmp_path):
-    """Magma-8B's config.json names its backbone but not its structure."""
+def test_a_config_json_written_like_magma_8b_s_loads_with_the_tower_read_from_tensor_shapes(tiny, inputs, tmp_path):
+    """Magma-8B's config.json (transformers 4.44) names its backbone but not the tower's structure,
+    copies the Llama fields to the top level, and points auto_map at remote code we do not run."""
     shutil.copytree(tiny, tmp_path, dirs_exist_ok=True)
     config = json.loads((tmp_path / "config.json").read_text())
     structure = {key: config["vision_config"].pop(key) for key in ("convnext_depths", "convnext_dims", "clip_embed_dim")}
+    text = config["text_config"]
+    text.pop("rope_parameters")
+    text |= {"torch_dtype": "bfloat16", "architectures": ["LlamaForCausalLM"], "_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct"}
+    config |= {key: text[key] for key in ("hidden_size", "num_hidden_layers", "vocab_size", "rope_theta", "rope_scaling")}
+    config |= {
+        "auto_map": {"AutoConfig": "configuration_magma.MagmaConfig", "AutoModelForCausalLM": "modeling_magma.MagmaForCausalLM"},
+        "torch_dtype": "bfloat16", "transformers_version": "4.44.1", "mm_use_im_start_end": False,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
 
     assert tower_structure(checkpoint_shapes(tmp_path)) == structure
-    model = MagmaForCausalLM.from_pretrained(tmp_path)
+    model = MagmaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     assert model.config.vision_config["convnext_depths"] == structure["convnext_depths"]
+    assert model.config.text_config.rope_parameters["rope_theta"] == 500000.0
     assert torch.equal(logits(model, inputs), logits(MagmaForCausalLM.from_pretrained(tiny), inputs))
 
 

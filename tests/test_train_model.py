@@ -276,6 +276,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(model, process
     plain_loss, plain = loss_and_grads()
     model.activation_checkpointing_enable()
     assert all(stage.gradient_checkpointing for stage in model.vision_tower.clip_vision_model.trunk.stages)
+    assert all(layer.gradient_checkpointing for layer in model.language_model.model.layers)
     checkpointed_loss, checkpointed = loss_and_grads()
 
     assert checkpointed_loss == plain_loss

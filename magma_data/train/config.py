@@ -121,12 +121,12 @@ class MagmaConfig(PretrainedConfig):
             model_type = text_config.pop("model_type", "llama")
             if model_type != "llama":
                 raise ValueError(f"text_config model_type {model_type!r}: Magma's language model is Llama")
-            if "rope_scaling" in text_config and text_config["rope_scaling"] is None:
-                del text_config["rope_scaling"]  # 4.x's "no scaling"; 5.x warns on the key even when null
+            _drop_null_rope_scaling(text_config)
             text_config = LlamaConfig(**text_config)
         self.text_config = text_config if text_config is not None else LlamaConfig()
         self.vision_config = dict(vision_config or {})
         self.image_token_index = image_token_index
+        _drop_null_rope_scaling(kwargs)  # Magma-8B copies the Llama fields to the top level too
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +142,12 @@ class MagmaConfig(PretrainedConfig):
             text["rope_theta"] = rope.pop("rope_theta")
             text["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
         return output
+
+
+def _drop_null_rope_scaling(fields: dict[str, Any]) -> None:
+    """``rope_scaling: null`` is transformers 4's "no scaling"; transformers 5 warns on the key."""
+    if "rope_scaling" in fields and fields["rope_scaling"] is None:
+        del fields["rope_scaling"]
 
 
 # Lets AutoConfig (and AutoTokenizer, which reads config.json) recognise Magma folders.
