@@ -152,6 +152,11 @@ def render(rows: list[dict], llm_layers: int, file_bytes: int, shards: int) -> s
         "Peak = the process's VmHWM; baseline = its resident memory after importing torch, transformers and "
         "magma_data.train, before loading.",
         "",
+        "Reading it: shards already in the requested dtype load memory-mapped without a copy, so their weights "
+        "stay file-backed (page cache) and become resident as they are read: one copy of the checkpoint at the "
+        "peak. Another dtype is converted tensor by tensor into anonymous memory, one copy in that dtype, while "
+        "the source pages are mapped: that copy plus the file at the peak.",
+        "",
         "| load dtype, moment | weights in memory (GB) | load seconds | baseline RSS (GB) | peak RSS (GB) | "
         "peak / file size | (peak - baseline) / weights | anonymous / file-backed RSS then (GB) |",
         "|---|---:|---:|---:|---:|---:|---:|---|",

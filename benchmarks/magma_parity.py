@@ -309,6 +309,12 @@ def render(report: list, work: Path) -> str:
         f"loss {LOSS_BUDGET:g}. Weights drawn by the official code from a seed, saved by it and loaded by ours; "
         "\"reload\" is the official model loading what ours saved. Train mode runs the towers' drop path "
         "with the same seed on both sides; the gradient column is the projector's first weight.",
+        "",
+        "Reading it: a difference of exactly 0 means both sides ran the same torch kernels in the same order "
+        "(drop path included: the same Bernoulli draws under one seed); the official tower always runs under a "
+        "reentrant checkpoint, so its backward may differ in the last bits. Not covered here: bf16 and GPU "
+        "kernels (the official training scripts use flash attention), and Magma-8B's own weights (not "
+        "downloadable on the machine that ran this).",
     ]
     for name, spec, processor, rows, generation_same, drop_rates_same, problems, shards in report:
         tower = spec["tower"]
