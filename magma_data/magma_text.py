@@ -30,6 +30,9 @@ SYSTEM_PROMPT = "You are agent that can see, talk and act."
 IGNORE_INDEX = -100
 #: Side of the square grid the SoM / ToM coordinates live on (``spatial_quant_size``).
 GRID_SIZE = 256
+# The ToM answer's fixed phrases (§8.2), shared by tom_turn and parse_tom_answer.
+_MOVED = "should be moved"
+_FUTURE_INTRO = "their future positions are:"
 #: Action ids are the last ``ACTION_BINS`` ids of the base vocabulary (``tokenizer.vocab_size``).
 ACTION_BINS = 256
 
@@ -90,7 +93,7 @@ def tom_turn(
         f'"Mark {mark_id}": "[{",".join(f"[{x},{y}]" for x, y in target[1:])}]"\n\n'
         for mark_id, target in zip(tom_ids, targets)
     )
-    answer = f"{starts} should be moved, and their future positions are:\n\n{futures}"
+    answer = f"{starts} {_MOVED}, and {_FUTURE_INTRO}\n\n{futures}"
     return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
 
 
@@ -121,8 +124,6 @@ _MARK_AT = re.compile(r"Mark\s+(\d+)\s+at\s+\[\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
 _FUTURE_KEY = re.compile(r'"?Mark\s+(\d+)"?\s*:')
 _POINT = re.compile(r"\[\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
 _POINT_LIST = re.compile(r'\s*"?\[\s*(\[\s*-?\d+\s*,\s*-?\d+\s*\]\s*,?\s*)*\]"?\s*')
-_MOVED = "should be moved"
-_FUTURE_INTRO = "their future positions are:"
 
 
 @dataclass

@@ -12,6 +12,7 @@ from train_fixtures import batch_of_one, chat, picture, redraw_weights, tiny_mag
 
 from magma_data.train import MagmaForCausalLM, MagmaProcessor
 from magma_data.train.checkpoint import checkpoint_shapes, tower_structure
+from magma_data.train.config import TOWER_STRUCTURE_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_a_config_json_written_like_magma_8b_s_loads_with_the_tower_read_from_te
     copies the Llama fields to the top level, and points auto_map at remote code we do not run."""
     shutil.copytree(tiny, tmp_path, dirs_exist_ok=True)
     config = json.loads((tmp_path / "config.json").read_text())
-    structure = {key: config["vision_config"].pop(key) for key in ("convnext_depths", "convnext_dims", "clip_embed_dim")}
+    structure = {key: config["vision_config"].pop(key) for key in TOWER_STRUCTURE_KEYS}
     text = config["text_config"]
     text.pop("rope_parameters")
     text |= {"torch_dtype": "bfloat16", "architectures": ["LlamaForCausalLM"], "_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct"}

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .config import MagmaConfig
+from .config import TOWER_STRUCTURE_KEYS, MagmaConfig
 
 TOWER_PREFIX = "vision_tower.clip_vision_model."
 _BLOCK_GAMMA = re.compile(r"trunk\.stages\.(\d+)\.blocks\.(\d+)\.gamma")
@@ -77,7 +77,7 @@ def tower_structure(shapes: dict[str, tuple[int, ...]], prefix: str = TOWER_PREF
 
 def complete_vision_config(config: MagmaConfig, folder: Path) -> None:
     """Fill the tower's structure from the checkpoint when ``config.json`` does not state it."""
-    if {"convnext_depths", "convnext_dims", "clip_embed_dim"} <= config.vision_config.keys():
+    if set(TOWER_STRUCTURE_KEYS) <= config.vision_config.keys():
         return
     config.vision_config.update(tower_structure(checkpoint_shapes(folder)))
 

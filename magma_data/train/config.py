@@ -5,7 +5,7 @@ The file holds a Llama ``text_config``, a free-form ``vision_config`` dict and
 ``vision_config``; we add the ConvNeXt structure (``convnext_depths``, ``convnext_dims``,
 ``clip_embed_dim``) so a checkpoint describes its own tower. When a folder lacks them (Magma-8B's
 does), ``MagmaForCausalLM.from_pretrained`` reads them from the checkpoint's tensor shapes
-(``checkpoint.vision_structure``), never from the backbone's name.
+(``checkpoint.tower_structure``), never from the backbone's name.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ STEM_PATCH = 4
 #: tower from the name ``vision_backbone``, so our checkpoints with this structure carry it too.
 CONVNEXT_XXLARGE = {"convnext_depths": [3, 4, 30, 3], "convnext_dims": [384, 768, 1536, 3072], "clip_embed_dim": 1024}
 XXLARGE_BACKBONE = "convnextxxlarge"
+#: The vision_config keys that describe the tower's structure.
+TOWER_STRUCTURE_KEYS = tuple(CONVNEXT_XXLARGE)
 #: The vision_config Magma's train.py writes (crop strategy, 2-layer GELU projector), less the
 #: tower structure, which comes from the weights.
 MAGMA_VISION_SETTINGS = {
@@ -57,7 +59,7 @@ class VisionSpec:
     @classmethod
     def from_config(cls, config: MagmaConfig) -> VisionSpec:
         vision = config.vision_config
-        missing = [key for key in ("convnext_depths", "convnext_dims", "clip_embed_dim") if key not in vision]
+        missing = [key for key in TOWER_STRUCTURE_KEYS if key not in vision]
         if missing:
             raise ValueError(
                 f"vision_config has no {', '.join(missing)}: the ConvNeXt's depths and widths are read "

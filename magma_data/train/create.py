@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from magma_data.magma_text import ACTION_TOKEN, IMAGE_TOKEN, PAD_TOKEN
+from magma_data.magma_text import IMAGE_TOKEN, MAGMA_ADDED_TOKENS, PAD_TOKEN
 
 from .checkpoint import load_open_clip_visual, tower_structure
 from .config import CONVNEXT_XXLARGE, MAGMA_VISION_SETTINGS, XXLARGE_BACKBONE, MagmaConfig, VisionSpec
@@ -58,7 +58,7 @@ def create_from_components(
     """Magma's pretraining start as its train.py assembles it, from a Llama-3-Instruct folder and
     the open_clip ConvNeXt CLIP weights.
 
-    The tokenizer gains ``<image>``, ``<pad>`` (when it has none) and ``<action>``; each new
+    The tokenizer gains ``MAGMA_ADDED_TOKENS`` in order (``<pad>`` only when it has none); each new
     embedding row, input and output, is the mean of the rows before it. The projector is drawn
     from ``seed`` (normal, std = ``initializer_range``; zero biases and row separator). Unlike the
     official loader (``strict=False``, magma.md §17.20), every tower tensor must be present.
@@ -85,9 +85,9 @@ def create_from_components(
     projector.apply(model._init_weights)
     model.multi_modal_projector = projector.to(dtype)
 
-    for tokens in ([IMAGE_TOKEN], [PAD_TOKEN] if tokenizer.pad_token is None else [], [ACTION_TOKEN]):
-        _add_tokens_mean_initialised(model, tokenizer, tokens)
-    tokenizer.pad_token = tokenizer.pad_token or PAD_TOKEN
+    for token in MAGMA_ADDED_TOKENS:
+        if token != PAD_TOKEN or tokenizer.pad_token is None:
+            _add_token_mean_initialised(model, tokenizer, token)
     config.image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     config.text_config.pad_token_id = tokenizer.pad_token_id
     # Llama-3-Instruct stops at <|eot_id|> as well as <|end_of_text|>: keep its list
@@ -112,14 +112,12 @@ def _magma_config(text: LlamaConfig, tower: dict, tokenizer: PreTrainedTokenizer
     )
 
 
-def _add_tokens_mean_initialised(model: MagmaForCausalLM, tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> None:
-    """train.py's ``smart_tokenizer_and_embedding_resize``: new rows = mean of the existing rows."""
-    if not tokens:
-        return
-    if tokens == [PAD_TOKEN]:
+def _add_token_mean_initialised(model: MagmaForCausalLM, tokenizer: PreTrainedTokenizerBase, token: str) -> None:
+    """train.py's ``smart_tokenizer_and_embedding_resize``: the new row = mean of the existing rows."""
+    if token == PAD_TOKEN:
         added = tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     else:
-        added = tokenizer.add_tokens(tokens, special_tokens=True)
+        added = tokenizer.add_tokens([token], special_tokens=True)
     if not added:
         return
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -31,8 +31,9 @@ from transformers.utils import ModelOutput
 
 from magma_data.magma_text import IGNORE_INDEX
 
+from .checkpoint import complete_vision_config, raise_on_key_mismatch
 from .config import MagmaConfig, VisionSpec
-from .vision_tower import ConvNeXtBlock, MagmaVisionTower
+from .vision_tower import LAYER_SCALE_INIT, ConvNeXtBlock, MagmaVisionTower
 
 #: Magma-8B is hosted in 5 GB shards; save_pretrained writes the same layout by default.
 MAGMA_SHARD_SIZE = "5GB"
@@ -77,10 +78,10 @@ class MagmaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["LlamaDecoderLayer", "ConvNeXtStage"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """transformers' defaults, timm's layer-scale start (1e-6) and a zero row separator."""
+        """transformers' defaults, timm's layer-scale start and a zero row separator."""
         super()._init_weights(module)
         if isinstance(module, ConvNeXtBlock):
-            init.constant_(module.gamma, 1e-6)
+            init.constant_(module.gamma, LAYER_SCALE_INIT)
         elif isinstance(module, MagmaProjector):
             init.zeros_(module.row_seperator)
             for name in ("img_start_seperator", "img_end_seperator"):
@@ -89,6 +90,8 @@ class MagmaPreTrainedModel(PreTrainedModel):
 
 
 class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
+    """Magma: ``vision_tower`` + ``multi_modal_projector`` + ``language_model`` (Llama)."""
+
     def __init__(self, config: MagmaConfig):
         super().__init__(config)
         self.spec = VisionSpec.from_config(config)
@@ -107,12 +110,10 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, path: str | Path, *args: Any, **kwargs: Any) -> MagmaForCausalLM:
         """Load a Magma folder (Magma-8B as hosted, or ours) with stock transformers.
 
-        Builds on the meta device and reads the memory-mapped safetensors shards straight into
-        the requested dtype. Every stored tensor must find its parameter and every parameter its
+        Builds on the meta device and reads the memory-mapped safetensors shards; shards already in
+        the requested dtype are used without a copy. Every stored tensor must find its parameter and every parameter its
         tensor: anything else is an error naming the keys.
         """
-        from .checkpoint import complete_vision_config, raise_on_key_mismatch
-
         if not Path(path).is_dir():
             raise FileNotFoundError(
                 f"{path} is not a folder: MagmaForCausalLM reads a local Magma folder; download one first "
@@ -243,7 +244,12 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MagmaOutput:
-        """One pass over whole sequences (training and scoring; ``generate`` handles decoding)."""
+        """One pass over whole sequences (training and scoring; ``generate`` handles decoding).
+
+        The loss is computed whenever ``labels`` are given; the official model computes it only in
+        ``train()`` mode (and then needs a process group and wandb), which would leave validation
+        without a loss.
+        """
         embeddings, attention_mask, position_ids, labels = self.embed(
             input_ids, attention_mask, pixel_values, image_sizes, labels
         )

@@ -19,6 +19,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .config import STEM_PATCH, VisionSpec
 
+#: timm's ``ls_init_value``: the layer scales' start in a model built from scratch.
+LAYER_SCALE_INIT = 1e-6
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (timm ``LayerNorm2d``)."""
@@ -71,8 +74,7 @@ class ConvNeXtBlock(nn.Module):
         self.conv_dw = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim)
-        # timm's ls_init_value; the name "gamma" is the checkpoint's
-        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
+        self.gamma = nn.Parameter(torch.full((dim,), LAYER_SCALE_INIT))  # the checkpoint's name
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
