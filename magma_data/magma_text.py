@@ -30,6 +30,9 @@ SYSTEM_PROMPT = "You are agent that can see, talk and act."
 IGNORE_INDEX = -100
 #: Side of the square grid the SoM / ToM coordinates live on (``spatial_quant_size``).
 GRID_SIZE = 256
+# The opening of every SoM / ToM question (§8.2, §8.3, §8.5); such a turn shows the marked image.
+_MARKS_QUESTION = "The image is split into {size}x{size} grids, and labeled with numeric marks"
+_MARKS_QUESTION_PATTERN = re.compile(re.escape(_MARKS_QUESTION).replace(r"\{size\}", r"\d+"))
 # The ToM answer's fixed phrases (§8.2), shared by tom_turn and parse_tom_answer.
 _MOVED = "should be moved"
 _FUTURE_INTRO = "their future positions are:"
@@ -81,9 +84,8 @@ def tom_turn(
     actor, colon = ("robot", ":") if style == "robot" else ("person", "")
     doing = f"The {actor} is doing: {task.removesuffix('.')}. " if task else ""
     question = (
-        f"{IMAGE_PLACEHOLDER}\nThe image is split into {grid_size}x{grid_size} grids, and labeled "
-        f"with numeric marks{colon} {all_ids}.\n{doing}To finish the task, how to move the numerical marks "
-        f"in the image for the next {steps} steps?\n"
+        f"{IMAGE_PLACEHOLDER}\n{_MARKS_QUESTION.format(size=grid_size)}{colon} {all_ids}.\n{doing}"
+        f"To finish the task, how to move the numerical marks in the image for the next {steps} steps?\n"
     )
     starts = ", ".join(
         f"Mark {mark_id} at [{target[0, 0]},{target[0, 1]}]"
@@ -100,8 +102,8 @@ def tom_turn(
 def som_turn(ids: np.ndarray, grid_xy: np.ndarray, grid_size: int = GRID_SIZE) -> list[dict[str, str]]:
     """§8.3: locate every mark, ids ascending."""
     question = (
-        f"{IMAGE_PLACEHOLDER}\nThe image is split into {grid_size}x{grid_size} grids, and labeled "
-        "with numeric marks.\nPlease locate all the numerical marks in the image.\n"
+        f"{IMAGE_PLACEHOLDER}\n{_MARKS_QUESTION.format(size=grid_size)}.\n"
+        "Please locate all the numerical marks in the image.\n"
     )
     order = np.argsort(ids)
     answer = ". ".join(
@@ -110,12 +112,25 @@ def som_turn(ids: np.ndarray, grid_xy: np.ndarray, grid_size: int = GRID_SIZE) -
     return [{"from": "human", "value": question}, {"from": "gpt", "value": f"{answer}\n"}]
 
 
+def blank_turn() -> list[dict[str, str]]:
+    """§8.1, Magma's turn for a blank or unreadable frame (shown a black image)."""
+    return [
+        {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat is in this image?"},
+        {"from": "gpt", "value": "This is a blank image."},
+    ]
+
+
 def action_turn(instruction: str) -> list[dict[str, str]]:
     """§8.4: the question with the image, and one action placeholder per dimension as the answer."""
     return [
         {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat action should the robot take to {instruction}?"},
         {"from": "gpt", "value": ACTION_TOKEN * ACTION_DIMENSIONS},
     ]
+
+
+def asks_about_marks(question: str) -> bool:
+    """Whether a user turn is a SoM / ToM question, the turn that shows the image with marks drawn."""
+    return _MARKS_QUESTION_PATTERN.search(question) is not None
 
 
 # -- reading answers back: the inverse of tom_turn / som_turn ----------------------------------
@@ -140,6 +155,8 @@ class ParsedAnswer:
     marks: dict[int, list[int]] = field(default_factory=dict)
     traces: dict[int, list[list[int]]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: marks whose future list is malformed or cut off (their points may belong to other marks)
+    malformed: set[int] = field(default_factory=set)
 
 
 def parse_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
@@ -183,6 +200,7 @@ def parse_tom_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
         value = futures_text[key.end() : following.start() if following else len(futures_text)]
         if not _POINT_LIST.fullmatch(value):
             parsed.problems.append(f"the future positions of mark {mark_id} are malformed or cut off: {_quote(value)}")
+            parsed.malformed.add(mark_id)
         points = [[int(x), int(y)] for x, y in _POINT.findall(value)]
         if mark_id in futures:
             parsed.problems.append(f"mark {mark_id} has two future lists; the first is kept")
