@@ -63,3 +63,24 @@ def redraw_weights(model: MagmaForCausalLM, seed: int) -> MagmaForCausalLM:
                 value = torch.randn(param.shape, generator=generator) / param.shape[1:].numel() ** 0.5
             param.copy_(value)
     return model
+
+
+#: A sample-source run with Trace-of-Mark rows: 2 windows of 8 frames from each of the 4 clips, a low
+#: motion threshold so most windows have moving marks (7 of the 8 rows get a ToM turn).
+TOM_RUN = ("--input", "sample", "--tracker", "lk", "--height", "128", "--grid-size", "8", "--window-len", "8",
+           "--window-stride", "4", "--set", "marks.moving_threshold_px=0.5", "--set", "render.speed_threshold=1",
+           "--set", "plan.max_windows_per_clip=2", "--rows-per-shard", "4", "--no-progress")
+_shards: dict[Path, Path] = {}
+
+
+def tom_shards(tmp_path_factory) -> Path:
+    """``magma-data run video_tom --input sample`` output with ToM rows, made once per session (read it, never write)."""
+    from cli_runs import magma_run
+
+    base = tmp_path_factory.getbasetemp()
+    if base not in _shards:
+        output = tmp_path_factory.mktemp("tom-shards") / "sample"
+        result = magma_run(output, *TOM_RUN)
+        assert result.returncode == 0, result.stderr
+        _shards[base] = output
+    return _shards[base]

@@ -1,0 +1,213 @@
+"""magma_data.train.data: shard rows -> Magma's samples and batches, the split, the mixture, re-drawn marks."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from train_fixtures import picture, tiny_magma, tom_shards
+
+from magma_data.magma_text import IGNORE_INDEX, SYSTEM_PROMPT, asks_about_marks, parse_answer
+from magma_data.stages.action_tokens import ActionConfig, action_token_ids
+from magma_data.train import MagmaProcessor
+from magma_data.train.data import (
+    Collator,
+    DataSource,
+    DataSpec,
+    Mixture,
+    SampleMaker,
+    Skipped,
+    TrainingSamples,
+    answer_spans,
+    chat_headers,
+    open_data,
+)
+
+GOLDEN = Path(__file__).parent / "fixtures" / "magma_preprocess_golden.json"
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory) -> MagmaProcessor:
+    return MagmaProcessor.from_pretrained(tiny_magma(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[DataSource]:
+    return open_data([DataSpec(tom_shards(tmp_path_factory))], cache_dir=tmp_path_factory.mktemp("hf-cache"))
+
+
+def _jpeg(width: int, height: int, seed: int) -> dict:
+    buffer = io.BytesIO()
+    picture(width, height, seed).save(buffer, format="JPEG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _magma_source(rows) -> DataSource:
+    return DataSource("rows", "magma", rows)
+
+
+def test_rows_become_the_samples_magmas_own_preprocess_makes(processor):
+    """Golden cases: Magma's LazySupervisedDataset.__getitem__ @ e373780 on a video ToM row and a robot row
+    (benchmarks/magma_data_parity.py --golden, run in the official venv on rows of a sample-source run)."""
+    maker = SampleMaker(processor)
+    for case in json.loads(GOLDEN.read_text()):
+        row = {"conversations": case["conversations"], "image": _jpeg(192, 128, 1), "som_image": _jpeg(192, 128, 2),
+               "action_normalized": case["action_normalized"]}
+        sample = maker(row, _magma_source([row]))
+        assert sample.input_ids.tolist() == case["input_ids"], case["name"]
+        assert sample.labels.tolist() == case["labels"], case["name"]
+        assert sample.image_sizes.tolist() == case["image_sizes"]
+        assert sample.pixel_values.shape == (len(case["image_sizes"]), 3, 512, 512)  # 1 crop per video/robot image
+
+
+def test_labels_cover_each_answer_and_its_end_of_turn_only(processor):
+    maker = SampleMaker(processor)
+    turns = [{"from": "human", "value": "<image>\n\nWhat is the person doing in the image?\n"},
+             {"from": "gpt", "value": "open the drawer\n"}]
+    ids, labels = maker.tokens(turns)
+    supervised = processor.tokenizer.decode(labels[labels != IGNORE_INDEX])
+    assert supervised == "open the drawer<|eot_id|>"
+    assert ids[:2].tolist() == [processor.tokenizer.bos_token_id] * 2  # Magma's double BOS
+    user, assistant = chat_headers(processor.tokenizer)
+    assert (user, assistant) == ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert len(answer_spans(maker.render(turns + turns), user, assistant)) == 2
+
+
+def test_the_som_question_shows_the_marked_image_and_the_other_turns_the_raw_frame(processor, shards):
+    source = shards[0]
+    row = source.rows[0]
+    turns, images, crops = SampleMaker(processor).magma_content(row)
+    questions = [turn["value"] for turn in turns if turn["from"] == "human"]
+    assert crops == 1 and len(images) == len(questions) == 2
+    assert not asks_about_marks(questions[0]) and asks_about_marks(questions[1])
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(images[0]), np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")))
+    assert np.array_equal(np.asarray(images[1]), np.asarray(Image.open(io.BytesIO(row["som_image"]["bytes"])).convert("RGB")))
+
+
+def test_robot_actions_are_retokenised_with_the_tokenizers_own_base_vocabulary(processor):
+    """The tiny tokenizer's base vocabulary is 768, not Llama-3's 128000: actions take its last 256 ids."""
+    normalized = np.array([-1.0, -0.5, 0.0, 0.25, 0.5, 0.999, 1.0], np.float32)
+    turns = [{"from": "human", "value": "<image>\n\nWhat action should the robot take to open the drawer?"},
+             {"from": "gpt", "value": "<action>" * 7}]
+    row = {"conversations": turns, "image": _jpeg(64, 64, 0), "som_image": _jpeg(64, 64, 1), "action_normalized": normalized}
+    sample = SampleMaker(processor)(row, _magma_source([row]))
+
+    expected = action_token_ids(normalized, ActionConfig(vocab_size=processor.tokenizer.vocab_size)).tolist()
+    assert processor.tokenizer.vocab_size == 768 and all(768 - 256 <= i < 768 for i in expected)
+    supervised = sample.labels[sample.labels != IGNORE_INDEX].tolist()
+    assert supervised == expected + [processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+    assert sample.input_ids[sample.labels != IGNORE_INDEX].tolist()[:7] == expected
+    # with Llama-3's base vocabulary the same rule gives the ids magma-data stored
+    assert action_token_ids(normalized, ActionConfig(vocab_size=128000)).tolist() == [127999, 127936, 127872, 127840, 127808, 127745, 127744]
+
+
+def test_collator_pads_like_magmas(processor):
+    maker = SampleMaker(processor)
+    rows = [{"conversations": [{"from": "human", "value": "<image>\n\nWhat is in this image?"}, {"from": "gpt", "value": answer}],
+             "image": _jpeg(64, 64, 0), "som_image": _jpeg(64, 64, 0)} for answer in ("A cup.", "A cup on a table, by the window.")]
+    samples = [maker(row, _magma_source(rows)) for row in rows]
+    batch = Collator(processor.tokenizer.pad_token_id, max_length=1000)(samples + [Skipped("rows", "image does not decode", "x")])
+    short, long = (len(s.input_ids) for s in samples)
+    inputs = batch.inputs
+    assert inputs["input_ids"].shape == (2, long) and inputs["attention_mask"].dtype == torch.bool
+    assert inputs["input_ids"][0, short:].eq(processor.tokenizer.pad_token_id).all()
+    assert inputs["labels"][0, short:].eq(IGNORE_INDEX).all() and not inputs["attention_mask"][0, short:].any()
+    assert inputs["pixel_values"].shape == (2, 1, 3, 512, 512) and inputs["image_sizes"].tolist() == [[[1, 1]], [[1, 1]]]
+    assert [item.reason for item in batch.skipped] == ["image does not decode"] and batch.sources == ["rows", "rows"]
+    assert Collator(processor.tokenizer.pad_token_id, max_length=short)(samples).inputs["input_ids"].shape == (2, short)
+
+
+def test_validation_holds_out_whole_videos_the_same_way_every_time(shards):
+    source = shards[0]
+    videos = np.asarray(source.rows["video_uid"])
+    train, validation = source.split_indices("train", 0.5), source.split_indices("validation", 0.5)
+    assert sorted(np.concatenate([train, validation]).tolist()) == list(range(len(source.rows)))
+    assert len(validation) and len(train)
+    assert not set(videos[train]) & set(videos[validation])
+    assert source.split_indices("validation", 0.5).tolist() == validation.tolist()
+    assert len(source.split_indices("validation", 0.0)) == 0 and len(source.split_indices("all", 0.5)) == len(source.rows)
+
+
+def test_mixture_is_drawn_from_the_seed_and_weights_are_shares_per_epoch():
+    mixture = Mixture([10, 20], [1.0, 0.25], seed=3)
+    first = mixture.epoch(0)
+    assert mixture.epoch_length == 15 and len(first) == 15
+    assert sorted(first[first[:, 0] == 0, 1].tolist()) == list(range(10))  # weight 1: every row once
+    assert (first[:, 0] == 1).sum() == 5  # weight 0.25: a quarter of the rows
+    second = Mixture([10, 20], [1.0, 0.25], seed=3).epoch(1)
+    assert set(first[first[:, 0] == 1, 1]) != set(second[second[:, 0] == 1, 1])  # another quarter next epoch
+    assert np.array_equal(Mixture([10, 20], [1.0, 0.25], seed=3).epoch(0), first)
+    assert not np.array_equal(Mixture([10, 20], [1.0, 0.25], seed=4).epoch(0), first)
+    doubled = Mixture([4], [2.0], seed=0).epoch(0)
+    assert sorted(doubled[:, 1].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert mixture.locate(17) == (1, *second[2].tolist())
+    assert DataSpec.parse("out/oxe:0.3") == DataSpec(Path("out/oxe"), 0.3)
+    assert DataSpec.parse("C:data/x") == DataSpec(Path("C:data/x"))
+
+
+def test_bad_rows_become_skipped_with_their_reason(processor):
+    good = {"conversations": [{"from": "human", "value": "<image>\n\nWhat is in this image?"}, {"from": "gpt", "value": "A cup."}],
+            "image": _jpeg(64, 64, 0), "som_image": _jpeg(64, 64, 0)}
+    broken = dict(good, image={"bytes": good["image"]["bytes"][:200], "path": None})
+    long = dict(good, conversations=[{"from": "human", "value": "word " * 300 + "<image>\n"}, {"from": "gpt", "value": "A cup."}])
+    unanswered = dict(good, conversations=good["conversations"][:1] + good["conversations"])
+    source = _magma_source(datasets.Dataset.from_list([good, broken, long, unanswered]))
+    samples = TrainingSamples([source], [np.arange(4)], Mixture([4], [1.0], seed=0), SampleMaker(processor, max_length=200), seed=0)
+    results = {samples.mixture.locate(p)[2]: samples[p] for p in range(4)}
+    assert not isinstance(results[0], Skipped)
+    assert [results[i].reason for i in (1, 2, 3)] == [
+        "image does not decode", "text does not fit", "turns are not question-answer pairs"]
+
+
+def test_llava_json_rows_follow_magmas_image_branch(processor, tmp_path):
+    picture(64, 48).save(tmp_path / "a.png")
+    rows = [
+        {"id": "1", "image": "a.png", "conversations": [{"from": "human", "value": "What is it?\n<image>"}, {"from": "gpt", "value": "Noise."}]},
+        {"id": "2", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi!"}]},
+        {"id": "3", "image": "missing.png", "conversations": [{"from": "human", "value": "<image>\nAnd this?"}, {"from": "gpt", "value": "?"}]},
+    ]
+    (tmp_path / "chat.json").write_text(json.dumps(rows))
+    (source,) = open_data([DataSpec.parse(f"{tmp_path / 'chat.json'}:2")], cache_dir=tmp_path / "cache")
+    assert (source.name, source.layout, source.weight) == ("chat", "llava", 2.0)
+    maker = SampleMaker(processor)
+
+    with_image = maker(source.rows[0], source)
+    text = processor.tokenizer.decode(with_image.input_ids)
+    assert "<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|>" in text  # <image> moved to the turn's start
+    assert with_image.image_sizes.tolist() == [[1, 1]]  # 64x48 fits one 512 crop of at most 4
+    text_only = maker(source.rows[1], source)
+    assert "<image>\nSay hi." in processor.tokenizer.decode(text_only.input_ids) and text_only.pixel_values.abs().sum() > 0
+    samples = TrainingSamples([source], [np.arange(3)], Mixture([3], [1.0], seed=0), maker, seed=0)
+    skipped = [item for item in (samples[p] for p in range(6)) if isinstance(item, Skipped)]
+    assert [item.reason for item in skipped] == ["image does not decode"] * 2  # row 3, in each of its 2 copies
+
+
+def test_redrawn_marks_change_between_epochs_and_repeat_in_every_run(processor, shards):
+    source = shards[0]
+    indices = [np.arange(len(source.rows))]
+    mixture = Mixture([len(source.rows)], [1.0], seed=0)
+
+    def answers(seed: int, epoch: int) -> dict[int, str]:
+        samples = TrainingSamples(shards, indices, mixture, SampleMaker(processor), seed=seed, redraw=True)
+        found = {}
+        for offset in range(mixture.epoch_length):
+            sample = samples[epoch * mixture.epoch_length + offset]
+            labels = sample.labels[sample.labels != IGNORE_INDEX]
+            found[mixture.locate(offset)[2]] = processor.tokenizer.decode(labels)
+        return found
+
+    stored = {index: source.rows[index]["conversations"][-1]["value"].strip() for index in range(len(source.rows))}
+    first, again, second = answers(0, 0), answers(0, 0), answers(0, 1)
+    assert first == again
+    assert first != second
+    changed = [index for index in stored if parse_answer(first[index]).marks != parse_answer(second[index]).marks]
+    assert len(changed) >= len(stored) // 2
+    assert any(stored[index] not in first[index] for index in stored)  # not the frozen draw either
+    assert all(SYSTEM_PROMPT not in answer for answer in first.values())
