@@ -37,6 +37,14 @@ from .vision_tower import LAYER_SCALE_INIT, ConvNeXtBlock, MagmaVisionTower
 
 #: Magma-8B is hosted in 5 GB shards; save_pretrained writes the same layout by default.
 MAGMA_SHARD_SIZE = "5GB"
+#: Parameters the checkpoint stores and the forward never uses (the CLIP head; the image
+#: start/end separators): training leaves them frozen, as they get no gradient.
+STORED_ONLY = (
+    "vision_tower.clip_vision_model.trunk.head.",
+    "vision_tower.clip_vision_model.head.",
+    "multi_modal_projector.img_start_seperator",
+    "multi_modal_projector.img_end_seperator",
+)
 
 
 @dataclass
