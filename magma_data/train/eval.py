@@ -1,0 +1,251 @@
+"""``magma-train eval``: does the model know where things will move?
+
+For every row of the split, per source:
+
+- next-token loss: the row as a training sample (``data.SampleMaker``), teacher-forced, averaged
+  over its supervised tokens;
+- for rows with a ToM question: the model answers it greedily, given the turns before it and the
+  images they show, and ``magma_text.parse_answer`` reads the answer back. Scored against the
+  row's ``tom_mark_ids`` / ``tom_targets`` (``score_tom_answer``):
+  mark selection (precision and recall of the marks it says should move), trace error in cells
+  of the 256 grid (average and final displacement, ADE / FDE), and malformed answers (the parser
+  found a problem).
+
+Trace error is over the steps the answer predicts, each compared with the target at the same
+step (its last point once it ends). A target mark the answer does not trace, or traces in a list
+the parser found malformed (its points may belong to other marks), is scored as if predicted to
+stay at its start, over the target's steps: a model that answers nothing then scores the
+no-motion baseline, never better than one that predicts motion well.
+
+Results go to ``<output>/eval.json`` (``answers.jsonl`` holds every answer) and print as a table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from magma_data.magma_text import IGNORE_INDEX, IMAGE_TOKEN, asks_about_marks, parse_answer
+
+from .data import MAGMA_MAX_LENGTH, VALIDATION_FRACTION, BadRow, DataSource, DataSpec, SampleMaker, Split, open_data
+from .model import MagmaForCausalLM
+from .processor import MagmaProcessor
+from .trainer import TRAINING_RECORD, Processes
+
+EVAL_FILE = "eval.json"
+ANSWERS_FILE = "answers.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: Path
+    data: tuple[str, ...]
+    output: Path
+    split: Split = "validation"
+    #: None: the fraction the model was trained with (its training.json), else the default
+    validation_fraction: float | None = None
+    max_length: int = MAGMA_MAX_LENGTH
+    max_new_tokens: int = 512
+    #: rows per source at most (quick looks)
+    limit: int | None = None
+    precision: str = "fp32"
+    cache_dir: Path | None = None
+
+
+@dataclass
+class RowResult:
+    """What one row contributed; summed per source by ``summarize``."""
+
+    source: str
+    sample_id: str
+    skipped: str | None = None
+    loss_sum: float = 0.0
+    loss_tokens: int = 0
+    answer: str | None = None
+    problems: list[str] = field(default_factory=list)
+    predicted_marks: int = 0
+    target_marks: int = 0
+    correct_marks: int = 0
+    traced_marks: int = 0
+    #: per target mark: (average, final) displacement in grid cells
+    displacements: list[tuple[float, float]] = field(default_factory=list)
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Score the model on the split; returns (and, on the main process, writes) the results."""
+    processes = Processes.start()
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    model = MagmaForCausalLM.from_pretrained(config.model, dtype=dtype).to(processes.device).eval()
+    processor = MagmaProcessor.from_pretrained(config.model)
+    maker = SampleMaker(processor, config.max_length)
+    fraction = validation_fraction(config)
+    sources = open_data([DataSpec.parse(entry) for entry in config.data], config.cache_dir)
+
+    results = []
+    for source in sources:
+        indices = source.split_indices(config.split, fraction)[: config.limit]
+        for index in indices[processes.rank :: processes.world_size]:
+            results.append(evaluate_row(model, maker, source, source.rows[int(index)], config, processes.device))
+    results = [result for part in processes.gather(results) for result in part]
+    if not results:
+        raise ValueError(
+            f"no {config.split} rows in {', '.join(config.data)} (validation fraction {fraction:g}); "
+            "try --split all, or a larger --validation-fraction"
+        )
+    summary = {
+        "model": str(config.model),
+        "split": config.split,
+        "validation_fraction": fraction,
+        "max_new_tokens": config.max_new_tokens,
+        "sources": {name: summarize(rows) for name, rows in _by_source(results).items()},
+        "all": summarize(results),
+    }
+    if processes.is_main:
+        config.output.mkdir(parents=True, exist_ok=True)
+        (config.output / EVAL_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        with (config.output / ANSWERS_FILE).open("w") as answers:
+            for result in results:
+                answers.write(json.dumps(asdict(result)) + "\n")
+    return summary
+
+
+def validation_fraction(config: EvalConfig) -> float:
+    """The eval's own, else the one the model was trained with, so the split is the same."""
+    if config.validation_fraction is not None:
+        return config.validation_fraction
+    record = config.model / TRAINING_RECORD
+    if record.is_file():
+        return json.loads(record.read_text())["config"]["validation_fraction"]
+    return VALIDATION_FRACTION
+
+
+@torch.no_grad()
+def evaluate_row(
+    model: MagmaForCausalLM, maker: SampleMaker, source: DataSource, row: dict[str, Any], config: EvalConfig, device
+) -> RowResult:
+    result = RowResult(source.name, str(row.get("sample_id", row.get("id", ""))))
+    try:
+        sample = maker(row, source)
+    except BadRow as bad:
+        result.skipped = bad.reason
+        return result
+    output = model(
+        input_ids=sample.input_ids[None].to(device),
+        labels=sample.labels[None].to(device),
+        pixel_values=sample.pixel_values[None].to(device, model.dtype),
+        image_sizes=sample.image_sizes[None].to(device),
+    )
+    result.loss_tokens = int((sample.labels[1:] != IGNORE_INDEX).sum())
+    result.loss_sum = float(output.loss) * result.loss_tokens
+    if source.layout == "magma" and len(row.get("tom_mark_ids") or []):
+        try:
+            answer = answer_tom_question(model, maker, row, config.max_new_tokens, device)
+        except BadRow as bad:
+            result.skipped = bad.reason
+            return result
+        score_tom_answer(result, answer, row["tom_mark_ids"], row["tom_targets"])
+    return result
+
+
+def answer_tom_question(
+    model: MagmaForCausalLM, maker: SampleMaker, row: dict[str, Any], max_new_tokens: int, device
+) -> str:
+    """The model's greedy answer to the row's ToM question, after the turns before it."""
+    turns, images, num_crops = maker.magma_content(row)
+    question = next(i for i, turn in enumerate(turns) if turn["from"] == "human" and asks_about_marks(turn["value"]))
+    shown = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns[: question + 1] if turn["from"] == "human")
+    input_ids, labels = maker.tokens(turns[: question + 1], generation_prompt=True)
+    if maker.action_token_id in input_ids:
+        maker.insert_actions(input_ids, labels, row)
+    pixels = maker.processor.image_processor(images[:shown], num_crops=num_crops)
+    generated = model.generate(
+        input_ids[None].to(device),
+        pixel_values=pixels["pixel_values"][None].to(device, model.dtype),
+        image_sizes=pixels["image_sizes"][None].to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+    )
+    return maker.tokenizer.decode(generated[0, len(input_ids) :], skip_special_tokens=True)
+
+
+def score_tom_answer(result: RowResult, answer: str, target_ids: list[int], target_traces: list) -> RowResult:
+    """Mark selection, trace error and problems of one answer against the row's targets."""
+    result.answer = answer
+    parsed = parse_answer(answer)
+    targets = {int(mark): np.asarray(trace, np.float64) for mark, trace in zip(target_ids, target_traces)}
+    predicted = set(parsed.marks) if parsed.kind == "tom" else set()
+    result.problems = parsed.problems if parsed.kind == "tom" else ["not a ToM answer", *parsed.problems]
+    result.predicted_marks, result.target_marks = len(predicted), len(targets)
+    result.correct_marks = len(predicted & targets.keys())
+    for mark, target in targets.items():
+        trace = parsed.traces.get(mark) if parsed.kind == "tom" and mark not in parsed.malformed else None
+        if trace is not None and len(trace) >= 2:
+            result.traced_marks += 1
+            prediction, steps = np.asarray(trace, np.float64), len(trace) - 1
+        else:
+            prediction, steps = target[:1], len(target) - 1  # scored as staying at its start
+        at = np.arange(1, steps + 1)
+        distances = np.linalg.norm(
+            prediction[np.minimum(at, len(prediction) - 1)] - target[np.minimum(at, len(target) - 1)], axis=1
+        )
+        result.displacements.append((float(distances.mean()), float(distances[-1])))
+    return result
+
+
+def summarize(rows: list[RowResult]) -> dict[str, Any]:
+    """Per-source figures: micro averages over rows (marks, tokens)."""
+    scored = [row for row in rows if row.skipped is None]
+    questions = [row for row in scored if row.answer is not None]
+    tokens = sum(row.loss_tokens for row in scored)
+    predicted = sum(row.predicted_marks for row in questions)
+    targets = sum(row.target_marks for row in questions)
+    correct = sum(row.correct_marks for row in questions)
+    displacements = np.asarray([pair for row in questions for pair in row.displacements], np.float64).reshape(-1, 2)
+    skipped = defaultdict(int)
+    for row in rows:
+        if row.skipped:
+            skipped[row.skipped] += 1
+    return {
+        "rows": len(rows),
+        "skipped_rows": dict(skipped),
+        "loss": sum(row.loss_sum for row in scored) / tokens if tokens else None,
+        "tom_questions": len(questions),
+        "malformed_answers": sum(bool(row.problems) for row in questions) / len(questions) if questions else None,
+        "mark_precision": correct / predicted if predicted else (None if not questions else 0.0),
+        "mark_recall": correct / targets if targets else None,
+        "marks_traced": sum(row.traced_marks for row in questions) / targets if targets else None,
+        "ade": float(displacements[:, 0].mean()) if len(displacements) else None,
+        "fde": float(displacements[:, 1].mean()) if len(displacements) else None,
+    }
+
+
+def _by_source(results: list[RowResult]) -> dict[str, list[RowResult]]:
+    grouped: dict[str, list[RowResult]] = defaultdict(list)
+    for result in results:
+        grouped[result.source].append(result)
+    return dict(sorted(grouped.items()))
+
+
+def table(summary: dict[str, Any]):
+    """``eval.json`` as a rich table: one row per source, then all."""
+    from rich.table import Table
+
+    columns = [
+        ("rows", "rows", "{}"), ("loss", "loss", "{:.4f}"), ("ToM", "tom_questions", "{}"),
+        ("malformed", "malformed_answers", "{:.0%}"), ("mark P", "mark_precision", "{:.2f}"),
+        ("mark R", "mark_recall", "{:.2f}"), ("traced", "marks_traced", "{:.0%}"),
+        ("ADE", "ade", "{:.1f}"), ("FDE", "fde", "{:.1f}"),
+    ]
+    grid = Table(title=f"{summary['model']} on the {summary['split']} split (trace error in 256-grid cells)")
+    grid.add_column("source")
+    for title, _, _ in columns:
+        grid.add_column(title, justify="right")
+    for name, figures in [*summary["sources"].items(), ("all", summary["all"])]:
+        grid.add_row(name, *("-" if figures[key] is None else form.format(figures[key]) for _, key, form in columns))
+    return grid
