@@ -16,6 +16,7 @@ from magma_data.magma_text import IGNORE_INDEX, SYSTEM_PROMPT, asks_about_marks,
 from magma_data.stages.action_tokens import ActionConfig, action_token_ids
 from magma_data.train import MagmaProcessor
 from magma_data.train.data import (
+    BadRow,
     Collator,
     DataSource,
     DataSpec,
@@ -158,12 +159,15 @@ def test_bad_rows_become_skipped_with_their_reason(processor):
     broken = dict(good, image={"bytes": good["image"]["bytes"][:200], "path": None})
     long = dict(good, conversations=[{"from": "human", "value": "word " * 300 + "<image>\n"}, {"from": "gpt", "value": "A cup."}])
     unanswered = dict(good, conversations=good["conversations"][:1] + good["conversations"])
-    source = _magma_source(datasets.Dataset.from_list([good, broken, long, unanswered]))
-    samples = TrainingSamples([source], [np.arange(4)], Mixture([4], [1.0], seed=0), SampleMaker(processor, max_length=200), seed=0)
-    results = {samples.mixture.locate(p)[2]: samples[p] for p in range(4)}
+    padded = dict(good, conversations=[good["conversations"][0], {"from": "gpt", "value": "A <pad> cup."}])
+    rows = [good, broken, long, unanswered, padded]
+    source = _magma_source(datasets.Dataset.from_list(rows))
+    mixture = Mixture([len(rows)], [1.0], seed=0)
+    samples = TrainingSamples([source], [np.arange(len(rows))], mixture, SampleMaker(processor, max_length=200), seed=0)
+    results = {mixture.locate(p)[2]: samples[p] for p in range(len(rows))}
     assert not isinstance(results[0], Skipped)
-    assert [results[i].reason for i in (1, 2, 3)] == [
-        "image does not decode", "text does not fit", "turns are not question-answer pairs"]
+    assert [results[i].reason for i in (1, 2, 3, 4)] == [
+        "image does not decode", "text does not fit", "turns are not question-answer pairs", "text holds the pad token"]
 
 
 def test_llava_json_rows_follow_magmas_image_branch(processor, tmp_path):
@@ -184,6 +188,9 @@ def test_llava_json_rows_follow_magmas_image_branch(processor, tmp_path):
     assert with_image.image_sizes.tolist() == [[1, 1]]  # 64x48 fits one 512 crop of at most 4
     text_only = maker(source.rows[1], source)
     assert "<image>\nSay hi." in processor.tokenizer.decode(text_only.input_ids) and text_only.pixel_values.abs().sum() > 0
+    two_tokens = dict(source.rows[0], conversations=[{"from": "human", "value": "<image>\nA\n<image>"}, {"from": "gpt", "value": "B"}])
+    with pytest.raises(BadRow, match="images do not match"):
+        maker(two_tokens, source)
     samples = TrainingSamples([source], [np.arange(3)], Mixture([3], [1.0], seed=0), maker, seed=0)
     skipped = [item for item in (samples[p] for p in range(6)) if isinstance(item, Skipped)]
     assert [item.reason for item in skipped] == ["image does not decode"] * 2  # row 3, in each of its 2 copies

@@ -327,6 +327,13 @@ class SampleMaker:
         input_ids, labels = self.tokens(turns)
         if not (labels != IGNORE_INDEX).any():
             raise BadRow("no answer to learn", "no assistant token is left to supervise")
+        if int((input_ids == self.image_token_id).sum()) != len(images):
+            raise BadRow(
+                "images do not match <image>", f"{int((input_ids == self.image_token_id).sum())} <image> for {len(images)} images"
+            )
+        if self.tokenizer.pad_token_id in input_ids:
+            # Magma drops these rows too (LlaVA.filter_items): the collator would take the token for padding
+            raise BadRow("text holds the pad token", f"{self.tokenizer.pad_token!r} appears in the conversation")
         if self.action_token_id in input_ids:
             self.insert_actions(input_ids, labels, row)
         pixels = self.processor.image_processor(images, num_crops=num_crops)
