@@ -234,15 +234,20 @@ def _by_source(results: list[RowResult]) -> dict[str, list[RowResult]]:
 
 def table(summary: dict[str, Any]):
     """``eval.json`` as a rich table: one row per source, then all."""
+    from rich import box
     from rich.table import Table
 
     columns = [
-        ("rows", "rows", "{}"), ("loss", "loss", "{:.4f}"), ("ToM", "tom_questions", "{}"),
-        ("malformed", "malformed_answers", "{:.0%}"), ("mark P", "mark_precision", "{:.2f}"),
-        ("mark R", "mark_recall", "{:.2f}"), ("traced", "marks_traced", "{:.0%}"),
-        ("ADE", "ade", "{:.1f}"), ("FDE", "fde", "{:.1f}"),
+        ("rows", "rows", "{}"), ("loss", "loss", "{:.3f}"), ("ToM", "tom_questions", "{}"),
+        ("malformed", "malformed_answers", "{:.0%}"), ("P", "mark_precision", "{:.2f}"), ("R", "mark_recall", "{:.2f}"),
+        ("traced", "marks_traced", "{:.0%}"), ("ADE", "ade", "{:.1f}"), ("FDE", "fde", "{:.1f}"),
     ]
-    grid = Table(title=f"{summary['model']} on the {summary['split']} split (trace error in 256-grid cells)")
+    grid = Table(
+        title=f"{summary['model']}, {summary['split']} split",
+        caption="P, R: precision, recall of the marks said to move; traced: moving marks with a well-formed trace; "
+        "ADE, FDE: average, final trace error in 256-grid cells",
+        box=box.SIMPLE_HEAD,
+    )
     grid.add_column("source")
     for title, _, _ in columns:
         grid.add_column(title, justify="right")
