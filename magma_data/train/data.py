@@ -458,7 +458,7 @@ def _decode(image: dict[str, Any] | bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data) if data else path) as opened:
             return opened.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise BadRow("image does not decode", f"{type(error).__name__}: {error}") from error
 
 
