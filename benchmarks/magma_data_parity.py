@@ -25,6 +25,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -135,12 +136,12 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def compare(ours: dict, theirs: dict, names: list[str], batches: dict, collate, image_token_id: int) -> dict:
     figures = {"samples": 0, "ids": True, "labels": True, "sizes": True, "pixels": 0.0, "supervised": 0,
-               "ours_skipped": [], "official_failed": [], "batches": 0, "batches_equal": True}
+               "ours_skipped": Counter(), "official_failed": [], "batches": 0, "batches_equal": True}
     for name in names:
         mine, official = ours[name], theirs["samples"][name]
         if isinstance(mine, BadRow) or "error" in official:
             if isinstance(mine, BadRow):
-                figures["ours_skipped"].append(f"{name} ({mine.reason}; official: {_official_outcome(official, image_token_id)})")
+                figures["ours_skipped"][f"{mine.reason}; official: {_official_outcome(official, image_token_id)}"] += 1
             if "error" in official and not isinstance(mine, BadRow):
                 figures["official_failed"].append(f"{name}: {official['error']}")
             continue
@@ -162,9 +163,10 @@ def compare(ours: dict, theirs: dict, names: list[str], batches: dict, collate, 
 
 def _official_outcome(official: dict, image_token_id: int) -> str:
     if "error" in official:
-        return official["error"]
+        return official["error"].partition(":")[0]
     tokens = int((official["input_ids"] == image_token_id).sum())
-    return f"{tokens} <image> tokens for {len(official['image_sizes'])} images"
+    images = len(official["image_sizes"])
+    return "a sample with fewer <image> tokens than images, which the model rejects" if tokens < images else "a sample"
 
 
 def main() -> int:
@@ -242,7 +244,7 @@ def render(report: list, cases: int, data: Path) -> str:
         "|---:|---:|---|---|---:|---|---:|---|---|",
     ]
     for max_length, figures in report:
-        skipped = "; ".join(figures["ours_skipped"]) or "none"
+        skipped = "; ".join(f"{count} rows ({what})" for what, count in sorted(figures["ours_skipped"].items())) or "none"
         lines.append(
             f"| {max_length} | {figures['samples']} | {figures['ids']} | {figures['labels']} | {figures['supervised']} | "
             f"{figures['sizes']} | {figures['pixels']:.1e} | {figures['batches_equal']} ({figures['batches']}) | {skipped} |"
