@@ -38,7 +38,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="a magma-data output folder (default: a sample-source run)")
     parser.add_argument("--samples", type=int, default=64, help="samples the data path makes per setting")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=4, help="training steps timed (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=6, help="training steps timed (after one warm-up step)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each data-path setting (the median is kept)")
     parser.add_argument("--results", type=Path, help="markdown file to write (default benchmarks/RESULTS.md)")
     return parser.parse_args()
 
@@ -64,17 +65,17 @@ def training_step(model_dir: Path, sources, processor, batch_size: int, steps: i
                               SampleMaker(processor), seed=0)
     collate = Collator(processor.tokenizer.pad_token_id)
     batches = [collate([dataset[p] for p in range(s * batch_size, (s + 1) * batch_size)]).inputs for s in range(steps + 1)]
-    tokens, start = 0, 0.0
+    rates = []
     for index, batch in enumerate(batches):
-        if index == 1:
-            start = time.perf_counter()  # the first step warms up
+        start = time.perf_counter()
         output = model(**batch)
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        tokens += int(output.attention_mask.sum()) if index else 0
-    seconds = time.perf_counter() - start
-    return steps * batch_size / seconds, tokens / seconds
+        seconds = time.perf_counter() - start
+        if index:  # the first step warms up
+            rates.append((batch_size / seconds, int(output.attention_mask.sum()) / seconds))
+    return tuple(np.median(np.asarray(rates), axis=0))
 
 
 def main() -> None:
@@ -89,8 +90,8 @@ def main() -> None:
     figures = []
     for workers in (0, 2):
         for redraw in (False, True):
-            rate = data_path(sources, processor, args.samples, args.batch_size, workers, redraw)
-            figures.append((f"data path, {workers} workers{', marks re-drawn' if redraw else ''}", rate, None))
+            rates = [data_path(sources, processor, args.samples, args.batch_size, workers, redraw) for _ in range(args.repeats)]
+            figures.append((f"data path, {workers} workers{', marks re-drawn' if redraw else ''}", float(np.median(rates)), None))
     step_rate, token_rate = training_step(model_dir, sources, processor, args.batch_size, args.steps)
     figures.append((f"tiny model step (forward, backward, AdamW), batch {args.batch_size}", step_rate, token_rate))
 
@@ -99,7 +100,8 @@ def main() -> None:
         f"{now} · commit {git_commit()} · {platform.machine()} CPU ({torch.get_num_threads()} torch threads), torch "
         f"{torch.__version__}, fp32. Produced by `benchmarks/train_throughput.py`: {rows} rows of a sample-source "
         f"run (2 images a row, 1 crop of 512 px each), {args.samples} samples per data-path setting, batches of "
-        f"{args.batch_size}. Step: `magma-train init --size tiny` (all parts trained), batches collated beforehand.",
+        f"{args.batch_size}; medians of {args.repeats} runs per setting and of {args.steps} steps (a shared, busy machine: "
+        "read the ratios). Step: `magma-train init --size tiny` (all parts trained), batches collated beforehand.",
         "",
         "| what | samples/s | x the step | merged tokens/s |",
         "|---|---:|---:|---:|",
