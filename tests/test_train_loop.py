@@ -119,6 +119,24 @@ def test_rows_that_cannot_be_read_are_counted_and_training_goes_on(tmp_path_fact
     assert sum(entry["samples"] for entry in log) == 7 and all(entry["loss"] == entry["loss"] for entry in log)
 
 
+def test_gradient_checkpointing_recomputes_the_same_losses(tmp_path_factory, tmp_path):
+    losses = []
+    for checkpointing in (False, True):
+        config = _config(tmp_path_factory, tmp_path / str(checkpointing), max_steps=2, gradient_checkpointing=checkpointing)
+        train(config)
+        losses.append([record["loss"] for record in read_log(config.output)])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+
+
+def test_bf16_compute_trains_fp32_weights(tmp_path_factory, tmp_path):
+    config = _config(tmp_path_factory, tmp_path / "run", max_steps=2, precision="bf16", train=("projector",))
+    train(config)
+    losses = [record["loss"] for record in read_log(config.output)]
+    assert all(0 < loss < 20 for loss in losses)
+    trained = MagmaForCausalLM.from_pretrained(config.output)
+    assert trained.dtype == torch.float32  # saved in the start model's dtype, not the compute dtype
+
+
 def test_the_output_must_not_be_the_start_model(tmp_path_factory):
     model = tiny_magma(tmp_path_factory)
     with pytest.raises(ValueError, match="new folder"):

@@ -365,7 +365,7 @@ def load_for_training(folder: Path, config: TrainConfig, processes: Processes) -
         if name.startswith(STORED_ONLY):
             param.requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     if processes.world_size > 1 and config.strategy == "fsdp":
         return shard_model(model, config).to(torch.float32)
