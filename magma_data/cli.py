@@ -28,7 +28,7 @@ def _file_digest(path: Path) -> str:
 
 def resolve_tracker(config: RunConfig) -> RunConfig:
     """Turn ``--tracker auto`` into the tracker that will run, so the config hash names it."""
-    from magma_data.stages.cotracker3 import find_checkpoint
+    from magma_data.models.cotracker3_predictor import find_checkpoint
 
     track = config.track
     if track.tracker == "lk":

@@ -2,7 +2,7 @@
 
 Any point tracker plugs in through ``PointTracker``: a batch of equal-shape windows in, tracks
 and visibility out. ``LucasKanadeTracker`` needs no weights and runs anywhere;
-CoTracker3 (``magma_data.stages.cotracker3``) is the tracker Magma used and runs batched on GPU
+CoTracker3 (``magma_data.models.cotracker3_predictor``) is the tracker Magma used and runs batched on GPU
 actors. ``make_tracker`` picks one from the config and says which it picked.
 """
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class TrackConfig:
     tracker: str = "auto"  # "auto" (CoTracker3 when a checkpoint is found, else "lk") | "lk" | "cotracker3"
     grid_size: int = 15  # grid_size x grid_size query points on the window's first frame (Magma: 15)
-    checkpoint: str | None = None  # CoTracker3 weights; see magma_data.stages.cotracker3.find_checkpoint
+    checkpoint: str | None = None  # CoTracker3 weights; see magma_data.models.cotracker3_predictor.find_checkpoint
     variant: str = "offline"  # CoTracker3 "offline" (Magma) | "online"
     precision: str = "fp32"  # "fp32" | "bf16" (autocast on GPU)
     batch_size: int = 8  # windows per tracker call
@@ -106,7 +106,7 @@ def make_tracker(config: TrackConfig) -> PointTracker:
         raise ValueError(f"unknown tracker {choice!r}; use auto, lk or cotracker3")
     checkpoint = None
     if choice in ("auto", "cotracker3"):
-        from magma_data.stages.cotracker3 import find_checkpoint
+        from magma_data.models.cotracker3_predictor import find_checkpoint
 
         checkpoint = find_checkpoint(config.checkpoint, variant=config.variant)
         if choice == "cotracker3" and checkpoint is None:
@@ -115,7 +115,7 @@ def make_tracker(config: TrackConfig) -> PointTracker:
                 f"or put scaled_{config.variant}.pth in the torch hub cache (~/.cache/torch/hub/checkpoints/)"
             )
     if checkpoint is not None:
-        from magma_data.stages.cotracker3 import CoTracker3PointTracker
+        from magma_data.models.cotracker3_predictor import CoTracker3PointTracker
 
         log.info("tracker: CoTracker3 %s from %s", config.variant, checkpoint)
         return CoTracker3PointTracker(

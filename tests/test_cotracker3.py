@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from magma_data.stages.cotracker3 import (
+from magma_data.models.cotracker3_predictor import (
     CHECKPOINT_ENV,
     CoTracker3Offline,
     CoTracker3Online,

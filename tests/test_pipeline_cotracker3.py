@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from magma_data.stages.cotracker3 import CoTracker3Offline
+from magma_data.models.cotracker3_predictor import CoTracker3Offline
 
 
 @pytest.fixture(scope="module")
