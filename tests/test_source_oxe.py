@@ -77,18 +77,18 @@ def test_every_episode_is_accounted_for_in_a_stable_order(units, oxe_root):
 
 
 def test_datasets_can_be_chosen_and_a_missing_one_is_reported(oxe_root):
-    units = list(OpenXSource(oxe_root, datasets=["fractal20220817_data", "bridge_orig", "../etc"]).clips())
+    units = list(OpenXSource(oxe_root, "oxe", datasets=["fractal20220817_data", "bridge_orig", "../etc"]).clips())
     assert [type(u).__name__ for u in units] == ["RobotEpisode", "ClipProblem", "ClipProblem"]
     assert [u.error_class for u in units[1:]] == ["DatasetMissing", "PathEscapesRoot"]
 
 
 def test_root_may_be_one_version_folder(oxe_root):
-    units = list(OpenXSource(oxe_root / "fractal20220817_data" / "0.1.0").clips())
+    units = list(OpenXSource(oxe_root / "fractal20220817_data" / "0.1.0", "oxe").clips())
     assert [u.dataset for u in units] == ["fractal20220817_data"]
 
 
 def test_no_tom_datasets(oxe_root):
-    units = list(OpenXSource(oxe_root, datasets=["fractal20220817_data"],
+    units = list(OpenXSource(oxe_root, "oxe", datasets=["fractal20220817_data"],
                              no_tom_datasets=["fractal20220817_data"]).clips())
     assert units[0].tom is False
 

@@ -81,11 +81,10 @@ def _lookup(nested: Mapping, path: str):
 class OpenXSource:
     """RLDS episodes of the Open-X datasets under ``root``; see the module docstring."""
 
-    name = "oxe"
-
     def __init__(
         self,
         root: Path,
+        name: str,
         datasets: Sequence[str] = (),
         splits: Sequence[str] = ("train",),
         image_keys: Mapping[str, str] = PRIMARY_IMAGE_KEYS,
@@ -96,6 +95,7 @@ class OpenXSource:
         """
         Args:
             root: folder of ``<dataset>/<version>/`` folders, or one such version folder.
+            name: the source's name (its manifest's); it begins every unit id.
             datasets: dataset folder names to read; empty = every dataset found.
             splits: RLDS splits to read, when the dataset has them.
             image_keys: camera to track per dataset; ``default_image_key`` for the rest.
@@ -103,6 +103,7 @@ class OpenXSource:
             max_episodes: read at most this many episodes per dataset and split (quick looks).
         """
         self.root = Path(root).resolve()
+        self.name = name
         self.datasets = tuple(datasets)
         self.splits = tuple(splits)
         self.image_keys = dict(image_keys)
