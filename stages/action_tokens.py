@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 
-from magma_data.magma_text import action_turn
+from magma_data.magma_text import ACTION_DIMENSIONS, action_turn
 
-from .base import Row, StageError
+from .base import Column, Row, Stage, StageError
+from .render import CONVERSATIONS
 
 @dataclass(frozen=True)
 class ActionConfig:
@@ -66,21 +66,24 @@ def action_token_ids(normalized: np.ndarray, config: ActionConfig) -> np.ndarray
     return (config.vocab_size - bins).astype(np.int32)
 
 
-class ActionTokensStage:
-    """Adds ``action_normalized`` and ``action_token_ids`` and puts the action turn first.
+class ActionTokensStage(Stage):
+    """Tokenises the step's action and puts the action turn first.
 
     The action turn refers to ``image`` (the raw frame), the SoM/ToM turn after it to
     ``som_image``. Datasets Magma trains on actions only (``tom`` false) keep just the action turn.
     """
 
-    name: ClassVar[str] = "action_tokens"
-    consumes: ClassVar[tuple[str, ...]] = ()
+    name = "action_tokens"
+    columns = (
+        Column("action_normalized", "float32", (ACTION_DIMENSIONS,), doc="the action in [-1, 1] (BOUNDS_Q99)",
+               group="robot"),
+        Column("action_token_ids", "int32", (ACTION_DIMENSIONS,), doc="Magma's 7 action token ids",
+               group="robot"),
+        CONVERSATIONS,
+    )
 
     def __init__(self, config: ActionConfig | None = None):
         self.config = config or ActionConfig()
-
-    def placeholders(self) -> Row:
-        return {"action_normalized": np.zeros(7, np.float32), "action_token_ids": np.zeros(7, np.int32)}
 
     def __call__(self, row: Row) -> Row:
         action = np.asarray(row["action"], np.float32)

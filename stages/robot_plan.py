@@ -12,10 +12,27 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from magma_data.magma_text import ACTION_DIMENSIONS
 from magma_data.sources.base import ClipProblem
 from magma_data.sources.oxe import RobotEpisode
 from magma_data.stages.action_tokens import ActionBounds, action_bounds
-from magma_data.stages.plan import PlanConfig, plan_error_row, sample_id_for
+from magma_data.stages.base import Column
+from magma_data.stages.plan import PLAN_COLUMNS, PlanConfig, sample_id_for
+
+#: A robot window's columns before any stage: the video planner's, and the episode's place and action.
+ROBOT_PLAN_COLUMNS = PLAN_COLUMNS + (
+    Column("dataset", "string", doc="the Open-X dataset", group="robot"),
+    Column("split", "string", doc="the RLDS split", group="robot"),
+    Column("episode_index", "int64", doc="the episode's position in its split", group="robot"),
+    Column("image_key", "string", doc="the observation key of the camera tracked", group="robot"),
+    Column("tom", "bool", doc="Magma trains this dataset on SoM/ToM too (false: the action turn only)",
+           group="robot"),
+    Column("action", "float32", (ACTION_DIMENSIONS,), doc="the step's action: xyz delta, rotation delta, gripper", group="robot"),
+    Column("action_q01", "float32", (ACTION_DIMENSIONS,), doc="the dataset's 1st percentile of each action dimension",
+           group="robot"),
+    Column("action_q99", "float32", (ACTION_DIMENSIONS,), doc="the dataset's 99th percentile of each action dimension",
+           group="robot"),
+)
 
 
 def future_indices(step: int, num_steps: int, window_len: int) -> np.ndarray:
@@ -54,7 +71,7 @@ def episode_windows(episode: RobotEpisode, source: str, config: PlanConfig, boun
 
 def plan_episodes(units: Iterable[RobotEpisode | ClipProblem], source: str, config: PlanConfig,
                   limit: int | None = None) -> list[dict]:
-    """All units of a robot source in order: window rows, and error rows for its problems.
+    """All units of a robot source in order: window rows, and dropped units for its problems.
 
     Action bounds are per dataset, over the episodes planned (all of them unless ``limit`` stops
     the reading early), as OpenVLA computes its normalisation statistics.
@@ -70,8 +87,7 @@ def plan_episodes(units: Iterable[RobotEpisode | ClipProblem], source: str, conf
     rows: list[dict] = []
     for unit in taken:
         if isinstance(unit, ClipProblem):
-            rows.append(plan_error_row(unit.unit_id, source, unit.error_class, unit.message,
-                                       video_path=unit.video_path))
+            rows.append(unit.planned(source))
         else:
             rows.extend(episode_windows(unit, source, config, bounds[unit.dataset]))
     return rows[:limit] if limit is not None else rows
