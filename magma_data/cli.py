@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -13,39 +11,10 @@ import click
 from magma_data.config import RunConfig, parse_assignments
 from magma_data.pipelines import PIPELINES
 from magma_data.sources import available_sources, load_manifest
+from magma_data.stages.track import TRACKERS, TrackerUnavailable
 
 #: Exit status of a run that finished but turned some units into error rows (see errors/).
 EXIT_SOME_UNITS_FAILED = 3
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def resolve_tracker(config: RunConfig) -> RunConfig:
-    """Turn ``--tracker auto`` into the tracker that will run, so the config hash names it."""
-    from magma_data.models.cotracker3_predictor import find_checkpoint
-
-    track = config.track
-    if track.tracker == "lk":
-        return config
-    checkpoint = find_checkpoint(track.checkpoint, variant=track.variant)
-    if checkpoint is None:
-        if track.tracker == "cotracker3":
-            raise click.UsageError(
-                f"no CoTracker3 checkpoint found; pass --checkpoint, set MAGMA_COTRACKER3_CHECKPOINT, or put "
-                f"scaled_{track.variant}.pth in ~/.cache/torch/hub/checkpoints/ (from the facebook/cotracker3 "
-                "model repository)"
-            )
-        click.echo("tracker: Lucas-Kanade on CPU (no CoTracker3 checkpoint found; --checkpoint to use one)", err=True)
-        return config.with_overrides({"track": {"tracker": "lk"}})
-    click.echo(f"tracker: CoTracker3 {track.variant} from {checkpoint}", err=True)
-    config = config.with_overrides({"track": {"tracker": "cotracker3", "checkpoint": str(checkpoint)}})
-    return dataclasses.replace(config, tracker_weights=_file_digest(checkpoint))
 
 
 @click.group()
@@ -60,7 +29,7 @@ def main(verbose: bool) -> None:
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
 @click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
-@click.option("--tracker", type=click.Choice(["auto", "lk", "cotracker3"]),
+@click.option("--tracker", type=click.Choice(["auto", *TRACKERS]),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="CoTracker3 weights (scaled_offline.pth).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="Tracker precision on GPU (default fp32).")
@@ -81,10 +50,11 @@ def main(verbose: bool) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
 def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
         height, seed, limit, batch_size, rows_per_shard, assignments, ray_address, num_cpus, overwrite, no_progress):
-    """Run PIPELINE on a source and write Parquet shards, errors and a dataset card to --output.
+    """Run PIPELINE on a source and write Parquet shards, errors, filtered units and a dataset card to --output.
 
-    Exit status: 0 when every window became a row, 3 when the run finished but some units are
-    error rows (see errors/ and the summary), 1 on failure, 2 on a usage error.
+    Exit status: 0 when every unit became a row or was filtered by a rule of the recipe, 3 when
+    the run finished but some units are error rows (see errors/ and the summary), 1 on failure,
+    2 on a usage error.
     """
     from magma_data.progress import print_summary
     from magma_data.runner import RunOptions, run as run_pipeline
@@ -109,11 +79,13 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
         config = config.with_overrides(parse_assignments(assignments))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    config = resolve_tracker(config)
     options = RunOptions(output=output or Path("out") / source, root=root, ray_address=ray_address,
-                         num_cpus=num_cpus, overwrite=overwrite, progress=not no_progress)
+                         num_cpus=num_cpus, overwrite=overwrite, progress=not no_progress,
+                         notify=lambda message: click.echo(message, err=True))
     try:
         summary = run_pipeline(config, options)
+    except TrackerUnavailable as error:
+        raise click.UsageError(str(error)) from None
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -175,11 +147,13 @@ def show(output, count, sheet, as_json):
         click.echo(stats_json(stats))
     else:
         table = Table(title=str(output))
-        for column in ("source", "rows", "errors", "camera comp.", "H ok", "inliers", "marks", "moving", "ToM", "tracker"):
-            table.add_column(column, justify="left" if column in ("source", "errors", "tracker") else "right")
+        for column in ("source", "rows", "errors", "filtered", "camera comp.", "H ok", "inliers", "marks", "moving",
+                       "ToM", "tracker"):
+            table.add_column(column, justify="left" if column in ("source", "errors", "filtered", "tracker") else "right")
         for s in stats:
             errors = ", ".join(f"{name} {n}" for name, n in sorted(s.errors.items())) or "-"
-            table.add_row(s.source, str(s.rows), errors, f"{s.camera_motion:.0%}", f"{s.homography_ok:.0%}",
+            filtered = ", ".join(f"{name} {n}" for name, n in sorted(s.filtered.items())) or "-"
+            table.add_row(s.source, str(s.rows), errors, filtered, f"{s.camera_motion:.0%}", f"{s.homography_ok:.0%}",
                           f"{s.inlier_ratio:.2f}", f"{s.marks_per_row:.1f}", f"{s.moving_marks_per_row:.1f}",
                           f"{s.tom_rows:.0%}", ", ".join(s.trackers))
         console.print(table)

@@ -42,7 +42,7 @@ class RunConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     action: ActionConfig = field(default_factory=ActionConfig)  # robot pipelines only
     sink: SinkConfig = field(default_factory=SinkConfig)
-    tracker_weights: str = ""  # digest of the CoTracker3 checkpoint, when one is used
+    tracker_weights: str = ""  # digest of the tracker's weights (stages.track.resolve_tracker), when it has any
 
     def with_overrides(self, overrides: dict[str, dict[str, Any]]) -> RunConfig:
         """A copy with ``{section: {field: value}}`` applied; unknown names are errors, not typos ignored."""

@@ -49,7 +49,7 @@ def test_every_step_starts_a_window_and_problems_stay_in_order():
     rows = plan_episodes(units, "oxe", PlanConfig(window_len=16, window_stride=1))
     assert len(rows) == 20 + 1 + 3
     assert [r["frame_index"] for r in rows[:20]] == list(range(20))
-    assert rows[20]["error_stage"] == "plan" and rows[20]["error_class"] == "EpisodeWithoutInstruction"
+    assert rows[20]["drop_stage"] == "plan" and rows[20]["drop_reason"] == "EpisodeWithoutInstruction"
     last = rows[-1]
     assert last["unit_id"] == "oxe/toy/train/000002/000002" and last["frame_indices"].tolist() == [2] * 16
     np.testing.assert_array_equal(rows[5]["action"], units[0].actions[5])
@@ -118,7 +118,7 @@ def test_rlds_frames_reads_the_window_of_its_episode(oxe_root):
     from magma_data.stages.decode import DecodeConfig
     from magma_data.stages.rlds_frames import RldsFramesStage
 
-    (episode,) = [u for u in OpenXSource(oxe_root, datasets=["toy_tabletop"]).clips()
+    (episode,) = [u for u in OpenXSource(oxe_root, "oxe", datasets=["toy_tabletop"]).clips()
                   if isinstance(u, RobotEpisode) and u.num_steps == 20]
     rows = plan_episodes([episode], "oxe", PlanConfig(window_stride=1))
     stage = RldsFramesStage(DecodeConfig(height=32))
