@@ -10,8 +10,8 @@ text, fail in the render stage: error rows made in the stream, beside data rows)
 What the digests depend on besides our code, so a failure here after an upgrade is not a bug:
 
 - the absolute paths of the input videos, which every row and error row carries in ``video_path``:
-  ``/work/shared/videos`` (the project's ``../shared/videos``) and ``/tmp/magma-data-pinned-sample``,
-  where this test renders the sample clips once;
+  the test copies ``../shared/videos`` to ``/tmp/magma-data-pinned-videos`` and renders the sample
+  clips into ``/tmp/magma-data-pinned-sample``, so the digests hold wherever the checkout lies;
 - the libraries that make the bytes: pyarrow's Parquet writer and its zstd, Pillow's JPEG encoder,
   OpenCV (Lucas-Kanade, resizing, RANSAC), faiss k-means, decord's FFmpeg (decoding) and PyAV's
   libx264 (the sample clips), at the versions ``scripts/setup.sh --test`` installs.
@@ -20,6 +20,7 @@ What the digests depend on besides our code, so a failure here after an upgrade 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,25 +28,25 @@ import pytest
 from magma_data.config import RunConfig
 from magma_data.runner import RunOptions, run
 
-SHARED_VIDEOS_AT = Path("/work/shared/videos")
+VIDEOS_AT = Path("/tmp/magma-data-pinned-videos")
 SAMPLE_CLIPS_AT = Path("/tmp/magma-data-pinned-sample")
 SMALL = {"decode": {"height": 128}, "track": {"tracker": "lk", "grid_size": 5}, "sink": {"rows_per_shard": 4}}
 RUNS = {  # output folder -> (source, root, config overrides beyond SMALL)
     "sample": ("sample", SAMPLE_CLIPS_AT, {"plan": {"window_len": 8, "window_stride": 8, "max_windows_per_clip": 2}}),
-    "folder": ("folder", SHARED_VIDEOS_AT, {"plan": {"window_len": 24, "window_stride": 24, "max_windows_per_clip": 2}}),
-    "folder-one-point": ("folder", SHARED_VIDEOS_AT, {"plan": {"window_len": 24, "window_stride": 24,
-                                                               "max_windows_per_clip": 2},
-                                                      "track": {"grid_size": 1}, "marks": {"min_visible_fraction": 0.99}}),
+    "folder": ("folder", VIDEOS_AT, {"plan": {"window_len": 24, "window_stride": 24, "max_windows_per_clip": 2}}),
+    "folder-one-point": ("folder", VIDEOS_AT, {"plan": {"window_len": 24, "window_stride": 24,
+                                                        "max_windows_per_clip": 2},
+                                               "track": {"grid_size": 1}, "marks": {"min_visible_fraction": 0.99}}),
 }
 PINNED = {
-    "folder-one-point/data/folder/train-00000-of-00003.parquet": "a710b4aee5582bd0f9e4aa508b1e19a82b07c1a1619b0094cfc50dd212996ab9",
-    "folder-one-point/data/folder/train-00001-of-00003.parquet": "c00e69ab161d076bbaf87d97558eaf9fcdd78a27b9c94a478a26734ea25abc7e",
-    "folder-one-point/errors/folder-00000-of-00003.parquet": "68c5a836c30934fc2338105692012b6f3a6b286781840da6a3db60f1ac1b5bbb",
-    "folder-one-point/errors/folder-00001-of-00003.parquet": "fe9e6c1ab7439292ed1acb897f8e5e2a7393be20f7337c7a0c260d417fa7431c",
-    "folder-one-point/errors/folder-00002-of-00003.parquet": "5216a29fa0ec3ad11fcf716a728279a7b602d1232844128f01850e484819b4fd",
-    "folder/data/folder/train-00000-of-00003.parquet": "f05e9251e929949551c8222bf8c36d7be811d93d7240a21b6a51a8a2a33e3f88",
-    "folder/data/folder/train-00001-of-00003.parquet": "76e59589c8a13b591a9f1313b26202f39dbf68d050a719dc496ba324b85fee4f",
-    "folder/errors/folder-00002-of-00003.parquet": "3e6d5beacfdc90f3aa47169832821bfa2609709c5b86cbb83ae20066a899f3ec",
+    "folder/data/folder/train-00000-of-00003.parquet": "3cb2b1d204e2072943ee856fabdc14a07b263c21002bfe4c4d3c281c12e7c1c8",
+    "folder/data/folder/train-00001-of-00003.parquet": "6407a92fe3a6f456baf1e27e83c22ac4904b47a11bc8597f0536efad68ef5fac",
+    "folder/errors/folder-00002-of-00003.parquet": "34be26c6e4854808f1ba5cf07145bdddf6ff9fd1805d562270513510c69abe1d",
+    "folder-one-point/data/folder/train-00000-of-00003.parquet": "010b53a5fb4d18fcc8de14ded634a90d483b87f8426bc43f25d34bd51209a0ab",
+    "folder-one-point/data/folder/train-00001-of-00003.parquet": "dffdb6fffce4ea6505a122c9c55233d33e666fe3230141762955f44fa46afdf2",
+    "folder-one-point/errors/folder-00000-of-00003.parquet": "abc0f2974273ad1cadd2eba54b2e27ae13f382fad4164aabcc1c9558ca25f523",
+    "folder-one-point/errors/folder-00001-of-00003.parquet": "ce9411ea141d6e5d62a98f22a42bbca24a90845d396b1aa7734fa9e0c7afb445",
+    "folder-one-point/errors/folder-00002-of-00003.parquet": "56b93f5668104a5a40babddfe437f2904bb9da2e08eebe6dd11e2df56004e685",
     "sample/data/sample/train-00000-of-00002.parquet": "e9bcc2183f14e6f173253655c6b4516eef92b4e8f4878832a29b30442a9fe102",
     "sample/data/sample/train-00001-of-00002.parquet": "c5b1ee007f39135997996f19dd432a421d098d30a513b0797549802586c1bb2f",
 }
@@ -53,9 +54,10 @@ PINNED = {
 
 @pytest.fixture(scope="module")
 def outputs(shared_videos, tmp_path_factory) -> Path:
-    if shared_videos.resolve() != SHARED_VIDEOS_AT:
-        pytest.fail(f"the pinned digests were recorded with the videos at {SHARED_VIDEOS_AT} (rows carry "
-                    f"video_path), but they are at {shared_videos.resolve()}; run the suite from a checkout in /work")
+    shutil.rmtree(VIDEOS_AT, ignore_errors=True)
+    VIDEOS_AT.mkdir(parents=True)
+    for video in sorted(shared_videos.glob("*.mp4")):
+        shutil.copyfile(video, VIDEOS_AT / video.name)
     root = tmp_path_factory.mktemp("reference")
     for name, (source, videos, overrides) in RUNS.items():
         config = RunConfig(source=source).with_overrides(SMALL).with_overrides(overrides)
