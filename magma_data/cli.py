@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 import click
 
-from magma_data.config import RunConfig, parse_assignments
+from magma_data.config import ConfigValueError, RunConfig, parse_assignments
 from magma_data.pipelines import PIPELINES
 from magma_data.sources import available_sources, load_manifest
 from magma_data.stages.track import TRACKERS, TrackerUnavailable
 
 #: Exit status of a run that finished but turned some units into error rows (see errors/).
 EXIT_SOME_UNITS_FAILED = 3
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+#: ``--root``: an existing folder, or a usage error before anything else happens.
+ROOT = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+class RefusedUsage(click.UsageError):
+    """A usage error told in one line (what is wrong, what to do), without click's usage banner."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
 
 
 @click.group()
@@ -27,7 +40,8 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("pipeline", type=click.Choice(PIPELINES))
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
-@click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
+@click.option("--root", type=ROOT, help="Where the source's data lies (read in place); the release folder is "
+              "found inside it when the official downloader nested it.")
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
 @click.option("--tracker", type=click.Choice(["auto", *TRACKERS]),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
@@ -57,15 +71,12 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
     2 on a usage error.
     """
     from magma_data.progress import print_summary
-    from magma_data.runner import RunOptions, run as run_pipeline
+    from magma_data.runner import RunInterrupted, RunOptions, run as run_pipeline
 
-    try:
-        manifest = load_manifest(source)
-    except KeyError as error:
-        raise click.UsageError(str(error)) from None
+    manifest = _manifest(source)
     if manifest.pipeline != pipeline:
-        raise click.UsageError(f"source {source!r} is made by the {manifest.pipeline} pipeline: "
-                               f"magma-data run {manifest.pipeline} --input {source} ...")
+        raise RefusedUsage(f"source {source!r} is made by the {manifest.pipeline} pipeline: "
+                           f"magma-data run {manifest.pipeline} --input {source} ...")
     given = {  # only options the user gave override the source's manifest and the stage defaults
         "plan": {"window_len": window_len, "window_stride": window_stride, "fps": fps},
         "decode": {"height": height},
@@ -73,19 +84,19 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
                   "checkpoint": str(checkpoint) if checkpoint else None},
         "sink": {"rows_per_shard": rows_per_shard},
     }
-    config = RunConfig(pipeline=pipeline, source=source, seed=seed, limit=limit).with_overrides(manifest.defaults)
-    config = config.with_overrides({k: {f: v for f, v in fields.items() if v is not None} for k, fields in given.items()})
-    try:
-        config = config.with_overrides(parse_assignments(assignments))
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
+    config = _run_config(RunConfig(pipeline=pipeline, source=source), manifest, seed, limit,
+                         {k: {f: v for f, v in fields.items() if v is not None} for k, fields in given.items()},
+                         assignments)
     options = RunOptions(output=output or Path("out") / source, root=root, ray_address=ray_address,
                          num_cpus=num_cpus, overwrite=overwrite, progress=not no_progress,
                          notify=lambda message: click.echo(message, err=True))
     try:
         summary = run_pipeline(config, options)
     except TrackerUnavailable as error:
-        raise click.UsageError(str(error)) from None
+        raise RefusedUsage(str(error)) from None
+    except RunInterrupted as interrupted:
+        click.echo(f"interrupted: {interrupted}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -99,9 +110,37 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
         sys.exit(EXIT_SOME_UNITS_FAILED)
 
 
+def _manifest(source: str):
+    try:
+        return load_manifest(source)
+    except KeyError as error:
+        raise RefusedUsage(error.args[0]) from None
+
+
+def _run_config(config: RunConfig, manifest, seed: int, limit: int | None, options: dict, assignments) -> RunConfig:
+    """The manifest's defaults, then the options given, then ``--set``; a value a field does not take
+    is a usage error that names where it came from, the field, its type and range."""
+    try:
+        config = config.with_overrides(manifest.defaults)
+    except ConfigValueError as error:
+        raise RefusedUsage(f"manifest {manifest.name}.yaml: {error}") from None
+    try:
+        config = dataclasses.replace(config, seed=seed, limit=limit).with_overrides(options)
+    except ConfigValueError as error:  # option names are the fields' names
+        raise RefusedUsage(f"--{error.field_name.rpartition('.')[2].replace('_', '-')}: {error}") from None
+    try:
+        return config.with_overrides(parse_assignments(assignments))
+    except ConfigValueError as error:
+        given = next((a for a in reversed(assignments) if a.partition("=")[0].strip() == error.field_name), None)
+        raise RefusedUsage(f"--set {given}: {error}" if given else str(error)) from None
+    except ValueError as error:
+        raise RefusedUsage(str(error)) from None
+
+
 @main.command()
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
-@click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
+@click.option("--root", type=ROOT, help="Where the source's data lies (read in place); the release folder is "
+              "found inside it when the official downloader nested it.")
 @click.option("--window-len", type=int, default=16, show_default=True, help="Frames (or robot steps) per window.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 def check(source, root, window_len, report_path):
@@ -114,12 +153,12 @@ def check(source, root, window_len, report_path):
     """
     from magma_data.check import run_check
 
+    _manifest(source)
     try:
-        load_manifest(source)
-    except KeyError as error:
-        raise click.UsageError(str(error)) from None
-    try:
-        report = run_check(source, root, window_len=window_len, report_path=report_path)
+        report = run_check(source, root, window_len=window_len, report_path=report_path,
+                           notify=lambda message: click.echo(message, err=True))
+    except ConfigValueError as error:
+        raise RefusedUsage(f"--window-len: {error}") from None
     except (FileNotFoundError, ValueError, ImportError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)

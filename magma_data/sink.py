@@ -24,7 +24,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+from annotated_types import Ge
 
 from magma_data.dropped import NOT_DROPPED, Dropped
 from magma_data.faults import crash_point
@@ -39,8 +41,8 @@ CONFIG_HASH = Column("config_hash", "string", doc="hash of the run's config (.ma
 
 @dataclass(frozen=True)
 class SinkConfig:
-    rows_per_shard: int = 256  # windows per shard: ~50-100 MB of Parquet with two JPEGs a row
-    rows_per_row_group: int = 32  # small row groups stream well (datasets, duckdb)
+    rows_per_shard: Annotated[int, Ge(1)] = 256  # windows per shard: ~50-100 MB of Parquet with two JPEGs a row
+    rows_per_row_group: Annotated[int, Ge(1)] = 32  # small row groups stream well (datasets, duckdb)
 
 
 class ConfigMismatch(RuntimeError):

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Ge, Len
 
 from magma_data.magma_text import ACTION_DIMENSIONS, action_turn
 
@@ -27,11 +29,11 @@ class ActionConfig:
     """How actions become tokens (defaults: OpenVLA/Magma with the Llama-3 tokenizer)."""
 
     #: uniform bins on [-1, 1]
-    bins: int = 256
+    bins: Annotated[int, Ge(2)] = 256
     #: the tokenizer's base vocabulary size; token id = vocab_size - bin (Llama-3: 128000)
-    vocab_size: int = 128000
+    vocab_size: Annotated[int, Ge(2)] = 128000
     #: which of the 7 dimensions are normalised with the dataset's bounds (the gripper is not)
-    normalize: tuple[bool, ...] = (True,) * 6 + (False,)
+    normalize: Annotated[tuple[bool, ...], Len(ACTION_DIMENSIONS, ACTION_DIMENSIONS)] = (True,) * 6 + (False,)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,11 @@ elsewhere ``tracks[t]`` is the raw position.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import cv2
 import numpy as np
+from annotated_types import Ge, Gt, Interval
 
 from .base import Column, Row, Stage, StageError
 from .track import TRACKS
@@ -29,19 +31,19 @@ class CameraConfig:
     #: compensate every window, whatever the motion rule says (manifests set it for egocentric video)
     force: bool = False
     #: a trace "moves" when its mean step exceeds this many pixels per frame (loaders: 1, demo: 0.5)
-    global_motion_px: float = 1.0
+    global_motion_px: Annotated[float, Ge(0)] = 1.0
     #: the camera is taken to move when more than this fraction of kept traces moves
-    global_motion_fraction: float = 0.8
+    global_motion_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.8
     #: traces visible in more than this fraction of frames are the ones the motion rule counts
-    min_visible_fraction: float = 0.5
+    min_visible_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.5
     #: RANSAC reprojection threshold in pixels (cv2.findHomography)
-    reprojection_threshold_px: float = 4.0
+    reprojection_threshold_px: Annotated[float, Gt(0)] = 4.0
     #: fewer points seen in both frames than this and the frame is not fitted (4 is the bare minimum)
-    min_fit_points: int = 8
+    min_fit_points: Annotated[int, Ge(4)] = 8
     #: a fit whose RANSAC inliers are a smaller share of its points is treated as failed
-    min_inlier_ratio: float = 0.25
+    min_inlier_ratio: Annotated[float, Interval(ge=0, le=1)] = 0.25
     #: a fit that scales the image area by more than this factor (or less than its inverse) is implausible
-    max_area_change: float = 4.0
+    max_area_change: Annotated[float, Ge(1)] = 4.0
 
 
 def in_frame_visibility(

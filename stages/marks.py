@@ -10,12 +10,23 @@ run seed and the sample id.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import faiss
 import numpy as np
+from annotated_types import Ge, Interval, Predicate
 
 from .base import Column, Row, Stage, StageError, seeded_rng
 from .camera import mean_step_length, usable_points
+
+
+def ascending(bounds: tuple[int, int]) -> bool:
+    """low <= high"""
+    return bounds[0] <= bounds[1]
+
+
+#: An inclusive range [low, high] of cluster counts.
+ClusterRange = Annotated[tuple[Annotated[int, Ge(1)], Annotated[int, Ge(1)]], Predicate(ascending)]
 
 
 @dataclass(frozen=True)
@@ -23,16 +34,16 @@ class MarksConfig:
     """Which traces become marks (defaults: Magma's video loader)."""
 
     #: keep traces usable in more than this fraction of the window's frames
-    min_visible_fraction: float = 0.5
+    min_visible_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.5
     #: a trace moves when its mean compensated step exceeds this many pixels per frame
     #: (video loader 3, demo 2, robot 1; manifests override it per source)
-    moving_threshold_px: float = 3.0
+    moving_threshold_px: Annotated[float, Ge(0)] = 3.0
     #: inclusive range the number of moving clusters is drawn from
-    moving_clusters: tuple[int, int] = (2, 5)
+    moving_clusters: ClusterRange = (2, 5)
     #: inclusive range the number of static clusters is drawn from
-    static_clusters: tuple[int, int] = (6, 14)
+    static_clusters: ClusterRange = (6, 14)
     #: Lloyd iterations of faiss k-means; fixed so the result does not depend on convergence tests
-    kmeans_iterations: int = 50
+    kmeans_iterations: Annotated[int, Ge(1)] = 50
 
 
 class MarksStage(Stage):

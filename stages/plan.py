@@ -12,12 +12,15 @@ import itertools
 import math
 import threading
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Ge, Gt
 
 from magma_data.dropped import Dropped, dropped_unit
 from magma_data.sources.base import Clip, ClipProblem
 from magma_data.stages.base import Column, StageError
+from magma_data.stages.decode import decord_reader
 
 #: The columns of a planned window, before any stage: where its frames are and what it is about.
 PLAN_COLUMNS = (
@@ -39,10 +42,10 @@ PLAN_COLUMNS = (
 
 @dataclass(frozen=True)
 class PlanConfig:
-    window_len: int = 16  # frames per window (Magma: 16 future frames)
-    window_stride: int = 16  # samples between window starts
-    fps: float | None = None  # resample to this rate; None = the video's native rate
-    max_windows_per_clip: int | None = None  # evenly spaced subset of a long clip's windows
+    window_len: Annotated[int, Ge(2)] = 16  # frames per window (Magma: 16 future frames); a trace needs two
+    window_stride: Annotated[int, Ge(1)] = 16  # samples between window starts
+    fps: Annotated[float, Gt(0)] | None = None  # resample to this rate; None = the video's native rate
+    max_windows_per_clip: Annotated[int, Ge(1)] | None = None  # evenly spaced subset of a long clip's windows
 
 
 class ClipTooShort(StageError):
@@ -62,9 +65,7 @@ class VideoInfo:
 def probe_video(path: str) -> VideoInfo:
     """Frame rate and frame count from the container, without decoding frames."""
     try:
-        import decord
-
-        reader = decord.VideoReader(path, num_threads=1)
+        reader = decord_reader(path)
         info = VideoInfo(float(reader.get_avg_fps()), len(reader))
         del reader
     except Exception:  # decord cannot open every codec (AV1, some webm): ask PyAV

@@ -28,9 +28,10 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from annotated_types import Ge, Gt, Interval
 from PIL import Image, ImageDraw, ImageFont
 
 from magma_data.magma_text import GRID_SIZE, semantic_turn, som_turn, tom_turn
@@ -52,18 +53,18 @@ class RenderConfig:
     #: "video": semantic turn + person ToM turn (§8.1, §8.2); "robot": robot ToM turn (§8.5) only
     style: Literal["video", "robot"] = "video"
     #: JPEG quality of ``image`` and ``som_image``
-    jpeg_quality: int = 95
+    jpeg_quality: Annotated[int, Interval(ge=1, le=100)] = 95
     #: a ToM mark whose mean speed on the grid is below this (grid units per kept point) is
     #: dropped (ego4d 2, epic 1, robot 1)
-    speed_threshold: float = 2.0
+    speed_threshold: Annotated[float, Ge(0)] = 2.0
     #: thinning: a trace point is kept only this far (grid units) from the last kept one
-    min_point_distance: float = 2.0
+    min_point_distance: Annotated[float, Ge(0)] = 2.0
     #: a ToM mark needs more than T // this many kept points; None for no minimum (robot loader)
-    min_points_divisor: int | None = 4
+    min_points_divisor: Annotated[int, Ge(1)] | None = 4
     #: side of the square grid the conversation's coordinates live on
-    grid_size: int = GRID_SIZE
+    grid_size: Annotated[int, Ge(2)] = GRID_SIZE
     #: mark font size: the smallest whose "55" box reaches this fraction of the image width
-    font_width_fraction: float = 0.03
+    font_width_fraction: Annotated[float, Interval(gt=0, le=1)] = 0.03
 
 
 class RenderStage(Stage):

@@ -16,10 +16,11 @@ import importlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 import cv2
 import numpy as np
+from annotated_types import Ge
 
 from magma_data.stages.base import Column, Row, Stage
 from magma_data.stages.decode import FRAMES
@@ -29,12 +30,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrackConfig:
-    tracker: str = "auto"  # "auto" (a tracker whose weights are found, else one that needs none) or a TRACKERS name
-    grid_size: int = 15  # grid_size x grid_size query points on the window's first frame (Magma: 15)
+    #: "auto" (a tracker whose weights are found, else one that needs none) or a TRACKERS name
+    tracker: TrackerName = "auto"
+    #: grid_size x grid_size query points on the window's first frame (Magma: 15)
+    grid_size: Annotated[int, Ge(1)] = 15
     checkpoint: str | None = None  # the tracker's weights; see TRACKERS and the tracker's find_weights
-    variant: str = "offline"  # CoTracker3 "offline" (Magma) | "online"
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast on GPU)
-    batch_size: int = 8  # windows per tracker call
+    variant: Literal["offline", "online"] = "offline"  # CoTracker3's (Magma: offline)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on GPU
+    batch_size: Annotated[int, Ge(1)] = 8  # windows per tracker call
     device: str | None = None  # None = CUDA when available
 
 
@@ -116,8 +119,10 @@ class TrackerSpec:
 
     ``module`` provides ``point_tracker(config, weights) -> PointTracker`` and, when
     ``needs_weights``, ``find_weights(config) -> Path | None`` (None when no file is found; a path
-    the user named that does not exist is an error) and ``weights_missing(config) -> str`` (what
-    to tell the user then). ``placement`` "tasks": plain CPU tasks that Ray fuses with decode, so
+    the user named that does not exist raises FileNotFoundError), ``weights_missing(config) -> str``
+    (what to tell the user then) and ``check_weights(config, weights)`` (raises ValueError saying what
+    is wrong with a file that is not the network's weights: the driver calls it before any work, so
+    a bad file never reaches a worker). ``placement`` "tasks": plain CPU tasks that Ray fuses with decode, so
     frames never leave the worker that made them; "actors": one actor per GPU (one CPU actor
     without GPUs) that loads the weights once and batches many windows per forward.
     """
@@ -143,8 +148,12 @@ TRACKERS = {
 }
 
 
-class TrackerUnavailable(FileNotFoundError):
-    """The tracker asked for needs weights and none were found."""
+#: What ``TrackConfig.tracker`` takes: auto or a registered tracker.
+TrackerName = Literal[("auto", *TRACKERS)]
+
+
+class TrackerUnavailable(Exception):
+    """The tracker asked for cannot run: it needs weights and none were found, or the file named is not its weights."""
 
 
 @dataclass(frozen=True)
@@ -185,17 +194,24 @@ def resolve_tracker(config: TrackConfig) -> ResolvedTracker:
         raise ValueError(f"unknown tracker {config.tracker!r}; use auto, {', '.join(names[:-1])} or {names[-1]}")
     if not spec.needs_weights:
         return ResolvedTracker(config, "", f"tracker: {spec.label}")
-    weights = spec.implementation().find_weights(config)
+    weights = _find_weights(spec, config)
     if weights is None:
         raise TrackerUnavailable(spec.implementation().weights_missing(config))
     return _with_weights(spec, config, weights)
+
+
+def _find_weights(spec: TrackerSpec, config: TrackConfig) -> Path | None:
+    try:
+        return spec.implementation().find_weights(config)
+    except FileNotFoundError as error:  # a file the user named is not there
+        raise TrackerUnavailable(str(error)) from None
 
 
 def _resolve_auto(config: TrackConfig) -> ResolvedTracker:
     not_found = []
     for spec in TRACKERS.values():
         if spec.needs_weights:
-            weights = spec.implementation().find_weights(config)
+            weights = _find_weights(spec, config)
             if weights is not None:
                 return _with_weights(spec, config, weights)
             not_found.append(spec.label)
@@ -206,15 +222,26 @@ def _resolve_auto(config: TrackConfig) -> ResolvedTracker:
 
 def _with_weights(spec: TrackerSpec, config: TrackConfig, weights: Path) -> ResolvedTracker:
     resolved = replace(config, tracker=spec.name, checkpoint=str(weights))
+    try:
+        spec.implementation().check_weights(resolved, weights)
+    except ValueError as error:
+        raise TrackerUnavailable(str(error)) from None
     return ResolvedTracker(resolved, file_digest(weights), f"tracker: {spec.label} {config.variant} from {weights}")
 
 
 def make_tracker(config: TrackConfig) -> PointTracker:
-    """The tracker the config asks for ("auto" resolved), built by its registry entry's module."""
-    resolved = resolve_tracker(config)
-    log.info(resolved.note)
-    weights = Path(resolved.config.checkpoint) if resolved.spec.needs_weights else None
-    return resolved.spec.implementation().point_tracker(resolved.config, weights)
+    """The tracker the config asks for, built by its registry entry's module.
+
+    A resolved config (a run's: a registered name, the weights' path) is built as it is, since the
+    driver has checked it; ``auto``, or a tracker without its weights' path, is resolved first.
+    """
+    spec = TRACKERS.get(config.tracker)
+    if spec is None or (spec.needs_weights and not config.checkpoint):
+        resolved = resolve_tracker(config)
+        log.info(resolved.note)
+        config, spec = resolved.config, resolved.spec
+    weights = Path(config.checkpoint) if spec.needs_weights else None
+    return spec.implementation().point_tracker(config, weights)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

@@ -86,10 +86,43 @@ def find_checkpoint(explicit: str | os.PathLike | None, variant: str = "offline"
     return cached if cached.is_file() else None
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state_dict or a training checkpoint ``{"model": state_dict, ...}``; tensors only."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["model"] if "model" in state else state
+class UnusableWeights(ValueError):
+    """A file that is not the weights of the CoTracker3 variant asked for: damaged, not a checkpoint, another network."""
+
+
+def read_weights(path: Path, variant: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (a plain state_dict or a training checkpoint ``{"model": ...}``; tensors
+    only), checked tensor by tensor against the ``variant`` network's names and shapes."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+        raise UnusableWeights(f"{path} cannot be read as a PyTorch checkpoint ({type(error).__name__}: {reason}); it "
+                              f"is damaged or not a checkpoint: {_where_to_get(variant)}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UnusableWeights(f"{path} holds no state dict of tensors; {_where_to_get(variant)}")
+    with torch.device("meta"):  # names and shapes, no memory
+        wanted = {name: tensor.shape for name, tensor in MODELS[variant]().state_dict().items()}
+    time_emb = state.get("time_emb")
+    if time_emb is not None and time_emb.ndim == 3 and time_emb.shape[1] != WINDOW_LEN[variant]:
+        other = next(name for name, frames in WINDOW_LEN.items() if name != variant)
+        raise UnusableWeights(
+            f"{path} has a {time_emb.shape[1]}-frame time_emb but the {variant} model needs "
+            f"{WINDOW_LEN[variant]} (offline checkpoints have 60, online 16): it is the {other} variant's; pass "
+            f"--set track.variant={other} to use it, or {_where_to_get(variant)}"
+        )
+    missing = sorted(wanted.keys() - state.keys())
+    unexpected = sorted(state.keys() - wanted.keys())
+    reshaped = sorted(name for name in wanted.keys() & state.keys() if state[name].shape != wanted[name])
+    if missing or unexpected or reshaped:
+        found = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                 for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+                 if names]
+        raise UnusableWeights(f"{path} is not a CoTracker3 {variant} checkpoint: tensors {'; '.join(found)}; "
+                              f"{_where_to_get(variant)}")
+    return state
 
 
 def load_cotracker3(
@@ -108,16 +141,8 @@ def load_cotracker3(
     path = find_checkpoint(checkpoint_path, variant)
     if path is None:
         raise FileNotFoundError(checkpoint_missing(variant))
-    state = _read_state_dict(path)
     model = MODELS[variant]()
-    time_emb = state.get("time_emb")
-    if time_emb is not None and time_emb.ndim == 3 and time_emb.shape[1] != WINDOW_LEN[variant]:
-        raise ValueError(
-            f"{path} has a {time_emb.shape[1]}-frame time_emb but the {variant} model needs "
-            f"{WINDOW_LEN[variant]} (offline checkpoints have 60, online 16); "
-            f"use {CHECKPOINT_FILES[variant]} for variant={variant!r}"
-        )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(read_weights(path, variant), strict=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return CoTracker3Predictor(model, dtype=dtype).to(device)
 
@@ -308,6 +333,11 @@ def find_weights(config: TrackConfig) -> Path | None:
 
 def weights_missing(config: TrackConfig) -> str:
     return checkpoint_missing(config.variant)
+
+
+def check_weights(config: TrackConfig, weights: Path) -> None:
+    """The registry's check, on the driver before any work: ``weights`` are the variant network's."""
+    read_weights(weights, config.variant)
 
 
 def point_tracker(config: TrackConfig, weights: Path | None) -> CoTracker3PointTracker:
