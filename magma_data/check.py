@@ -158,7 +158,7 @@ class _Recording:
 
 
 def run_check(source: str, root: Path | None, window_len: int = 16, report_path: Path | None = None,
-              threads: int = 16) -> CheckReport:
+              threads: int = 16, notify=None) -> CheckReport:
     """Plan ``source`` under ``root`` as a run would and report what it would plan and what it would not.
 
     Args:
@@ -167,12 +167,13 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
         window_len: frames (or steps) per window, as the run will use.
         report_path: where to write the report as JSON; None writes nothing.
         threads: concurrent video probes (header reads).
+        notify: told which release folder inside ``root`` is read, when it is not ``root`` itself.
     """
     manifest = load_manifest(source)
     pipeline = load_pipeline(manifest.pipeline)
     config = RunConfig(pipeline=manifest.pipeline, source=source).with_overrides(manifest.defaults)
     config = config.with_overrides({"plan": {"window_len": window_len}})
-    reader = _Recording(open_source(manifest, root))
+    reader = _Recording(open_source(manifest, root, notify=notify))
     robot = manifest.pipeline == "oxe_tom"
     report = CheckReport(source=source, root=str(root), window_len=window_len,
                          unit_kind="episodes" if robot else "clips")

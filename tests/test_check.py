@@ -95,8 +95,12 @@ def test_cli_exit_status(ego4d_root, tmp_path):
     nothing = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(empty)])
     assert nothing.exit_code == 1 and "nothing usable" in nothing.output
 
-    unreadable = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(tmp_path / "absent")])
+    (tmp_path / "no-release").mkdir()
+    unreadable = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(tmp_path / "no-release")])
     assert unreadable.exit_code == 1 and "ego4d.json" in unreadable.output
+
+    absent = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(tmp_path / "absent")])
+    assert absent.exit_code == 2 and "does not exist" in absent.output
 
     unknown = runner.invoke(main, ["check", "--input", "no_such_source", "--root", str(tmp_path)])
     assert unknown.exit_code == 2

@@ -1,6 +1,7 @@
 """Ego4D read in place: narrations become clips of the full-scale videos.
 
-Layout (as ``ego4d --datasets full_scale annotations --metadata`` leaves it, ``--root`` = ``v2/``)::
+Layout (as ``ego4d --output_directory DIR --datasets full_scale annotations --metadata`` leaves it in
+``DIR/v2/``; ``--root`` is ``DIR`` or ``DIR/v2``)::
 
     ego4d.json                       videos[*]: video_uid, is_stereo, video_metadata{fps, num_frames}, duration_sec
     annotations/narration.json       {video_uid: {narration_pass_1: {narrations: [{timestamp_sec, narration_text}]}}}

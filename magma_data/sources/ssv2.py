@@ -7,6 +7,9 @@ Layout (``--root`` = the folder the archives were unpacked into)::
     something-something-v2-train.json         [{id, label, template, placeholders}]
     something-something-v2-validation.json
 
+or, as Qualcomm's download package unpacks the label files, ``labels/labels.json``,
+``labels/train.json`` and ``labels/validation.json`` (the manifest's second layout).
+
 The task is the template with its bracketed slots ("[something]", "[something in it]", ...) filled,
 in order, by ``placeholders``, the instruction Magma trained on. The test split has no labels and is
 not read by default.
