@@ -5,12 +5,17 @@ adapters convert between the two, keep every row in the stream — a row that fa
 drop recorded, placeholder columns, and passes through the remaining stages untouched — and
 retry transient errors a bounded number of times. Pipelines call ``cpu_stage`` and ``StageActor``
 from their ``build``; the runner starts Ray and streams the finished rows with ``finished_rows``.
+
+A task holds many windows, and Ray fuses the CPU steps into one task, so a video that kills its
+worker every time takes the task's other windows down with it. ``finished_rows(..., alone=True)``
+runs windows one per task (one window a block, every step's batch size 1): the runner re-runs the
+windows of the tasks Ray gave up on that way, and only the poisoning windows stay lost.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -37,6 +42,14 @@ RETRY_BACKOFF_S = 0.5
 TASK_RETRIES = 3
 CPU_TASK_ARGS = {"max_retries": TASK_RETRIES}
 ACTOR_ARGS = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
+
+#: True while a pipeline's graph is built to run each window in a task of its own (``finished_rows``).
+_ONE_WINDOW_PER_TASK = contextvars.ContextVar("one_window_per_task", default=False)
+
+
+def task_batch_size(batch_size: int) -> int:
+    """The batch size of a pipeline step: its own, or 1 while windows run one per task."""
+    return 1 if _ONE_WINDOW_PER_TASK.get() else batch_size
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,8 @@ class StageActor:
 
 def cpu_stage(windows, stage: Stage, batch_size: int):
     """``stage`` as plain Ray tasks of one CPU, with bounded retries: the pipelines' CPU step."""
-    return windows.map_batches(run_stage, fn_args=(stage,), batch_size=batch_size, num_cpus=1, **CPU_TASK_ARGS)
+    return windows.map_batches(run_stage, fn_args=(stage,), batch_size=task_batch_size(batch_size), num_cpus=1,
+                               **CPU_TASK_ARGS)
 
 
 def new_unit_row(plan_row: dict[str, Any]) -> Row:
@@ -151,8 +165,9 @@ def new_unit_row(plan_row: dict[str, Any]) -> Row:
 def worker_lost() -> Dropped:
     """The drop of a unit Ray gave up on: its task failed after ``TASK_RETRIES`` retries."""
     return Dropped("error", "ray", "WorkerLost",
-                   "the Ray task holding this window failed: its worker died on every retry (out of memory, a crash "
-                   "in a decoder or tracker) or the batch adapter raised; Ray's error is in the driver's log; "
+                   "the Ray task holding this window failed, and so did a task holding this window alone: its worker "
+                   "died on every retry (out of memory, a crash in a decoder or tracker) or the batch adapter raised; "
+                   "Ray's error is in the session's logs/ray-data/ray-data.log (on the terminal with --verbose); "
                    "--overwrite redoes the source", attempt=1 + TASK_RETRIES)
 
 
@@ -162,9 +177,13 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
 
     if ray.is_initialized():
         return
-    quiet = not log.isEnabledFor(logging.INFO)  # Ray's start-up chatter only with --verbose
-    if quiet:
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    quiet = not log.isEnabledFor(logging.INFO)  # Ray's chatter only with --verbose
+    if quiet:  # Ray Data still logs everything, task failures included, to the session's ray-data.log
+        import ray.data  # noqa: F401  (configures the "ray.data" logger)
+
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setLevel(logging.CRITICAL)
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR if quiet else logging.INFO)
     if address:
         ray.init(address=address, **kwargs)
@@ -172,8 +191,11 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
-def finished_rows(pipeline, config, windows: list[Row], placement: Placement) -> Iterator[Row]:
-    """Run the pipeline's Ray Data graph over the planned windows and yield every finished row."""
+def finished_rows(pipeline, config, windows: list[Row], placement: Placement, alone: bool = False) -> Iterator[Row]:
+    """Run the pipeline's Ray Data graph over the planned windows and yield every finished row.
+
+    ``alone``: every window in a task of its own, so a window whose task dies takes no other down.
+    """
     import ray
 
     context = ray.data.DataContext.get_current()
@@ -182,11 +204,15 @@ def finished_rows(pipeline, config, windows: list[Row], placement: Placement) ->
     # A block whose task failed on every Ray retry is skipped rather than aborting the run; its
     # units come back as WorkerLost error rows (ShardCollector.add_lost).
     context.max_errored_blocks = -1
-    dataset = ray.data.from_items(windows, override_num_blocks=min(len(windows), 256))
-    with warnings.catch_warnings():
-        # Ray 2.60 deprecates passing max_retries / max_restarts to map_batches but offers no named
-        # parameter for them yet; the bounded retries matter more than the warning.
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        finished = pipeline.build(dataset, config, placement)
+    dataset = ray.data.from_items(windows, override_num_blocks=len(windows) if alone else min(len(windows), 256))
+    one_window_per_task = _ONE_WINDOW_PER_TASK.set(alone)
+    try:
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing max_retries / max_restarts to map_batches but offers no named
+            # parameter for them yet; the bounded retries matter more than the warning.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            finished = pipeline.build(dataset, config, placement)
+    finally:
+        _ONE_WINDOW_PER_TASK.reset(one_window_per_task)
     for batch in finished.iter_batches(batch_size=None, batch_format="numpy"):
         yield from batch_to_rows(batch)

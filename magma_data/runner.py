@@ -3,6 +3,11 @@
 Every planned unit comes back exactly once, as a row, an error or a filtered unit; the sink
 commits a shard when all of its units are in. Ray executes (``magma_data.execution``), the sink
 writes (``magma_data.sink`` and a shard writer); this module only puts them in order.
+
+Windows whose Ray task failed on every retry (its worker died: a decoder that crashes on one
+video, memory) are run once more, each in a task of its own, so one bad video costs only its
+own windows; those that fail again too are WorkerLost error rows. Ctrl-C stops the run between
+shards' commits: committed shards stay, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -23,10 +28,15 @@ from magma_data.schema import column_table, features
 from magma_data.sink import OutputFolder, ShardCollector, ShardPlan
 from magma_data.sources import load_manifest, open_source
 from magma_data.sources.base import refuse_paths_outside
+from magma_data.stages.base import Column
 from magma_data.stages.track import TRACKERS, resolve_tracker
 from magma_data.summary import RunSummary, write_summary
 
 log = logging.getLogger(__name__)
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C stopped the run; the message says what is committed and how to go on."""
 
 
 @dataclass(frozen=True)
@@ -53,60 +63,96 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     config, note = resolve(config)
     (options.notify or log.info)(note)
     pipeline = load_pipeline(config.pipeline)
-    source = open_source(load_manifest(config.source), options.root)
+    source = open_source(load_manifest(config.source), options.root, notify=options.notify or log.info)
     units = pipeline.plan(source, config)
     if options.root is not None:
         units = refuse_paths_outside(units, Path(options.root))
     if not units:
         raise RuntimeError(f"source {config.source!r} planned no units under {options.root}; "
                            f"run `magma-data check --input {config.source} --root ...` to see why")
-    columns = shard_columns(pipeline, config)
-    writer = ParquetShardWriter(options.output, config.source, features(columns, column_dims(config)), config.sink)
-    shards = ShardPlan(units, config.sink.rows_per_shard)
-    output = OutputFolder(options.output, config.source, config.hash(),
-                          json.dumps(config.to_dict(), indent=2, sort_keys=True), shards.digest, len(units), writer,
-                          overwrite=options.overwrite)
-    committed = output.committed_shards()
-    todo = shards.todo(committed)
-    collector = ShardCollector(output, shards, todo, (column.name for column in columns if not column.written))
+    sink = open_sink(pipeline, config, units, options.output, overwrite=options.overwrite)
+    output, shards, collector, todo = sink.output, sink.shards, sink.collector, sink.todo
     summary = RunSummary(source=config.source, pipeline=config.pipeline, config_hash=config.hash(),
                          windows_planned=len(units), tracker=config.track.tracker, shards=shards.total,
-                         shards_skipped=len(committed))
-
-    if not todo:
-        log.info("nothing to do: all %d shards of %s in %s are committed", shards.total, config.source, options.output)
-    else:
-        windows = [new_unit_row(unit) for unit in todo if not unit.get("drop_kind")]
-        for unit in todo:
-            if unit.get("drop_kind"):  # dropped at planning: straight to its table
-                collector.add(unit)
-        if windows:
-            _stream(pipeline, config, options, windows, collector, summary)
-        lost = collector.add_lost(worker_lost())
-        if lost:
-            log.error("%d units never came back from Ray; they are error rows of class WorkerLost", lost)
-        summary.windows_processed = len(todo)
+                         shards_skipped=len(sink.committed))
+    try:
+        if not todo:
+            log.info("nothing to do: all %d shards of %s in %s are committed", shards.total, config.source,
+                     options.output)
+        else:
+            windows = [new_unit_row(unit) for unit in todo if not unit.get("drop_kind")]
+            for unit in todo:
+                if unit.get("drop_kind"):  # dropped at planning: straight to its table
+                    collector.add(unit)
+            if windows:
+                _stream(pipeline, config, options, windows, collector, summary)
+            lost = collector.add_lost(worker_lost())
+            if lost:
+                log.info("%d units never came back from Ray; they are error rows of class WorkerLost", lost)
+            summary.windows_processed = len(todo)
+    except KeyboardInterrupt:
+        done = len(output.committed_shards())
+        output.close()
+        raise RunInterrupted(
+            f"{done} of {shards.total} shards of {config.source!r} are committed in {options.output}; run the same "
+            "command again to resume from there") from None
 
     summary.count_committed(output.committed_shards())
     output.close()
     summary.wall_time_s = round(time.perf_counter() - started, 3)
     write_summary(options.output, summary)
-    write_dataset_card(options.output, config.pipeline, column_table(columns))
+    write_dataset_card(options.output, config.pipeline, column_table(sink.columns))
     return summary
 
 
+@dataclass(frozen=True)
+class Sink:
+    """A source's part of an output folder, opened for a run: what earlier runs committed, the units
+    still to do, and the collector that writes and commits their shards."""
+
+    output: OutputFolder
+    shards: ShardPlan
+    columns: list[Column]
+    committed: dict[int, dict]
+    todo: list[dict]
+    collector: ShardCollector
+
+
+def open_sink(pipeline, config: RunConfig, units: list[dict], root: Path, overwrite: bool = False) -> Sink:
+    """The output folder of ``config.source`` under ``root``, its Parquet writer, ledger and collector."""
+    columns = shard_columns(pipeline, config)
+    writer = ParquetShardWriter(root, config.source, features(columns, column_dims(config)), config.sink)
+    shards = ShardPlan(units, config.sink.rows_per_shard)
+    output = OutputFolder(root, config.source, config.hash(), json.dumps(config.to_dict(), indent=2, sort_keys=True),
+                          shards.digest, len(units), writer, overwrite=overwrite)
+    committed = output.committed_shards()
+    todo = shards.todo(committed)
+    collector = ShardCollector(output, shards, todo, (column.name for column in columns if not column.written))
+    return Sink(output, shards, columns, committed, todo, collector)
+
+
 def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict], collector, summary) -> None:
-    """Hand every row the Ray graph finishes to the collector, as it comes.
+    """Hand every row the Ray graph finishes to the collector, as it comes; then run the windows of
+    tasks Ray gave up on once more, one window a task.
 
     The summary learns how many windows were tracked only after their batch was halved on
-    out-of-memory (the rows themselves stay free of such hardware-dependent facts).
+    out-of-memory (the rows themselves stay free of such hardware-dependent facts), and how many
+    windows were re-run alone.
     """
     from magma_data.progress import progress_bar
 
     init_ray(options.ray_address, options.num_cpus)
     placement = placement_for(TRACKERS[config.track.tracker])
     with progress_bar(len(windows), enabled=options.progress, label=f"{config.pipeline} {config.source}") as advance:
-        for row in finished_rows(pipeline, config, windows, placement):
-            summary.windows_after_oom += int(row.get("track_oom_halvings", 0) > 0)
-            collector.add(row)
-            advance()
+        for alone in (False, True):
+            if alone:
+                windows = [new_unit_row(unit) for unit in collector.pending.values() if not unit.get("drop_kind")]
+                if not windows:
+                    break
+                summary.windows_rerun_alone = len(windows)
+                log.info("%d windows were in Ray tasks whose worker died on every retry; running each again in a "
+                         "task of its own, to find the ones that kill it", len(windows))
+            for row in finished_rows(pipeline, config, windows, placement, alone=alone):
+                summary.windows_after_oom += int(row.get("track_oom_halvings", 0) > 0)
+                collector.add(row)
+                advance()

@@ -25,6 +25,9 @@ class RunSummary:
     filter_rules: dict[str, int] = field(default_factory=dict)
     tracker: str = ""
     windows_after_oom: int = 0  # tracked in a batch halved after CUDA ran out of memory
+    #: windows of Ray tasks whose worker died on every retry, run once more one window a task (the
+    #: bound on that extra work: each such window runs alone once); those lost again are WorkerLost errors
+    windows_rerun_alone: int = 0
 
     @property
     def nothing_to_do(self) -> bool:

@@ -17,7 +17,7 @@ from types import ModuleType
 from datasets import Features
 
 from magma_data.config import RunConfig
-from magma_data.execution import ACTOR_ARGS, Placement, StageActor, cpu_stage
+from magma_data.execution import ACTOR_ARGS, Placement, StageActor, cpu_stage, task_batch_size
 from magma_data.schema import features
 from magma_data.sink import CONFIG_HASH
 from magma_data.stages.base import Column
@@ -61,7 +61,7 @@ def track_step(windows, track: TrackStage, placement: Placement):
     import ray
 
     return windows.map_batches(
-        StageActor, fn_constructor_args=(track,), batch_size=track.config.batch_size,
+        StageActor, fn_constructor_args=(track,), batch_size=task_batch_size(track.config.batch_size),
         num_gpus=placement.gpus_per_actor, num_cpus=placement.cpus_per_actor,
         compute=ray.data.ActorPoolStrategy(size=placement.actors), **ACTOR_ARGS,
     )
