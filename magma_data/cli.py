@@ -177,10 +177,11 @@ def show(output, count, sheet, as_json):
     from rich.table import Table
 
     from magma_data.progress import console
-    from magma_data.show import contact_sheet, dataset_stats, stats_json
+    from magma_data.show import contact_sheet, dataset_stats, output_sources, stats_json
 
-    if not (output / "data").is_dir():
-        raise click.UsageError(f"{output} has no data/ folder; point it at the --output of a magma-data run")
+    if not output_sources(output):
+        raise RefusedUsage(f"{output} holds no magma-data output (no .magma/ or data/ folder); point it at the "
+                           "--output of a magma-data run")
     stats = dataset_stats(output)
     if as_json:
         click.echo(stats_json(stats))
@@ -196,5 +197,8 @@ def show(output, count, sheet, as_json):
                           f"{s.inlier_ratio:.2f}", f"{s.marks_per_row:.1f}", f"{s.moving_marks_per_row:.1f}",
                           f"{s.tom_rows:.0%}", ", ".join(s.trackers))
         console.print(table)
+    if not any(s.rows for s in stats):
+        click.echo("contact sheet: none, no unit became a row (see the errors above and errors/)", err=True)
+        return
     path = contact_sheet(output, count, sheet or output / "show" / "contact_sheet.png")
     click.echo(f"contact sheet: {path}", err=True)

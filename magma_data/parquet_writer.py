@@ -27,6 +27,25 @@ from magma_data.schema import ERROR_FEATURES, FILTERED_FEATURES, to_arrow_table
 from magma_data.sink import ShardContent, SinkConfig, WrittenShard, temporary_path
 
 SHARD_NUMBER = "[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]"
+DATA = "data"
+
+
+def table_folders(root: Path, source: str) -> dict[str, tuple[Path, str]]:
+    """Each kind of file (data, error, filtered) of a source: its folder and the glob of its shards' names.
+
+    The glob names the source exactly: ``foo-00000-of-00002.parquet`` is ``foo``'s, never ``foo-bar``'s.
+    """
+    return {
+        DATA: (root / "data" / source, f"train-{SHARD_NUMBER}.parquet"),
+        ERROR: (root / "errors", f"{source}-{SHARD_NUMBER}.parquet"),
+        FILTERED: (root / "filtered", f"{source}-{SHARD_NUMBER}.parquet"),
+    }
+
+
+def table_files(root: Path, source: str, kind: str) -> list[Path]:
+    """The committed shards of one kind of a source in an output folder, in shard order."""
+    folder, pattern = table_folders(Path(root), source)[kind]
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
 
 class ParquetShardWriter:
@@ -34,15 +53,11 @@ class ParquetShardWriter:
 
     def __init__(self, root: Path, source: str, features: Features, config: SinkConfig):
         self.root, self.source, self.features, self.config = Path(root), source, features, config
-        self.folders = {  # kind of file -> (folder, name pattern)
-            "data": (self.root / "data" / source, f"train-{SHARD_NUMBER}.parquet"),
-            ERROR: (self.root / "errors", f"{source}-{SHARD_NUMBER}.parquet"),
-            FILTERED: (self.root / "filtered", f"{source}-{SHARD_NUMBER}.parquet"),
-        }
+        self.folders = table_folders(self.root, source)
 
     def path(self, kind: str, index: int, total: int) -> Path:
         folder, _ = self.folders[kind]
-        name = "train" if kind == "data" else self.source
+        name = "train" if kind == DATA else self.source
         return folder / f"{name}-{index:05d}-of-{total:05d}.parquet"
 
     def files(self) -> Iterator[Path]:
@@ -62,7 +77,7 @@ class ParquetShardWriter:
                 if dropped is None:
                     continue
             records[dropped.kind].append(record({**row, "unit_id": unit_id}, dropped, shard.config_hash))
-        tables = {"data": table if table.num_rows else None,
+        tables = {DATA: table if table.num_rows else None,
                   ERROR: to_arrow_table(records[ERROR], ERROR_FEATURES) if records[ERROR] else None,
                   FILTERED: to_arrow_table(records[FILTERED], FILTERED_FEATURES) if records[FILTERED] else None}
         files = []
