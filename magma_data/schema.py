@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import pyarrow as pa
 from datasets import Features, Image, List, Value
 
@@ -87,11 +88,46 @@ def to_arrow_table(rows: list[dict], features: Features) -> pa.Table:
     schema = features.arrow_schema
     columns = []
     for field in schema:
-        values = [_plain(row[field.name]) for row in rows]
+        values = [row[field.name] for row in rows]
         if isinstance(features[field.name], Image):
-            values = [{"bytes": v, "path": None} for v in values]
-        columns.append(pa.array(values, type=field.type))
+            columns.append(_image_array(values, field.type))
+        else:
+            columns.append(_array_from_numpy(values, field.type) or pa.array([_plain(v) for v in values], field.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _image_array(values: list[bytes], image_type: pa.StructType) -> pa.Array:
+    """JPEG bytes -> the ``{bytes, path}`` structs of a Hugging Face ``Image`` column (no path)."""
+    return pa.StructArray.from_arrays([pa.array(values, pa.binary()), pa.nulls(len(values), pa.string())],
+                                      fields=list(image_type))
+
+
+def _array_from_numpy(values: list, arrow_type: pa.DataType) -> pa.Array | None:
+    """A column of NumPy arrays as one flat buffer wrapped in list types, without a Python value per element.
+
+    The driver writes every row; going through Python lists costs most of its time (benchmarks/sink.py).
+    Handles fixed-size lists of a primitive type, inside at most one variable-length list (``tracks``
+    [T, N, 2], ``mark_xy`` [K, 2]); None for anything else (ragged lists, structs, scalars), which
+    takes the Python path. The Arrow data, and so the Parquet bytes, are the same either way.
+    """
+    sizes, leaf = [], arrow_type  # outermost first; None: a variable-length list
+    while pa.types.is_list(leaf) or pa.types.is_fixed_size_list(leaf):
+        sizes.append(leaf.list_size if pa.types.is_fixed_size_list(leaf) else None)
+        leaf = leaf.value_type
+    if not values or not sizes or None in sizes[1:] or not pa.types.is_primitive(leaf):
+        return None
+    fixed = tuple(sizes[1:] if sizes[0] is None else sizes)
+    if not all(isinstance(v, np.ndarray) and v.ndim == len(sizes) and v.shape[v.ndim - len(fixed):] == fixed
+               for v in values):
+        return None
+    flat = np.concatenate([v.reshape(-1) for v in values]).astype(leaf.to_pandas_dtype(), copy=False)
+    array = pa.array(flat, type=leaf)
+    for size in reversed(fixed):
+        array = pa.FixedSizeListArray.from_arrays(array, size)
+    if sizes[0] is None:
+        offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int32)
+        array = pa.ListArray.from_arrays(pa.array(offsets), array)
+    return array.cast(arrow_type)
 
 
 def _plain(value):
