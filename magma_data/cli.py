@@ -97,6 +97,9 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
     except RunInterrupted as interrupted:
         click.echo(f"interrupted: {interrupted}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # while planning, before the output folder was opened
+        click.echo("interrupted before this run committed a shard; run the same command again to go on", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)

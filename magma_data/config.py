@@ -153,7 +153,8 @@ def _limit(rule: Any) -> str:
     """One annotated_types rule in words: `` >= 2``, `` from 0 to 1``, ``, with low <= high``."""
     if isinstance(rule, annotated_types.Predicate):
         return f", with {(rule.func.__doc__ or rule.func.__name__).strip()}"
-    bounds = {symbol: getattr(rule, name, None) for name, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))}
+    symbols = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+    bounds = {symbol: getattr(rule, name, None) for name, symbol in symbols}
     if bounds[">="] is not None and bounds["<="] is not None:
         return f" from {bounds['>=']} to {bounds['<=']}"
     return " and".join(f" {symbol} {bound}" for symbol, bound in bounds.items() if bound is not None) or f" {rule}"

@@ -144,15 +144,17 @@ def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict
     init_ray(options.ray_address, options.num_cpus)
     placement = placement_for(TRACKERS[config.track.tracker])
     with progress_bar(len(windows), enabled=options.progress, label=f"{config.pipeline} {config.source}") as advance:
-        for alone in (False, True):
-            if alone:
-                windows = [new_unit_row(unit) for unit in collector.pending.values() if not unit.get("drop_kind")]
-                if not windows:
-                    break
-                summary.windows_rerun_alone = len(windows)
-                log.info("%d windows were in Ray tasks whose worker died on every retry; running each again in a "
-                         "task of its own, to find the ones that kill it", len(windows))
-            for row in finished_rows(pipeline, config, windows, placement, alone=alone):
+
+        def collect(rows) -> None:
+            for row in rows:
                 summary.windows_after_oom += int(row.get("track_oom_halvings", 0) > 0)
                 collector.add(row)
                 advance()
+
+        collect(finished_rows(pipeline, config, windows, placement))
+        lost = [new_unit_row(unit) for unit in collector.pending.values()]
+        if lost:
+            summary.windows_rerun_alone = len(lost)
+            log.info("%d windows were in Ray tasks whose worker died on every retry; running each again in a task "
+                     "of its own, to find the ones that kill it", len(lost))
+            collect(finished_rows(pipeline, config, lost, placement, alone=True))

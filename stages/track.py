@@ -122,9 +122,9 @@ class TrackerSpec:
     the user named that does not exist raises FileNotFoundError), ``weights_missing(config) -> str``
     (what to tell the user then) and ``check_weights(config, weights)`` (raises ValueError saying what
     is wrong with a file that is not the network's weights: the driver calls it before any work, so
-    a bad file never reaches a worker). ``placement`` "tasks": plain CPU tasks that Ray fuses with decode, so
-    frames never leave the worker that made them; "actors": one actor per GPU (one CPU actor
-    without GPUs) that loads the weights once and batches many windows per forward.
+    a bad file never reaches a worker). ``placement`` "tasks": plain CPU tasks that Ray fuses with
+    decode, so frames never leave the worker that made them; "actors": one actor per GPU (one CPU
+    actor without GPUs) that loads the weights once and batches many windows per forward.
     """
 
     name: str

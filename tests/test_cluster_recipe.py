@@ -49,7 +49,8 @@ def on_loopback(lines: list[str], shared: Path, output: Path, temp_dir: Path) ->
     for line in lines:
         line = line.replace("/shared/", f"{shared}/").replace("head:6379", f"127.0.0.1:{gcs}")
         line = line.replace("http://head:8265", f"http://127.0.0.1:{dashboard}").replace("0.0.0.0", "127.0.0.1")
-        line = line.replace("--port=6379", f"--port={gcs}").replace("--dashboard-port=8265", f"--dashboard-port={dashboard}")
+        line = line.replace("--port=6379", f"--port={gcs}")
+        line = line.replace("--dashboard-port=8265", f"--dashboard-port={dashboard}")
         if line.startswith("scripts/setup.sh --cluster"):  # the install is this test's venv
             line = f"source {VENV_BIN / 'activate'}"
         elif line.startswith("ray start"):

@@ -87,7 +87,8 @@ def find_checkpoint(explicit: str | os.PathLike | None, variant: str = "offline"
 
 
 class UnusableWeights(ValueError):
-    """A file that is not the weights of the CoTracker3 variant asked for: damaged, not a checkpoint, another network."""
+    """A file that is not the weights of the CoTracker3 variant asked for: damaged, not a checkpoint,
+    or another network's."""
 
 
 def read_weights(path: Path, variant: str) -> dict[str, torch.Tensor]:

@@ -68,8 +68,8 @@ def open_source(manifest: Manifest, root: str | Path | None, notify: Callable[[s
         raise ValueError(f"source {manifest.name!r} reads data in place: pass --root <its folder>")
     module_name, class_name = manifest.reader.split(":")
     reader = getattr(importlib.import_module(module_name), class_name)
-    if root is None:
-        return reader(None, manifest.name, **{**manifest.options, **options})
+    if root is None or not manifest.requires_root:  # the built-in sample: root is its cache, made on first use
+        return reader(Path(root) if root is not None else None, manifest.name, **{**manifest.options, **options})
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root} is not a folder")
