@@ -145,11 +145,15 @@ class _Tally:
 
 
 class _Recording:
-    """The source as the planner reads it, keeping every clip or episode it hands over."""
+    """The source as the planner reads it, keeping every clip or episode it hands over; anything
+    else the planner asks of the source (a robot dataset's statistics) goes to the source."""
 
     def __init__(self, source: Source):
         self.name, self.source = source.name, source
         self.units: list = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
 
     def clips(self) -> Iterator:
         for unit in self.source.clips():

@@ -54,7 +54,7 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     (options.notify or log.info)(note)
     pipeline = load_pipeline(config.pipeline)
     source = open_source(load_manifest(config.source), options.root)
-    units = pipeline.plan(source, config)
+    units = pipeline.plan(source, config, options.output)
     if options.root is not None:
         units = refuse_paths_outside(units, Path(options.root))
     if not units:

@@ -7,6 +7,7 @@ headers); the sink, also on the driver, commits shards as their windows come bac
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magma_data.config import RunConfig
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 NAME = "video_tom"
 
 
-def plan(source: Source, config: RunConfig, probes: VideoProbes | None = None) -> list[dict]:
-    """The windows of every clip; ``probes`` shares the container reads with a caller (``magma-data check``)."""
+def plan(source: Source, config: RunConfig, output: Path | None = None, probes: VideoProbes | None = None) -> list[dict]:
+    """The windows of every clip; ``probes`` shares the container reads with a caller (``magma-data check``).
+    Planning keeps nothing in ``output``."""
     return plan_source(source.clips(), source.name, config.plan, limit=config.limit, probes=probes)
 
 
