@@ -28,6 +28,9 @@ def main(verbose: bool) -> None:
 @click.argument("pipeline", type=click.Choice(PIPELINES))
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
 @click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
+@click.option("--videos", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folders of your own videos (--input magma_video_tom: the videos the released traces were "
+                   "made from; repeatable).")
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
 @click.option("--tracker", type=click.Choice(["auto", *TRACKERS]),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
@@ -48,7 +51,7 @@ def main(verbose: bool) -> None:
 @click.option("--num-cpus", type=int, help="CPUs for the embedded local Ray.")
 @click.option("--overwrite", is_flag=True, help="Delete this source's earlier output in --output and start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
-def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
+def run(pipeline, source, root, videos, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
         height, seed, limit, batch_size, rows_per_shard, assignments, ray_address, num_cpus, overwrite, no_progress):
     """Run PIPELINE on a source and write Parquet shards, errors, filtered units and a dataset card to --output.
 
@@ -81,6 +84,7 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
         raise click.UsageError(str(error)) from None
     options = RunOptions(output=output or Path("out") / source, root=root, ray_address=ray_address,
                          num_cpus=num_cpus, overwrite=overwrite, progress=not no_progress,
+                         source_options=source_options(videos),
                          notify=lambda message: click.echo(message, err=True))
     try:
         summary = run_pipeline(config, options)
@@ -102,9 +106,11 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
 @main.command()
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
 @click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
+@click.option("--videos", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folders of your own videos (--input magma_video_tom; repeatable).")
 @click.option("--window-len", type=int, default=16, show_default=True, help="Frames (or robot steps) per window.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
-def check(source, root, window_len, report_path):
+def check(source, root, videos, window_len, report_path):
     """Validate a source before any tracking time is spent.
 
     Reads the metadata as a run would, probes every video's header, and reports clips, videos,
@@ -119,13 +125,19 @@ def check(source, root, window_len, report_path):
     except KeyError as error:
         raise click.UsageError(str(error)) from None
     try:
-        report = run_check(source, root, window_len=window_len, report_path=report_path)
+        report = run_check(source, root, window_len=window_len, report_path=report_path,
+                           source_options=source_options(videos))
     except (FileNotFoundError, ValueError, ImportError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
     report.render()
     if not report.usable:
         sys.exit(1)
+
+
+def source_options(videos: tuple[Path, ...]) -> dict:
+    """Reader options given on the command line; the manifest's apply otherwise."""
+    return {"videos": [str(v) for v in videos]} if videos else {}
 
 
 @main.command()

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from magma_data.config import RunConfig
@@ -22,7 +22,7 @@ from magma_data.pipelines import column_dims, load_pipeline, shard_columns
 from magma_data.schema import column_table, features
 from magma_data.sink import OutputFolder, ShardCollector, ShardPlan
 from magma_data.sources import load_manifest, open_source
-from magma_data.sources.base import refuse_paths_outside
+from magma_data.sources.base import refuse_paths_outside, video_roots
 from magma_data.stages.track import TRACKERS, resolve_tracker
 from magma_data.summary import RunSummary, write_summary
 
@@ -37,6 +37,8 @@ class RunOptions:
     num_cpus: int | None = None  # for the embedded Ray only
     overwrite: bool = False
     progress: bool = True
+    #: reader options given on the command line (``--videos``), over the manifest's
+    source_options: dict = field(default_factory=dict)
     #: where the run says what it decided before the work starts (the tracker it picked); None: the log
     notify: Callable[[str], None] | None = None
 
@@ -53,10 +55,10 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     config, note = resolve(config)
     (options.notify or log.info)(note)
     pipeline = load_pipeline(config.pipeline)
-    source = open_source(load_manifest(config.source), options.root)
+    source = open_source(load_manifest(config.source), options.root, **options.source_options)
     units = pipeline.plan(source, config, options.output)
     if options.root is not None:
-        units = refuse_paths_outside(units, Path(options.root))
+        units = refuse_paths_outside(units, video_roots(source, Path(options.root)))
     if not units:
         raise RuntimeError(f"source {config.source!r} planned no units under {options.root}; "
                            f"run `magma-data check --input {config.source} --root ...` to see why")
