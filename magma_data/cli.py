@@ -171,3 +171,32 @@ def show(output, count, sheet, as_json):
         console.print(table)
     path = contact_sheet(output, count, sheet or output / "show" / "contact_sheet.png")
     click.echo(f"contact sheet: {path}", err=True)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="The dataset repository, org/name (created if absent).")
+@click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
+@click.option("--revision", help="Branch to push to (created if absent; default: main).")
+@click.option("--license", help="The card's licence field (default: the card's current one, else 'other').")
+@click.option("--dry-run", is_flag=True, help="Refresh the card and list what would be sent; send nothing.")
+def push(output, repo_id, private, revision, license, dry_run):
+    """Upload a finished output folder to the Hugging Face Hub (resumable: run it again after an interruption).
+
+    Refuses a folder whose run has not finished; leaves out .magma/ (ledgers, configs); refreshes
+    the dataset card first.
+    """
+    from magma_data.outputs import UnfinishedOutput
+    from magma_data.push import push as push_output
+
+    try:
+        plan = push_output(output, repo_id, private=private, revision=revision, license=license, dry_run=dry_run)
+    except UnfinishedOutput as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    target = f"datasets/{plan.repo_id}" + (f"@{plan.revision}" if plan.revision else "")
+    if dry_run:
+        for path, size in plan.files:
+            click.echo(f"{size:>12,}  {path}")
+    verb = "would send" if dry_run else "sent"
+    click.echo(f"{verb} {len(plan.files)} files, {plan.size / 1e6:.1f} MB to {target}", err=True)

@@ -59,6 +59,12 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """The config ``to_dict`` gave (``.magma/<source>/config.json``)."""
+        top = {name: value for name, value in data.items() if not isinstance(value, dict)}
+        return cls(**top).with_overrides({name: value for name, value in data.items() if isinstance(value, dict)})
+
     def hash(self) -> str:
         data = self.to_dict()
         for section, names in NOT_HASHED.items():

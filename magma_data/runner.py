@@ -17,9 +17,10 @@ from pathlib import Path
 
 from magma_data.config import RunConfig
 from magma_data.execution import finished_rows, init_ray, new_unit_row, placement_for, worker_lost
-from magma_data.parquet_writer import ParquetShardWriter, write_dataset_card
+from magma_data.card import write_dataset_card
+from magma_data.parquet_writer import ParquetShardWriter
 from magma_data.pipelines import column_dims, load_pipeline, shard_columns
-from magma_data.schema import column_table, features
+from magma_data.schema import features
 from magma_data.sink import OutputFolder, ShardCollector, ShardPlan
 from magma_data.sources import load_manifest, open_source
 from magma_data.sources.base import refuse_paths_outside, video_roots
@@ -93,7 +94,7 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     output.close()
     summary.wall_time_s = round(time.perf_counter() - started, 3)
     write_summary(options.output, summary)
-    write_dataset_card(options.output, config.pipeline, column_table(columns))
+    write_dataset_card(options.output)
     return summary
 
 

@@ -131,20 +131,34 @@ class TrackerSpec:
     module: str
     needs_weights: bool = False
     placement: Literal["tasks", "actors", "source"] = "tasks"
+    citation: str = ""  # BibTeX, for the dataset card
 
     def implementation(self):
         return importlib.import_module(self.module)  # CoTracker3's imports torch: only when it is asked for
 
 
+COTRACKER3_CITATION = """@inproceedings{karaev24cotracker3,
+  title     = {CoTracker3: Simpler and Better Point Tracking by Pseudo-Labelling Real Videos},
+  author    = {Nikita Karaev and Iurii Makarov and Jianyuan Wang and Natalia Neverova and Andrea Vedaldi and Christian Rupprecht},
+  booktitle = {Proc. {arXiv:2410.11831}},
+  year      = {2024}
+}"""
+
 #: Every tracker the pipelines can run; ``auto`` prefers, in this order, one whose weights are found.
 TRACKERS = {
     spec.name: spec
     for spec in (
-        TrackerSpec("lk", "Lucas-Kanade on CPU", "magma_data.stages.track"),
+        TrackerSpec("lk", "Lucas-Kanade on CPU", "magma_data.stages.track", citation="""@inproceedings{lucas1981iterative,
+  title     = {An Iterative Image Registration Technique with an Application to Stereo Vision},
+  author    = {Bruce D. Lucas and Takeo Kanade},
+  booktitle = {Proc. IJCAI},
+  pages     = {674--679},
+  year      = {1981}
+}"""),
         TrackerSpec("cotracker3", "CoTracker3", "magma_data.models.cotracker3_predictor", needs_weights=True,
-                    placement="actors"),
+                    placement="actors", citation=COTRACKER3_CITATION),
         TrackerSpec("released", "Magma's released CoTracker3 traces (no tracking)", "magma_data.stages.released_traces",
-                    placement="source"),
+                    placement="source", citation=COTRACKER3_CITATION),
     )
 }
 
