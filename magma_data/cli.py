@@ -175,6 +175,33 @@ def show(output, count, sheet, as_json):
 
 @main.command()
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["magma-video-tom", "llava"]),
+              help="magma-video-tom: Magma-Video-ToM's schema (datasets.load_from_disk); llava: JSON + images.")
+@click.option("--output", "destination", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the export to.")
+@click.option("--source", "sources", multiple=True, help="Export only this source (repeatable; default: all).")
+@click.option("--overwrite", is_flag=True, help="Delete an earlier export of these sources in --output first.")
+def export(output, fmt, destination, sources, overwrite):
+    """Write a finished output folder in Magma's formats.
+
+    Refuses a folder whose run has not finished. An interrupted export resumes when run again.
+    """
+    from magma_data.export import ExportRefused, export as export_output
+    from magma_data.outputs import UnfinishedOutput
+    from magma_data.sink import ConfigMismatch
+
+    try:
+        summaries = export_output(output, fmt, destination, tuple(sources), overwrite=overwrite)
+    except (UnfinishedOutput, ExportRefused, ConfigMismatch) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    for summary in summaries:
+        click.echo(f"{summary.source}: {summary.rows} rows in {summary.shards} shards "
+                   f"({summary.shards_skipped} exported before) -> {destination}", err=True)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo-id", required=True, help="The dataset repository, org/name (created if absent).")
 @click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
 @click.option("--revision", help="Branch to push to (created if absent; default: main).")

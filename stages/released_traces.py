@@ -28,13 +28,18 @@ from magma_data.stages.plan import PlanConfig, VideoProbes, plan_in_threads, sam
 from magma_data.stages.track import FRAME0, TRACKER, TRACKS, VISIBILITY
 
 
+#: Magma's demo tracks frames resized to this height (width ``int(W * 512 / H)``) and returns tracks
+#: in their pixels: the frame Magma-Video-ToM's traces are taken to be in, and ``export`` writes.
+MAGMA_TRACE_HEIGHT = 512
+
+
 @dataclass(frozen=True)
 class ReleasedConfig:
     """How released traces are read (``--input magma_video_tom``)."""
 
-    #: height of the frames the released traces are in pixels of, width ``int(W * h / H)`` (Magma's
-    #: demo tracks frames resized to 512 high); None: the video's own pixels
-    trace_height: int | None = 512
+    #: height of the frames the released traces are in pixels of, width ``int(W * h / H)``; None:
+    #: the video's own pixels
+    trace_height: int | None = MAGMA_TRACE_HEIGHT
 
 
 #: The released record a row was made from, so an export can give it back unchanged.

@@ -123,22 +123,49 @@ def test_check_without_videos_says_what_to_pass(release):
     assert result.exit_code == 1 and "--videos" in result.output
 
 
-def test_run_makes_rows_from_the_released_traces_without_tracking(release, tmp_path):
+@pytest.fixture(scope="module")
+def hydrated(release, tmp_path_factory):
+    """A run of the pipeline on the miniature: (its config, its summary, its output folder)."""
     from magma_data.runner import RunOptions, run
 
     root, videos = release
+    output = tmp_path_factory.mktemp("hydrated")
     config = _config(sink={"rows_per_shard": 4})  # frames 512 high: the traces' own pixels
-    summary = run(config, RunOptions(output=tmp_path / "out", root=root, num_cpus=2, progress=False,
+    summary = run(config, RunOptions(output=output, root=root, num_cpus=2, progress=False,
                                      source_options={"videos": [str(videos)]}))
+    return config, summary, output
+
+
+def test_run_makes_rows_from_the_released_traces_without_tracking(hydrated):
+    config, summary, output = hydrated
     assert (summary.rows_written, summary.error_rows, summary.tracker) == (4, 2, "released")
-    rows = pq.read_table(sorted((tmp_path / "out" / "data" / "magma_video_tom").glob("*.parquet"))).to_pylist()
+    rows = pq.read_table(sorted((output / "data" / "magma_video_tom").glob("*.parquet"))).to_pylist()
     first = next(r for r in rows if r["released_video_name"] == RECORDS[0][2])
     trace, _ = released_trace(0)
     assert (first["image_width"], first["image_height"]) == TRACED
     np.testing.assert_allclose(first["tracks"], trace, rtol=1e-6)
     assert not first["camera_motion"] and first["tracker"] == "released"
     assert first["som_image"]["bytes"] and any("should be moved" in t["value"] for t in first["conversations"])
-    errors = pq.read_table(sorted((tmp_path / "out" / "errors").glob("*.parquet"))).to_pylist()
+    errors = pq.read_table(sorted((output / "errors").glob("*.parquet"))).to_pylist()
     assert sorted(e["error_class"] for e in errors) == ["VideoMissing", "WindowPastVideoEnd"]
     assert dataclasses.asdict(config.released) == json.loads(
-        (tmp_path / "out" / ".magma" / "magma_video_tom" / "config.json").read_text())["released"]
+        (output / ".magma" / "magma_video_tom" / "config.json").read_text())["released"]
+
+
+def test_exporting_hydrated_rows_gives_the_released_records_back(hydrated, tmp_path):
+    import datasets
+
+    from magma_data.export import export
+
+    _, _, output = hydrated
+    export(output, "magma-video-tom", tmp_path / "export")
+    exported = {(r["video_name"], r["frame_index"]): r
+                for r in datasets.load_from_disk(str(tmp_path / "export" / "magma_video_tom"))}
+    covered = [(seed, record) for seed, record in enumerate(RECORDS) if seed in (0, 1, 4, 5)]
+    assert len(exported) == len(covered)
+    for seed, (_, dataset, video_name, task, frame_index) in covered:
+        record = exported[(video_name, frame_index)]
+        trace, visibility = released_trace(seed)
+        assert (record["dataset_name"], record["task_string"]) == (dataset, task)
+        np.testing.assert_allclose(record["trace"], trace, atol=1e-3)
+        assert record["trace_visibility"] == visibility.tolist()
