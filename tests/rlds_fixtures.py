@@ -94,21 +94,24 @@ class ToyTabletop(tfds.core.GeneratorBasedBuilder):
             }
 
 
+def _rt1_info(builder, **extra_actions) -> tfds.core.DatasetInfo:
+    """RT-1's layout: dict actions (world_vector, rotation_delta, gripper_closedness_action, and
+    ``extra_actions``) and the instruction inside the observation."""
+    vector = lambda n: tfds.features.Tensor(shape=(n,), dtype=np.float32)  # noqa: E731
+    return tfds.core.DatasetInfo(builder=builder, features=_episode_features({
+        "observation": _observation("image", natural_language_instruction=tfds.features.Text()),
+        "action": tfds.features.FeaturesDict({"world_vector": vector(3), "rotation_delta": vector(3),
+                                              "gripper_closedness_action": vector(1), **extra_actions}),
+    }))
+
+
 class FractalMini(tfds.core.GeneratorBasedBuilder):
     """RT-1 layout: dict actions and the instruction inside the observation."""
 
     VERSION = tfds.core.Version("0.1.0")
 
     def _info(self):
-        observation = _observation("image", natural_language_instruction=tfds.features.Text())
-        vector = lambda n: tfds.features.Tensor(shape=(n,), dtype=np.float32)  # noqa: E731
-        return tfds.core.DatasetInfo(builder=self, features=_episode_features({
-            "observation": observation,
-            "action": tfds.features.FeaturesDict({"world_vector": vector(3), "rotation_delta": vector(3),
-                                                  "gripper_closedness_action": vector(1),
-                                                  "terminate_episode": tfds.features.Tensor(shape=(3,),
-                                                                                            dtype=np.int32)}),
-        }))
+        return _rt1_info(self, terminate_episode=tfds.features.Tensor(shape=(3,), dtype=np.int32))
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples()}
@@ -161,13 +164,7 @@ class Rt1Golden(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("0.1.0")
 
     def _info(self):
-        observation = _observation("image", natural_language_instruction=tfds.features.Text())
-        vector = lambda n: tfds.features.Tensor(shape=(n,), dtype=np.float32)  # noqa: E731
-        return tfds.core.DatasetInfo(builder=self, features=_episode_features({
-            "observation": observation,
-            "action": tfds.features.FeaturesDict({"world_vector": vector(3), "rotation_delta": vector(3),
-                                                  "gripper_closedness_action": vector(1)}),
-        }))
+        return _rt1_info(self)
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples()}
