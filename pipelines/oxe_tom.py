@@ -39,7 +39,7 @@ PLAN_COLUMNS = ROBOT_PLAN_COLUMNS
 def plan(source: Source, config: RunConfig, output: Path | None = None) -> list[dict]:
     """The windows of every episode; statistics kept in ``output`` (None: computed, not kept)."""
     path = Path(output) / STATISTICS_FILE if output is not None else None
-    statistics = StatisticsFile(path, source.dataset_statistics, source.fingerprint)
+    statistics = StatisticsFile(path, source.dataset_statistics, source.fingerprint, config.action.normalize)
     return plan_episodes(source.clips(), source.name, config.plan, statistics, limit=config.limit)
 
 

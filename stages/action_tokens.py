@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from magma_data.magma_text import ACTION_DIMENSIONS, action_turn
+from magma_data.sources.openvla import NORMALIZATION_MASK
 
 from .base import Column, Row, Stage, StageError
 from .render import CONVERSATIONS
@@ -27,6 +28,9 @@ class ActionConfig:
     bins: int = 256
     #: the tokenizer's base vocabulary size; token id = vocab_size - bin (Llama-3: 128000)
     vocab_size: int = 128000
+    #: which of the 7 dimensions the planner normalises with the dataset's statistics (OpenVLA: all
+    #: but the gripper)
+    normalize: tuple[bool, ...] = NORMALIZATION_MASK
 
 
 def action_token_ids(normalized: np.ndarray, config: ActionConfig) -> np.ndarray:

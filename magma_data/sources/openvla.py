@@ -20,6 +20,7 @@ follow the convention is taken as it is only when the user names it (reader opti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -285,15 +286,16 @@ class DatasetStatistics:
     num_transitions: int
     num_trajectories: int
     fingerprint: str
-    mask: tuple[bool, ...] = NORMALIZATION_MASK
+    mask: tuple[bool, ...] = NORMALIZATION_MASK  # the dimensions ``normalize`` scales
 
     @classmethod
-    def of(cls, episodes: list[np.ndarray], fingerprint: str) -> DatasetStatistics:
+    def of(cls, episodes: list[np.ndarray], fingerprint: str, mask: tuple[bool, ...] = NORMALIZATION_MASK
+           ) -> DatasetStatistics:
         """Over the standardised actions of every episode of the dataset."""
         actions = np.concatenate(episodes).astype(np.float32)
         return cls(actions.mean(0), actions.std(0), actions.max(0), actions.min(0),
                    np.quantile(actions, 0.01, axis=0), np.quantile(actions, 0.99, axis=0),
-                   len(actions), len(episodes), fingerprint)
+                   len(actions), len(episodes), fingerprint, tuple(mask))
 
     def normalize(self, action: np.ndarray) -> np.ndarray:
         """BOUNDS_Q99 where the mask says, the rest as it is; dimensions that never change are 0."""
@@ -336,12 +338,13 @@ class StatisticsFile:
 
     Entries are computed on first use (``compute(dataset)``), so a run that plans a few windows of
     one dataset reads only that dataset in full; an entry whose fingerprint no longer matches the
-    data is computed again. ``path`` None keeps them in memory (``magma-data check``).
+    data is computed again. Every entry carries the run's normalisation ``mask``, as OpenVLA's
+    file does. ``path`` None keeps them in memory (``magma-data check``).
     """
 
     def __init__(self, path: Path | None, compute: Callable[[str], DatasetStatistics],
-                 fingerprint: Callable[[str], str]):
-        self.path, self.compute, self.fingerprint = path, compute, fingerprint
+                 fingerprint: Callable[[str], str], mask: tuple[bool, ...] = NORMALIZATION_MASK):
+        self.path, self.compute, self.fingerprint, self.mask = path, compute, fingerprint, tuple(mask)
         stored = json.loads(path.read_text()) if path is not None and path.exists() else {}
         self.entries = {name: DatasetStatistics.from_json(data) for name, data in stored.items()}
         self.checked: set[str] = set()  # entries known to match the data, in this process
@@ -350,7 +353,9 @@ class StatisticsFile:
         if dataset not in self.checked:
             entry = self.entries.get(dataset)
             if entry is None or entry.fingerprint != self.fingerprint(dataset):
-                self.entries[dataset] = self.compute(dataset)
+                entry = self.compute(dataset)
+            if entry is not self.entries.get(dataset) or entry.mask != self.mask:
+                self.entries[dataset] = dataclasses.replace(entry, mask=self.mask)
                 self._save()
             self.checked.add(dataset)
         return self.entries[dataset]
