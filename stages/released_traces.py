@@ -146,8 +146,14 @@ class ReleasedTracesStage(Stage):
 
     def _record(self, folder: str, row: int) -> dict:
         if folder not in self._releases:
-            self._releases[folder] = open_release(Path(folder)).with_format("numpy")
-        return self._releases[folder][row]
+            self._releases[folder] = open_release(Path(folder))
+        return release_record(self._releases[folder], row)
+
+
+def release_record(records, row: int) -> dict:
+    """One record of a release folder as Python values, read straight from its Arrow table
+    (``datasets``' NumPy formatting of nested lists costs ~100 ms a record; this, ~1 ms)."""
+    return records.data.table.slice(row, 1).to_pylist()[0]
 
 
 def _trace_arrays(trace, visibility) -> tuple[np.ndarray, np.ndarray]:
@@ -184,8 +190,8 @@ def trace_reach(rows: list[dict], config: ReleasedConfig) -> dict:
     for row in rows:
         folder = str(row["release_folder"])
         if folder not in releases:
-            releases[folder] = open_release(Path(folder)).with_format("numpy")
-        record = releases[folder][int(row["release_row"])]
+            releases[folder] = open_release(Path(folder))
+        record = release_record(releases[folder], int(row["release_row"]))
         trace, visibility = _trace_arrays(record["trace"], record["trace_visibility"])
         with av.open(str(row["video_path"])) as container:
             stream = container.streams.video[0]
