@@ -57,6 +57,10 @@ class TraceShapeMismatch(StageError):
     pass
 
 
+class WindowPastVideoEnd(StageError):
+    pass
+
+
 def plan_released(windows, source: str, config: PlanConfig, limit: int | None = None, threads: int = 8,
                   probes: VideoProbes | None = None) -> list[dict]:
     """Planned rows of released windows, in record order; problems (a missing video, a window past
@@ -71,15 +75,10 @@ def plan_released(windows, source: str, config: PlanConfig, limit: int | None = 
         try:
             return [_released_row(item, probe(item.video_path), source, config)]
         except Exception as error:
-            dropped = dropped_unit(item.unit_id, source, Dropped.failure("plan", error), clip_id=item.clip_id,
-                                   video_path=item.video_path)
-            return [{**dropped, "frame_index": item.frame_index}]
+            return [dropped_unit(item.unit_id, source, Dropped.failure("plan", error), clip_id=item.clip_id,
+                                 video_path=item.video_path)]
 
     return plan_in_threads(windows, windows_of, limit, threads)
-
-
-class WindowPastVideoEnd(StageError):
-    pass
 
 
 def _released_row(window: ReleasedWindow, info, source: str, config: PlanConfig) -> dict:

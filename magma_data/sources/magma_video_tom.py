@@ -156,28 +156,29 @@ class MagmaVideoTomSource:
                               f"{folder} has no field(s) {missing} (it has {records.column_names}); is it a "
                               "Magma-Video-ToM folder?", str(folder))
             return
-        table = records.data  # the Arrow table: plain columns read without touching the traces
-        names, datasets = table.column("video_name"), table.column("dataset_name")
-        tasks, frames = table.column("task_string"), table.column("frame_index")
-        for row in range(records.num_rows):
-            video_name, dataset = str(names[row].as_py()), str(datasets[row].as_py())
-            unit = f"{self.name}/{folder.name}/{row:09d}"
-            found = self.index.locate(video_name)
-            self.records[dataset] += 1
-            if isinstance(found, str):
-                self.missing_videos[dataset].add(found)
-                yield ClipProblem(unit, "VideoMissing",
-                                  f"{dataset} video {found!r} (segment {video_name!r}) is not under --videos "
-                                  f"{', '.join(map(str, self.index.roots))}; download it"
-                                  f"{_how_to_download(dataset, found)} or pass the folder that holds it")
-                continue
-            path, start = found
-            self.found[dataset] += 1
-            yield ReleasedWindow(unit_id=unit, folder=str(folder), row=row, dataset_name=dataset,
-                                 video_name=video_name, task=str(tasks[row].as_py() or "").strip(),
-                                 frame_index=int(frames[row].as_py()), video_path=str(path), video_uid=path.stem,
-                                 segment_start_sec=start)
+        identity = records.data.table.select(["dataset_name", "video_name", "task_string", "frame_index"])
+        row = 0  # the traces stay unread in the memory-mapped files
+        for batch in identity.to_batches():
+            for record in batch.to_pylist():
+                yield self._window(folder, row, record)
+                row += 1
 
+    def _window(self, folder: Path, row: int, record: dict) -> ReleasedWindow | ClipProblem:
+        video_name, dataset = str(record["video_name"]), str(record["dataset_name"])
+        unit = f"{self.name}/{folder.name}/{row:09d}"
+        found = self.index.locate(video_name)
+        self.records[dataset] += 1
+        if isinstance(found, str):
+            self.missing_videos[dataset].add(found)
+            return ClipProblem(unit, "VideoMissing",
+                               f"{dataset} video {found!r} (segment {video_name!r}) is not under --videos "
+                               f"{', '.join(map(str, self.index.roots))}; download it"
+                               f"{_how_to_download(dataset, found)} or pass the folder that holds it")
+        path, start = found
+        self.found[dataset] += 1
+        return ReleasedWindow(unit_id=unit, folder=str(folder), row=row, dataset_name=dataset, video_name=video_name,
+                              task=str(record["task_string"] or "").strip(), frame_index=int(record["frame_index"]),
+                              video_path=str(path), video_uid=path.stem, segment_start_sec=start)
 
 def open_release(folder: Path):
     """A release folder as a memory-mapped ``datasets.Dataset`` (nothing is read until asked for)."""
