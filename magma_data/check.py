@@ -26,7 +26,7 @@ from magma_data.config import RunConfig
 from magma_data.dropped import FILTERED, Dropped
 from magma_data.pipelines import load_pipeline
 from magma_data.sources import load_manifest, open_source
-from magma_data.sources.base import Clip, ClipProblem, Source, refuse_paths_outside
+from magma_data.sources.base import Clip, ClipProblem, Source, refuse_paths_outside, video_roots
 from magma_data.stages.plan import VideoInfo, VideoProbes
 
 #: A video whose rate is this far (relative) from the source's median is listed as an outlier.
@@ -59,6 +59,10 @@ class CheckReport:
     #: videos planned from their metadata whose container cannot be read: their windows would fail at decode
     unreadable_videos: list[dict] = field(default_factory=list)
     short_episodes: int = 0  # robot episodes shorter than a window (their windows repeat the last frame)
+    #: Magma's released traces: per dataset_name, records, records whose video was found, missing videos
+    coverage: dict[str, dict] = field(default_factory=dict)
+    #: Magma's released traces: how far a sample of the traces reaches in the frame they are assumed in
+    trace_reach: dict = field(default_factory=dict)
 
     @property
     def errors(self) -> int:
@@ -118,6 +122,20 @@ class CheckReport:
                 for row in rows[:10]:
                     table.add_row(*(str(value) for value in row.values()))
                 console.print(table)
+        if self.coverage:
+            table = Table(title="released records covered by your videos")
+            for column in ("dataset", "records", "video found", "windows", "videos missing", "e.g."):
+                table.add_column(column, justify="left" if column in ("dataset", "e.g.") else "right",
+                                 overflow="fold")
+            for dataset, row in self.coverage.items():
+                table.add_row(dataset, f"{row['records']:,}", f"{row['video_found']:,}", f"{row['windows']:,}",
+                              f"{row['missing_videos']:,}", ", ".join(row["missing_examples"][:3]))
+            console.print(table)
+        if self.trace_reach:
+            reach = self.trace_reach
+            console.print(f"traces of {reach['windows']} windows, in the frame {reach['frame']}: visible points "
+                          f"reach {reach['max_x']:.1%} of its width and {reach['max_y']:.1%} of its height; "
+                          f"{reach['outside']:.1%} lie outside it (far beyond 100%: set released.trace_height)")
         verdict = "[green]usable[/green]" if self.usable else "[red]nothing usable[/red]"
         console.print(f"{verdict}: {self.usable:,} {unit}, {self.windows:,} windows")
 
@@ -145,11 +163,15 @@ class _Tally:
 
 
 class _Recording:
-    """The source as the planner reads it, keeping every clip or episode it hands over."""
+    """The source as the planner reads it, keeping every clip or episode it hands over; anything
+    else the planner asks of the source (a robot dataset's statistics) goes to the source."""
 
     def __init__(self, source: Source):
         self.name, self.source = source.name, source
         self.units: list = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
 
     def clips(self) -> Iterator:
         for unit in self.source.clips():
@@ -158,7 +180,7 @@ class _Recording:
 
 
 def run_check(source: str, root: Path | None, window_len: int = 16, report_path: Path | None = None,
-              threads: int = 16, notify=None) -> CheckReport:
+              threads: int = 16, source_options: dict | None = None, notify=None) -> CheckReport:
     """Plan ``source`` under ``root`` as a run would and report what it would plan and what it would not.
 
     Args:
@@ -167,20 +189,21 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
         window_len: frames (or steps) per window, as the run will use.
         report_path: where to write the report as JSON; None writes nothing.
         threads: concurrent video probes (header reads).
+        source_options: reader options from the command line (``--videos``).
         notify: told which release folder inside ``root`` is read, when it is not ``root`` itself.
     """
     manifest = load_manifest(source)
     pipeline = load_pipeline(manifest.pipeline)
     config = RunConfig(pipeline=manifest.pipeline, source=source).with_overrides(manifest.defaults)
     config = config.with_overrides({"plan": {"window_len": window_len}})
-    reader = _Recording(open_source(manifest, root, notify=notify))
+    reader = _Recording(open_source(manifest, root, notify=notify, **(source_options or {})))
     robot = manifest.pipeline == "oxe_tom"
     report = CheckReport(source=source, root=str(root), window_len=window_len,
                          unit_kind="episodes" if robot else "clips")
     probes = VideoProbes()
     units = pipeline.plan(reader, config) if robot else pipeline.plan(reader, config, probes=probes)
     if root is not None:
-        units = refuse_paths_outside(units, Path(root))
+        units = refuse_paths_outside(units, video_roots(reader.source, Path(root)))
     tally = _Tally(report)
     usable: set[str] = set()
     for unit in units:
@@ -201,9 +224,35 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
         report.videos = len({clip.video_path for clip in taken})
         report.empty_text = sum(not clip.task.strip() for clip in taken if clip.clip_id in usable)
         _frame_rates(taken, probes, threads, report)
+    if getattr(reader.source, "supplies_traces", False):
+        _released(reader.source, units, config, report)
     if report_path is not None:
         report.write(report_path)
     return report
+
+
+#: Released windows whose traces ``magma-data check`` reads to see how far they reach.
+TRACE_SAMPLE = 64
+
+
+def _released(source, units: list[dict], config: RunConfig, report: CheckReport) -> None:
+    """Coverage of Magma's released records by the user's videos, and how far a sample of traces
+    reaches in the frame ``released.trace_height`` assumes (near 1: the assumption holds; far
+    beyond 1: the traces are in other pixels)."""
+    from magma_data.stages.released_traces import trace_reach
+
+    report.unit_kind = "records"
+    windows = [unit for unit in units if Dropped.of_row(unit) is None]
+    report.usable = len(windows)
+    planned = Counter(unit["clip_id"].split("/", 1)[0] for unit in windows)
+    report.coverage = {
+        dataset: {"records": source.records[dataset], "video_found": source.found[dataset],
+                  "windows": planned[dataset], "missing_videos": len(source.missing_videos[dataset]),
+                  "missing_examples": sorted(source.missing_videos[dataset])[:EXAMPLES_PER_CLASS]}
+        for dataset in sorted(source.records)
+    }
+    step = max(1, len(windows) // TRACE_SAMPLE)
+    report.trace_reach = trace_reach(windows[::step][:TRACE_SAMPLE], config.released)
 
 
 def _frame_rates(clips: list[Clip], probes: VideoProbes, threads: int, report: CheckReport) -> None:

@@ -42,6 +42,9 @@ def main(verbose: bool) -> None:
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
 @click.option("--root", type=ROOT, help="Where the source's data lies (read in place); the release folder is "
               "found inside it when the official downloader nested it.")
+@click.option("--videos", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folders of your own videos (--input magma_video_tom: the videos the released traces were "
+                   "made from; repeatable).")
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
 @click.option("--tracker", type=click.Choice(["auto", *TRACKERS]),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
@@ -62,7 +65,7 @@ def main(verbose: bool) -> None:
 @click.option("--num-cpus", type=int, help="CPUs for the embedded local Ray.")
 @click.option("--overwrite", is_flag=True, help="Delete this source's earlier output in --output and start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
-def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
+def run(pipeline, source, root, videos, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
         height, seed, limit, batch_size, rows_per_shard, assignments, ray_address, num_cpus, overwrite, no_progress):
     """Run PIPELINE on a source and write Parquet shards, errors, filtered units and a dataset card to --output.
 
@@ -89,6 +92,7 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
                          assignments)
     options = RunOptions(output=output or Path("out") / source, root=root, ray_address=ray_address,
                          num_cpus=num_cpus, overwrite=overwrite, progress=not no_progress,
+                         source_options=source_options(videos),
                          notify=lambda message: click.echo(message, err=True))
     try:
         summary = run_pipeline(config, options)
@@ -144,9 +148,11 @@ def _run_config(config: RunConfig, manifest, seed: int, limit: int | None, optio
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
 @click.option("--root", type=ROOT, help="Where the source's data lies (read in place); the release folder is "
               "found inside it when the official downloader nested it.")
+@click.option("--videos", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folders of your own videos (--input magma_video_tom; repeatable).")
 @click.option("--window-len", type=int, default=16, show_default=True, help="Frames (or robot steps) per window.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
-def check(source, root, window_len, report_path):
+def check(source, root, videos, window_len, report_path):
     """Validate a source before any tracking time is spent.
 
     Reads the metadata as a run would, probes every video's header, and reports clips, videos,
@@ -159,7 +165,7 @@ def check(source, root, window_len, report_path):
     _manifest(source)
     try:
         report = run_check(source, root, window_len=window_len, report_path=report_path,
-                           notify=lambda message: click.echo(message, err=True))
+                           source_options=source_options(videos), notify=lambda message: click.echo(message, err=True))
     except ConfigValueError as error:
         raise RefusedUsage(f"--window-len: {error}") from None
     except (FileNotFoundError, ValueError, ImportError) as error:
@@ -168,6 +174,11 @@ def check(source, root, window_len, report_path):
     report.render()
     if not report.usable:
         sys.exit(1)
+
+
+def source_options(videos: tuple[Path, ...]) -> dict:
+    """Reader options given on the command line; the manifest's apply otherwise."""
+    return {"videos": [str(v) for v in videos]} if videos else {}
 
 
 @main.command()
@@ -205,3 +216,59 @@ def show(output, count, sheet, as_json):
         return
     path = contact_sheet(output, count, sheet or output / "show" / "contact_sheet.png")
     click.echo(f"contact sheet: {path}", err=True)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["magma-video-tom", "llava"]),
+              help="magma-video-tom: Magma-Video-ToM's schema (datasets.load_from_disk); llava: JSON + images.")
+@click.option("--output", "destination", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the export to.")
+@click.option("--source", "sources", multiple=True, help="Export only this source (repeatable; default: all).")
+@click.option("--overwrite", is_flag=True, help="Delete an earlier export of these sources in --output first.")
+def export(output, fmt, destination, sources, overwrite):
+    """Write a finished output folder in Magma's formats.
+
+    Refuses a folder whose run has not finished. An interrupted export resumes when run again.
+    """
+    from magma_data.export import ExportRefused, export as export_output
+    from magma_data.outputs import UnfinishedOutput
+    from magma_data.sink import ConfigMismatch
+
+    try:
+        summaries = export_output(output, fmt, destination, tuple(sources), overwrite=overwrite)
+    except (UnfinishedOutput, ExportRefused, ConfigMismatch) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    for summary in summaries:
+        click.echo(f"{summary.source}: {summary.rows} rows in {summary.shards} shards "
+                   f"({summary.shards_skipped} exported before) -> {destination}", err=True)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="The dataset repository, org/name (created if absent).")
+@click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
+@click.option("--revision", help="Branch to push to (created if absent; default: main).")
+@click.option("--license", help="The card's licence field (default: the card's current one, else 'other').")
+@click.option("--dry-run", is_flag=True, help="Refresh the card and list what would be sent; send nothing.")
+def push(output, repo_id, private, revision, license, dry_run):
+    """Upload a finished output folder to the Hugging Face Hub (resumable: run it again after an interruption).
+
+    Refuses a folder whose run has not finished; leaves out .magma/ (ledgers, configs); refreshes
+    the dataset card first.
+    """
+    from magma_data.outputs import UnfinishedOutput
+    from magma_data.push import push as push_output
+
+    try:
+        plan = push_output(output, repo_id, private=private, revision=revision, license=license, dry_run=dry_run)
+    except UnfinishedOutput as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    target = f"datasets/{plan.repo_id}" + (f"@{plan.revision}" if plan.revision else "")
+    if dry_run:
+        for path, size in plan.files:
+            click.echo(f"{size:>12,}  {path}")
+    verb = "would send" if dry_run else "sent"
+    click.echo(f"{verb} {len(plan.files)} files, {plan.size / 1e6:.1f} MB to {target}", err=True)

@@ -5,14 +5,13 @@ Layout of an output folder (the commit layer, ``magma_data.sink``, adds ``.magma
     data/<source>/train-00000-of-00004.parquet    rows (one config per source in the card)
     errors/<source>-00000-of-00004.parquet        units that failed: stage, error class, message
     filtered/<source>-00000-of-00004.parquet      units a rule of the recipe dropped, and the rule
-    summary.json, README.md                       statistics and the dataset card
+    summary.json, README.md                       statistics and the dataset card (``magma_data.card``)
 
 A shard with no unit of a kind has no file of that kind.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -119,37 +118,3 @@ class ParquetShardWriter:
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
         return partial
-
-
-def write_dataset_card(root: Path, pipeline: str, column_table: str) -> None:
-    """README.md with one config per source folder (and a default over all), so both
-    ``load_dataset(root)`` and ``load_dataset(root, "<source>")`` work; the counts come from
-    ``summary.json``, the column table from the stages' declarations."""
-    data = root / "data"
-    sources = sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.glob("train-*.parquet"))) \
-        if data.is_dir() else []
-    summary_path = root / "summary.json"
-    summaries = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    lines = ["---", "configs:"]
-    lines += ["- config_name: default", "  default: true", "  data_files:", "  - split: train", "    path: data/*/train-*"]
-    for source in sources:
-        lines += [f"- config_name: {source}", "  data_files:", "  - split: train", f"    path: data/{source}/train-*"]
-    lines += ["tags:", "- set-of-mark", "- trace-of-mark", "- magma", "---", ""]
-    lines += [
-        f"# SoM/ToM windows made by magma-data ({pipeline})",
-        "",
-        "One row per window: the first frame (`image`), the frame with numbered marks (`som_image`), point",
-        "tracks after camera-motion removal, homographies and their quality, marks, Trace-of-Mark targets on",
-        "the 256x256 grid, and Magma conversation turns (`conversations`). Units that failed are listed with",
-        "stage, error class and message under `errors/`; units a rule of the recipe dropped (Magma's Ego4D",
-        "verb filter), with the rule, under `filtered/`.",
-        "",
-        "| source | rows | error rows | filtered |",
-        "|---|---:|---:|---:|",
-    ]
-    for source, summary in sorted(summaries.items()):
-        rules = ", ".join(f"{rule} {count}" for rule, count in sorted(summary.get("filter_rules", {}).items()))
-        filtered = f"{summary.get('filtered_rows', 0)}" + (f" ({rules})" if rules else "")
-        lines.append(f"| `{source}` | {summary['rows_written']} | {summary['error_rows']} | {filtered} |")
-    lines += ["", "## Columns", "", column_table, ""]
-    (root / "README.md").write_text("\n".join(lines))

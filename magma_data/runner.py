@@ -17,18 +17,18 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from magma_data.config import RunConfig
 from magma_data.execution import finished_rows, init_ray, new_unit_row, placement_for, worker_lost
-from magma_data.parquet_writer import ParquetShardWriter, write_dataset_card
+from magma_data.card import write_dataset_card
+from magma_data.parquet_writer import ParquetShardWriter
 from magma_data.pipelines import column_dims, load_pipeline, shard_columns
-from magma_data.schema import column_table, features
+from magma_data.schema import features
 from magma_data.sink import OutputFolder, ShardCollector, ShardPlan
 from magma_data.sources import load_manifest, open_source
-from magma_data.sources.base import refuse_paths_outside
-from magma_data.stages.base import Column
+from magma_data.sources.base import refuse_paths_outside, video_roots
 from magma_data.stages.track import TRACKERS, resolve_tracker
 from magma_data.summary import RunSummary, write_summary
 
@@ -47,6 +47,8 @@ class RunOptions:
     num_cpus: int | None = None  # for the embedded Ray only
     overwrite: bool = False
     progress: bool = True
+    #: reader options given on the command line (``--videos``), over the manifest's
+    source_options: dict = field(default_factory=dict)
     #: where the run says what it decided before the work starts (the tracker it picked); None: the log
     notify: Callable[[str], None] | None = None
 
@@ -63,10 +65,11 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     config, note = resolve(config)
     (options.notify or log.info)(note)
     pipeline = load_pipeline(config.pipeline)
-    source = open_source(load_manifest(config.source), options.root, notify=options.notify or log.info)
-    units = pipeline.plan(source, config)
+    source = open_source(load_manifest(config.source), options.root, notify=options.notify or log.info,
+                         **options.source_options)
+    units = pipeline.plan(source, config, options.output)
     if options.root is not None:
-        units = refuse_paths_outside(units, Path(options.root))
+        units = refuse_paths_outside(units, video_roots(source, Path(options.root)))
     if not units:
         raise RuntimeError(f"source {config.source!r} planned no units under {options.root}; "
                            f"run `magma-data check --input {config.source} --root ...` to see why")
@@ -101,7 +104,7 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     output.close()
     summary.wall_time_s = round(time.perf_counter() - started, 3)
     write_summary(options.output, summary)
-    write_dataset_card(options.output, config.pipeline, column_table(sink.columns))
+    write_dataset_card(options.output)
     return summary
 
 
@@ -112,7 +115,6 @@ class Sink:
 
     output: OutputFolder
     shards: ShardPlan
-    columns: list[Column]
     committed: dict[int, dict]
     todo: list[dict]
     collector: ShardCollector
@@ -128,7 +130,7 @@ def open_sink(pipeline, config: RunConfig, units: list[dict], root: Path, overwr
     committed = output.committed_shards()
     todo = shards.todo(committed)
     collector = ShardCollector(output, shards, todo, (column.name for column in columns if not column.written))
-    return Sink(output, shards, columns, committed, todo, collector)
+    return Sink(output, shards, committed, todo, collector)
 
 
 def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict], collector, summary) -> None:

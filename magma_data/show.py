@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from magma_data.dropped import ERROR, FILTERED
+from magma_data.outputs import STATE
 from magma_data.parquet_writer import DATA, table_files
 
 STAT_COLUMNS = ["camera_motion", "homography_ok", "inlier_ratio", "mark_ids", "mark_positive", "tom_steps", "tracker"]
@@ -43,7 +44,7 @@ class SourceStats:
 def output_sources(root: Path) -> list[str]:
     """The sources an output folder holds: each has its ledger under ``.magma/`` (a source whose every unit
     failed has no ``data/`` folder), and data under ``data/``."""
-    return sorted({p.name for folder in (root / ".magma", root / "data") if folder.is_dir()
+    return sorted({p.name for folder in (root / STATE, root / "data") if folder.is_dir()
                    for p in folder.iterdir() if p.is_dir()})
 
 

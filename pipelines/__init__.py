@@ -1,7 +1,8 @@
 """Pipelines: each module is one readable list of stages with its Ray resources.
 
 A pipeline module provides ``NAME``, ``PLAN_COLUMNS`` (what its planner puts in a window's row),
-``plan(source, config)`` (the units, on the driver), ``stages(config)`` (its stages in order,
+``plan(source, config, output)`` (the units, on the driver; ``output`` is the run's output folder,
+where planning keeps what it computes once, e.g. oxe_tom's action statistics, or None), ``stages(config)`` (its stages in order,
 without Ray: benchmarks and tests run them in one process) and ``build(windows, config,
 placement)`` (the Ray Data graph from planned windows to finished rows, every step with its batch
 size and resources: ``cpu_stage`` for the CPU stages, ``track_step`` below for the tracker). Its

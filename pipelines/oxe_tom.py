@@ -6,17 +6,20 @@ homography only when the global-motion rule fires, the robot ToM template), fed 
 instead of decoded video, and followed by the action turn: the step's 7-D action as 7 tokens.
 Rows have video_tom's columns (``video_uid``/``clip_id`` = the episode, ``video_path`` = its RLDS
 folder) and the robot's. Read ``build`` top to bottom; planning reads the episodes (instructions,
-actions) on the driver.
+actions) on the driver, and each dataset's action statistics once, over all of its episodes,
+into ``dataset_statistics.json`` in the output folder, where a resumed run finds them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magma_data.config import RunConfig
 from magma_data.execution import Placement, cpu_stage
 from magma_data.pipelines import track_step
 from magma_data.sources.base import Source
+from magma_data.sources.openvla import STATISTICS_FILE, StatisticsFile
 from magma_data.stages.action_tokens import ActionTokensStage
 from magma_data.stages.base import Stage
 from magma_data.stages.camera import CameraStage
@@ -33,8 +36,11 @@ NAME = "oxe_tom"
 PLAN_COLUMNS = ROBOT_PLAN_COLUMNS
 
 
-def plan(source: Source, config: RunConfig) -> list[dict]:
-    return plan_episodes(source.clips(), source.name, config.plan, limit=config.limit)
+def plan(source: Source, config: RunConfig, output: Path | None = None) -> list[dict]:
+    """The windows of every episode; statistics kept in ``output`` (None: computed, not kept)."""
+    path = Path(output) / STATISTICS_FILE if output is not None else None
+    statistics = StatisticsFile(path, source.dataset_statistics, source.fingerprint, config.action.normalize)
+    return plan_episodes(source.clips(), source.name, config.plan, statistics, limit=config.limit)
 
 
 def stages(config: RunConfig) -> list[Stage]:

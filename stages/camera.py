@@ -87,6 +87,16 @@ def mean_step_length(tracks: np.ndarray, usable: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
 
+def raw_tracks(tracks: np.ndarray, homography: np.ndarray, homography_ok: np.ndarray) -> np.ndarray:
+    """[T, N, 2] the tracker's positions before compensation: H_t⁻¹ applied to ``tracks[t]`` where
+    ``homography_ok[t]``; elsewhere the stored positions are the raw ones."""
+    tracks = np.asarray(tracks, np.float64)
+    raw = tracks.copy()
+    for frame in np.flatnonzero(np.asarray(homography_ok, bool)):
+        raw[frame] = apply_homography(tracks[frame], np.linalg.inv(np.asarray(homography[frame], np.float64)))
+    return raw.astype(np.float32)
+
+
 def apply_homography(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
     """[N, 2] points mapped through a 3x3 homography, in float64."""
     homogeneous = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ homography.T

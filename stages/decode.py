@@ -177,14 +177,15 @@ class DecodeStage(Stage):
         self._open: tuple[str, object] | None = None  # windows of one video arrive together
 
     def __call__(self, row: Row) -> Row:
-        frames = self._read(row["video_path"], np.asarray(row["frame_indices"]))
+        frames = self.read(row["video_path"], np.asarray(row["frame_indices"]))
         if frames.ndim != 4 or frames.shape[0] != len(row["frame_indices"]) or frames.shape[1] < 2:
             raise DecodeFailed(f"{row['video_path']}: decoded an unusable frame stack {frames.shape}")
         frames = resize_frames(frames, self.config.height)
         height, width = frames.shape[1:3]
         return {"frames": frames, "image_width": np.int32(width), "image_height": np.int32(height)}
 
-    def _read(self, path: str, indices: np.ndarray) -> np.ndarray:
+    def read(self, path: str, indices: np.ndarray) -> np.ndarray:
+        """Frames ``indices`` of ``path`` at native size, [len(indices), H, W, 3] RGB."""
         backends = {"auto": ("decord", "pyav"), "decord": ("decord",), "pyav": ("pyav",)}[self.config.backend]
         errors = []
         for backend in backends:

@@ -174,8 +174,6 @@ def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None
     already gives the frame rate and frame count. Each video is probed once, however many clips
     it holds (an EPIC-KITCHENS video has hundreds of narration segments).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     probe = probes or VideoProbes()
 
     def windows_of(item) -> list[dict]:
@@ -188,10 +186,18 @@ def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None
             return [dropped_unit(f"{source}/{item.clip_id}", source, Dropped.failure("plan", error),
                                  clip_id=item.clip_id, video_path=item.video_path)]
 
+    return plan_in_threads(clips, windows_of, limit, threads)
+
+
+def plan_in_threads(items, windows_of, limit: int | None = None, threads: int = 8) -> list[dict]:
+    """``windows_of`` each item in a thread pool (video probes are header reads), the rows in item
+    order; stops once ``limit`` rows are planned, reading only a bounded look-ahead past them."""
+    from concurrent.futures import ThreadPoolExecutor
+
     units: list[dict] = []
-    clips = iter(clips)
+    items = iter(items)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        while chunk := list(itertools.islice(clips, 4 * threads)):  # bounded look-ahead for --limit
+        while chunk := list(itertools.islice(items, 4 * threads)):
             for rows in pool.map(windows_of, chunk):
                 units.extend(rows)
                 if limit is not None and len(units) >= limit:

@@ -3,8 +3,8 @@
 Open-X images are stored encoded (JPEG/PNG) inside each episode's TFRecord example. The stage
 reads the episode through tensorflow-datasets with image decoding skipped, decodes only the
 window's frames with OpenCV, and stretches them to a square of ``height`` pixels as Magma's robot
-data is (256x256 traces, 512x512 marked frames). Windows of one episode arrive together, so the
-last episode read is kept.
+data is (its loader works on the 512x512 frame: the ``oxe`` manifest's default, see there). Windows
+of one episode arrive together, so the last episode read is kept.
 """
 
 from __future__ import annotations

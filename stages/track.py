@@ -5,8 +5,10 @@ and visibility out. The registry ``TRACKERS`` is the one place that says, per tr
 module implements it, whether it needs weights and where it runs; adding a tracker means adding
 one entry and one module. ``lk`` (pyramidal Lucas-Kanade, below) needs no weights and runs inside
 the CPU tasks; ``cotracker3`` (``magma_data.models.cotracker3_predictor``) is the tracker Magma
-used and runs batched in one actor per GPU. ``resolve_tracker`` turns ``auto`` into the tracker
-that will run, with its weights' digest for the config hash.
+used and runs batched in one actor per GPU. ``released`` stands for Magma's own CoTracker3 traces, which
+come with the windows of ``--input magma_video_tom`` (``magma_data.stages.released_traces``), so
+nothing is tracked. ``resolve_tracker`` turns ``auto`` into the tracker that will run, with its
+weights' digest for the config hash.
 """
 
 from __future__ import annotations
@@ -124,32 +126,56 @@ class TrackerSpec:
     is wrong with a file that is not the network's weights: the driver calls it before any work, so
     a bad file never reaches a worker). ``placement`` "tasks": plain CPU tasks that Ray fuses with
     decode, so frames never leave the worker that made them; "actors": one actor per GPU (one CPU
-    actor without GPUs) that loads the weights once and batches many windows per forward.
+    actor without GPUs) that loads the weights once and batches many windows per forward; "source":
+    the tracks come with the source's windows and the pipeline reads them instead of tracking (the
+    module provides the stage that does).
     """
 
     name: str
     label: str
     module: str
     needs_weights: bool = False
-    placement: Literal["tasks", "actors"] = "tasks"
+    placement: Literal["tasks", "actors", "source"] = "tasks"
+    citation: str = ""  # BibTeX, for the dataset card
 
     def implementation(self):
         return importlib.import_module(self.module)  # CoTracker3's imports torch: only when it is asked for
 
 
+COTRACKER3_CITATION = """@inproceedings{karaev24cotracker3,
+  title     = {CoTracker3: Simpler and Better Point Tracking by Pseudo-Labelling Real Videos},
+  author    = {Nikita Karaev and Iurii Makarov and Jianyuan Wang and Natalia Neverova and Andrea Vedaldi and Christian Rupprecht},
+  booktitle = {Proc. {arXiv:2410.11831}},
+  year      = {2024}
+}"""
+
 #: Every tracker the pipelines can run; ``auto`` prefers, in this order, one whose weights are found.
 TRACKERS = {
     spec.name: spec
     for spec in (
-        TrackerSpec("lk", "Lucas-Kanade on CPU", "magma_data.stages.track"),
+        TrackerSpec("lk", "Lucas-Kanade on CPU", "magma_data.stages.track", citation="""@inproceedings{lucas1981iterative,
+  title     = {An Iterative Image Registration Technique with an Application to Stereo Vision},
+  author    = {Bruce D. Lucas and Takeo Kanade},
+  booktitle = {Proc. IJCAI},
+  pages     = {674--679},
+  year      = {1981}
+}"""),
         TrackerSpec("cotracker3", "CoTracker3", "magma_data.models.cotracker3_predictor", needs_weights=True,
-                    placement="actors"),
+                    placement="actors", citation=COTRACKER3_CITATION),
+        TrackerSpec("released", "Magma's released CoTracker3 traces (no tracking)", "magma_data.stages.released_traces",
+                    placement="source", citation=COTRACKER3_CITATION),
     )
 }
 
 
 #: What ``TrackConfig.tracker`` takes: auto or a registered tracker.
 TrackerName = Literal[("auto", *TRACKERS)]
+
+
+def tracks_from_source(config: TrackConfig) -> bool:
+    """The run reads tracks that come with the source's windows instead of tracking (``released``)."""
+    spec = TRACKERS.get(config.tracker)
+    return spec is not None and spec.placement == "source"
 
 
 class TrackerUnavailable(Exception):
@@ -215,7 +241,7 @@ def _resolve_auto(config: TrackConfig) -> ResolvedTracker:
             if weights is not None:
                 return _with_weights(spec, config, weights)
             not_found.append(spec.label)
-    fallback = next(spec for spec in TRACKERS.values() if not spec.needs_weights)
+    fallback = next(spec for spec in TRACKERS.values() if not spec.needs_weights and spec.placement != "source")
     why = f" (no {' or '.join(not_found)} checkpoint found; --checkpoint to use one)" if not_found else ""
     return ResolvedTracker(replace(config, tracker=fallback.name), "", f"tracker: {fallback.label}{why}")
 
@@ -248,7 +274,8 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
 
 
-TRACKER = Column("tracker", "string", doc="the tracker that made the tracks (lk, cotracker3)", group="traces")
+TRACKER = Column("tracker", "string", group="traces",
+                 doc="the tracker that made the tracks (lk, cotracker3; released: Magma's Magma-Video-ToM traces)")
 TRACKS = Column("tracks", "float32", ("T", "N", 2), group="traces",
                 doc="x, y of every grid point in every frame, in pixels of the working frames; after the camera "
                     "stage, in the window's first frame wherever homography_ok")

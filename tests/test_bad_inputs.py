@@ -319,7 +319,7 @@ def test_the_runner_turns_units_whose_video_lies_outside_the_root_into_plan_erro
     (root / "link.mp4").symlink_to(elsewhere)
     units = [{"unit_id": f"s/{name}", "video_path": str(root / name)} for name in ("inside.mp4", "link.mp4")]
     units.append({"unit_id": "s/dots", "video_path": str(root / ".." / "elsewhere.mp4")})
-    checked = refuse_paths_outside(units, root)
+    checked = refuse_paths_outside(units, [root])
     assert [u.get("drop_reason", "") for u in checked] == ["", "PathEscapesRoot", "PathEscapesRoot"]
     assert all(u["drop_stage"] == "plan" for u in checked[1:])
 

@@ -54,15 +54,18 @@ def test_every_video_tom_stage_returns_exactly_its_declared_columns(finished_win
 
 
 def test_the_action_stage_returns_exactly_its_declared_columns():
+    from magma_data.sources.openvla import DatasetStatistics
     from magma_data.sources.oxe import RobotEpisode
     from magma_data.stages.action_tokens import ActionTokensStage
     from magma_data.stages.plan import PlanConfig
     from magma_data.stages.robot_plan import plan_episodes
 
+    actions = np.linspace(-1, 1, 28, dtype=np.float32).reshape(4, 7)
     episode = RobotEpisode(episode_id="toy/train/000000", dataset="toy", builder_dir="/data/toy/0.1.0", split="train",
                            episode_index=0, instruction="pick up the cup", image_key="image", num_steps=4,
-                           actions=np.linspace(-1, 1, 28, dtype=np.float32).reshape(4, 7))
-    [row, *_] = plan_episodes([episode], "oxe", PlanConfig(window_stride=1))
+                           actions=actions, steps=np.arange(4))
+    [row, *_] = plan_episodes([episode], "oxe", PlanConfig(window_stride=1),
+                              {"toy": DatasetStatistics.of([actions], "test")})
     stage = ActionTokensStage()
     assert_stage_contract(stage, stage({**row, "conversations": []}))
 

@@ -97,7 +97,7 @@ def test_windows_of_different_shapes_are_batched_separately():
 def test_unknown_tracker_names_are_refused():
     from magma_data.stages.track import make_tracker
 
-    with pytest.raises(ValueError, match="use auto, lk or cotracker3"):
+    with pytest.raises(ValueError, match="use auto, lk, cotracker3 or released"):
         make_tracker(TrackConfig(tracker="raft"))
 
 

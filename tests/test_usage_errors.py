@@ -15,6 +15,7 @@ from magma_data.cli import main
 from magma_data.config import ConfigValueError, RunConfig, parse_assignments
 from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online
 from magma_data.stages.plan import PlanConfig
+from magma_data.stages.track import TRACKERS
 
 
 def run_cli(output, *args: str):
@@ -61,7 +62,7 @@ def test_overrides_convert_to_the_fields_type_and_every_config_is_checked_when_m
 @pytest.mark.parametrize(("section", "name", "value", "takes"), [
     ("camera", "min_inlier_ratio", 1.5, "a number from 0 to 1"),
     ("render", "min_points_divisor", 0, "an integer >= 1 or null"),
-    ("track", "tracker", "raft", "one of auto, lk, cotracker3"),
+    ("track", "tracker", "raft", f"one of auto, {', '.join(TRACKERS)}"),  # the registry's names
     ("action", "normalize", [True], "a list of 7 items, each true or false"),
 ])
 def test_the_types_and_ranges_are_told_in_words(section, name, value, takes):

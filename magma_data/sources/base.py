@@ -80,8 +80,15 @@ def resolve_inside(root: Path, relative: str | Path) -> Path:
     return candidate
 
 
-def refuse_paths_outside(units: list[dict], root: Path) -> list[dict]:
-    """Units whose video lies outside ``--root`` (a ``..`` in metadata, a symlink out) become plan errors.
+def video_roots(source: Source, root: Path) -> list[Path]:
+    """The folders a source's videos must lie in: ``--root``, or the source's own (``video_roots``,
+    e.g. the ``--videos`` folders of Magma's released traces)."""
+    return [Path(r) for r in getattr(source, "video_roots", None) or [root]]
+
+
+def refuse_paths_outside(units: list[dict], roots: list[Path]) -> list[dict]:
+    """Units whose video lies outside every one of ``roots`` (a ``..`` in metadata, a symlink out) become
+    plan errors.
 
     Defence in depth: every source checks its own paths, and the runner checks every planned one.
     """
@@ -93,13 +100,21 @@ def refuse_paths_outside(units: list[dict], root: Path) -> list[dict]:
             checked.append(unit)
             continue
         if path not in inside:
-            try:
-                resolve_inside(root, path)
-                inside[path] = None
-            except PathEscapesRoot as error:
-                inside[path] = str(error)
+            inside[path] = _outside_all(path, roots)
         if inside[path] is None:
             checked.append(unit)
         else:
             checked.append({**unit, **Dropped(ERROR, "plan", "PathEscapesRoot", inside[path]).columns()})
     return checked
+
+
+def _outside_all(path: str, roots: list[Path]) -> str | None:
+    """Why ``path`` is in none of ``roots``, or None."""
+    errors = []
+    for root in roots:
+        try:
+            resolve_inside(root, path)
+            return None
+        except PathEscapesRoot as error:
+            errors.append(str(error))
+    return "; ".join(errors)
