@@ -113,7 +113,8 @@ def main() -> None:
         f"### {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
         f"{device_name(device)}\n\n"
         f"{args.variant} model, {shape}{'' if full else ' (reduced workload)'}, "
-        f"median of {args.repeats} interleaved runs after {args.warmup} warm-up, torch {torch.__version__}.\n"
+        f"median of {args.repeats} interleaved runs after {args.warmup} warm-up "
+        f"({'wall' if device.type == 'cuda' else 'CPU'} seconds), torch {torch.__version__}.\n"
     )
     table = ["| precision | batch | ours s/call | ours point-frames/s | official s | official point-frames/s | ours / official |"]
     table.append("|---|---|---|---|---|---|---|")

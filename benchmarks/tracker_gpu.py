@@ -3,12 +3,13 @@
 On the same seeded random weights and the same real clips (16-frame windows at 384x512, grid 15 on
 frame 0, offline model, 6 iterations), in this order, so that the figures that matter most come first:
 
-1. accuracy: ours fp32 against the official fp32, window by window (max track difference in pixels,
-   budget 0.05; visibility agreement, budget above 99 %); bf16 against fp32 for ours and the official
-   (median / p95 / max pixels after the query frame, visibility flips); each faster mode of ours
-   (CUDA graph, torch.compile) against eager;
-2. throughput in point-frames per second (points x frames / s) for each precision, mode and batch:
-   ours with the whole batch in one call, the official with one call per window (it cannot batch);
+1. accuracy: ours fp32 (the windows as one batch) against the official fp32 (window by window): track
+   difference in pixels after the query frame, budget 0.05, and visibility agreement, budget above
+   99 %; bf16 and tf32 (TF32 tensor cores) against fp32, for ours and for the official, so their
+   accuracy cost sits beside their speed;
+2. throughput in point-frames per second (points x frames / s) for each mode, precision and batch:
+   ours eager, as a CUDA graph and torch.compile'd, with the whole batch in one call (the faster modes
+   also checked against eager), and the official with one call per window (it cannot batch);
    larger batches until one runs out of memory;
 3. peak GPU memory per window, and the per-window memory model of ``magma_data.models.cotracker3``
    checked against it, with the batch size it would choose for this card.
@@ -54,7 +55,8 @@ from tracker_common import (
 
 from magma_data.models.cotracker3 import CoTracker3Offline, batch_size_for_memory, forward_memory_bytes
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+#: autocast dtype per precision; "tf32" is fp32 with TF32 tensor-core matmuls and convolutions (CUDA only)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "tf32": None}
 TRACK_BUDGET_PX = 0.05
 VISIBILITY_AGREEMENT = 0.99
 
@@ -71,7 +73,7 @@ class Shape:
 
 
 FULL = Shape(frames=16, grid=GRID_SIZE, resolution=RESOLUTION)
-TINY = Shape(frames=4, grid=3, resolution=(64, 96))
+TINY = Shape(frames=2, grid=3, resolution=(64, 96))
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Case:
     ours_peak_bytes: int | None = None
     official_s: float | None = None
     official_peak_bytes: int | None = None
+    max_px_vs_eager: float | None = None  # CUDA graph and compile: largest track change against eager
     note: str = ""
 
 
@@ -208,43 +211,52 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def accuracy(report: Report, network, official, windows: torch.Tensor, modes: list[str], shape: Shape,
+@contextlib.contextmanager
+def tensor_float32(precision: str):
+    """TF32 on for the "tf32" precision and off otherwise, restored after."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+def within_budget(row: dict) -> dict:
+    row["within_budget"] = row["max_px"] <= TRACK_BUDGET_PX and row["visibility_agreement"] > VISIBILITY_AGREEMENT
+    return row
+
+
+def accuracy(report: Report, network, official, windows: torch.Tensor, precisions: list[str], shape: Shape,
              device: torch.device) -> None:
-    """Ours and the official on the same windows; fills ``report.accuracy``."""
-    grid = shape.grid
-    reference = official_call(official, "fp32", device, grid)(windows)
-    ours = {}
+    """Ours (eager, the whole batch in one call) and the official (a call per window) on the same
+    windows in every precision; fills ``report.accuracy``."""
+    ours, theirs = {}, {}
     with torch.no_grad():
-        for precision in ("fp32", "bf16"):
-            for mode in modes:
-                if mode != "eager" and precision != "fp32":
-                    continue
-                try:
-                    ours[(mode, precision)] = our_tracker(network, mode, precision)(windows, grid_size=grid)
-                except Exception as error:  # an unusable mode is a finding, not a reason to stop
-                    traceback.print_exc()
-                    report.skipped.append(f"accuracy of {mode} {precision}: {type(error).__name__}: {error}"[:300])
-    official_bf16 = official_call(official, "bf16", device, grid)(windows)
-    eager = ours[("eager", "fp32")]
-    rows = [deviation(*eager, *reference, "ours eager fp32", "official fp32")]
-    rows[0]["within_budget"] = rows[0]["max_px"] <= TRACK_BUDGET_PX and rows[0]["visibility_agreement"] > VISIBILITY_AGREEMENT
-    if ("eager", "bf16") in ours:
-        rows.append(deviation(*ours[("eager", "bf16")], *eager, "ours eager bf16", "ours eager fp32"))
-    rows.append(deviation(*official_bf16, *reference, "official bf16", "official fp32"))
-    for (mode, precision), result in ours.items():
-        if mode != "eager":
-            row = deviation(*result, *eager, f"ours {mode} {precision}", f"ours eager {precision}")
-            row["within_budget"] = row["max_px"] <= TRACK_BUDGET_PX and row["visibility_agreement"] > VISIBILITY_AGREEMENT
-            rows.append(row)
+        for precision in precisions:
+            with tensor_float32(precision):
+                theirs[precision] = official_call(official, precision, device, shape.grid)(windows)
+                ours[precision] = our_tracker(network, "eager", precision)(windows, grid_size=shape.grid)
+    rows = [within_budget(deviation(*ours["fp32"], *theirs["fp32"], "ours fp32", "official fp32"))]
+    for precision in precisions[1:]:
+        rows.append(deviation(*ours[precision], *ours["fp32"], f"ours {precision}", "ours fp32"))
+        rows.append(deviation(*theirs[precision], *theirs["fp32"], f"official {precision}", "official fp32"))
+        rows.append(deviation(*ours[precision], *theirs[precision], f"ours {precision}", f"official {precision}"))
     report.accuracy = rows
 
 
-def run_case(case: Case, tracker, official, video: torch.Tensor, args, shape: Shape, device: torch.device) -> bool:
-    """Time one case (and the official beside it, if it runs this batch); False if ours ran out of memory."""
-    with torch.no_grad():
+def run_case(case: Case, tracker, official, video: torch.Tensor, args, shape: Shape, device: torch.device,
+             eager) -> bool:
+    """Time one case (and the official beside it, if it runs this batch); False if ours ran out of memory.
+
+    A mode other than eager is also checked against ``eager`` (the eager tracker) on the same batch.
+    """
+    with torch.no_grad(), tensor_float32(case.precision):
         ours = lambda: tracker(video, grid_size=shape.grid)  # noqa: E731
         try:
-            _, case.ours_peak_bytes = peak_bytes(ours, device)  # also the warm-up: capture, compile, kernel choice
+            result, case.ours_peak_bytes = peak_bytes(ours, device)  # also the warm-up: capture, compile, kernels
+            if case.mode != "eager":
+                case.max_px_vs_eager = (result[0] - eager(video, grid_size=shape.grid)[0]).norm(dim=-1).max().item()
         except Exception as error:  # a failed case is a result to record
             traceback.print_exc()
             case.note = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
@@ -280,7 +292,7 @@ def throughput(report: Report, network, official, windows: torch.Tensor, args, s
                 video = windows[torch.arange(batch, device=device) % len(windows)]
                 tracker = our_tracker(network, mode, precision)  # fresh: a CUDA graph holds its batch's memory
                 fits = run_case(case, tracker, official if mode == "eager" and batch in official_batches else None,
-                                video, args, shape, device)
+                                video, args, shape, device, our_tracker(network, "eager", precision))
                 del tracker, video
                 release(device)
                 report.cases.append(case)
@@ -316,7 +328,8 @@ def markdown(report: Report) -> str:
         "",
         f"offline model, {shape['frames']}-frame windows at {shape['resolution'][0]}x{shape['resolution'][1]}, "
         f"grid {shape['grid']} ({shape['grid'] ** 2} points), {ITERS} iterations, seeded random weights, real clips; "
-        f"torch {report.torch}; TF32 off; {report.seconds:.0f} s in all.",
+        f"torch {report.torch}; fp32 without TF32, tf32 with TF32 matmuls and convolutions; "
+        f"{report.seconds:.0f} s in all.",
         "",
         "Accuracy (input pixels, every frame after the query frame):",
         "",
@@ -338,8 +351,8 @@ def markdown(report: Report) -> str:
         "",
         "| precision | mode | batch | ours s/call | ours point-frames/s | ours peak GiB | GiB/window | "
         "official s | official point-frames/s | official peak GiB/window | ours / official best (same precision) | "
-        "ours / official fp32 best |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "ours / official fp32 best | max px vs eager |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in report.cases:
         ours_rate = case.point_frames / case.ours_s if case.ours_s else None
@@ -352,6 +365,7 @@ def markdown(report: Report) -> str:
                  f"{official_rate:,.0f}" if official_rate else "-", gib(case.official_peak_bytes)]
         for reference in (best.get(case.precision), best.get("fp32")):
             cells.append(f"{ours_rate / reference:.2f}x" if ours_rate and reference else "-")
+        cells.append("-" if case.max_px_vs_eager is None else f"{case.max_px_vs_eager:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     model = report.memory_model
     if model.get("by_batch"):
@@ -370,15 +384,15 @@ def markdown(report: Report) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for tracker_gpu.json and tracker_gpu.md")
-    parser.add_argument("--tiny", action="store_true", help="dry run: 4 frames at 64x96, grid 3, 2 clips, batches 1,2, no compile")
+    parser.add_argument("--tiny", action="store_true", help="dry run: 2 frames at 64x96, grid 3, 2 clips, batches 1,2, one thread, no compile")
     parser.add_argument("--batches", default="1,4,16,32,64,128,256", help="ours: windows per call, until out of memory")
     parser.add_argument("--official-batches", default="1,4,16,32", help="batches the official runs (a call per window)")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="fp32,bf16,tf32", help="fp32 first; tf32: CUDA only")
     parser.add_argument("--modes", default="eager,cudagraph,compile", help="eager, cudagraph (CUDA only), compile")
     parser.add_argument("--compile-batches", default="32", help="torch.compile compiles per shape: only these batches")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per case (the median is kept)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed calls per case besides the memory-measuring one")
-    parser.add_argument("--budget-s", type=float, default=360, help="start no case after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=300, help="start no case after this many seconds")
     parser.add_argument("--compile-min-s", type=float, default=150,
                         help="start a torch.compile case only with this much of the budget left (compiling is slow)")
     parser.add_argument("--official", type=Path, default=OFFICIAL_DIR, help="co-tracker checkout")
@@ -388,22 +402,25 @@ def main() -> None:
     shape = TINY if args.tiny else FULL
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     clips = CLIPS[:2] if args.tiny else CLIPS
-    if args.tiny:
+    if args.tiny:  # shapes this small gain nothing from more threads, and lose much on a shared machine
         args.batches, args.official_batches, args.repeats = "1,2", "1", 1
-    dropped = {"cudagraph": device.type != "cuda", "compile": args.tiny}  # CUDA only; compiling takes minutes
-    modes = [mode for mode in args.modes.split(",") if not dropped.get(mode)]
-    args.modes = ",".join(modes)
-    if device.type == "cuda":  # exact fp32 for both sides: the parity budget is for fp32, not TF32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        torch.set_num_threads(1)
+    reasons = {"cudagraph": "needs CUDA" if device.type != "cuda" else None,
+               "tf32": "needs CUDA" if device.type != "cuda" else None,
+               "compile": "compiling takes minutes, not for a dry run" if args.tiny else None}
+    dropped = {name: reasons[name] for name in [*args.modes.split(","), *args.precisions.split(",")] if reasons.get(name)}
+    args.modes = ",".join(mode for mode in args.modes.split(",") if mode not in dropped)
+    precisions = [precision for precision in args.precisions.split(",") if precision not in dropped]
+    if precisions[0] != "fp32":
+        parser.error("--precisions must start with fp32, the reference for the others")
+    args.precisions = ",".join(precisions)
     started = time.monotonic()
     deadline = started + args.budget_s
 
     report = Report(device=device_name(device), torch=torch.__version__, commit=args.commit or git_commit(),
                     shape={"frames": shape.frames, "grid": shape.grid, "resolution": list(shape.resolution)},
                     started=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-                    skipped=[f"{mode} mode (not on {device.type}{' in a dry run' if args.tiny else ''})"
-                             for mode, drop in dropped.items() if drop])
+                    skipped=[f"{name} ({reason})" for name, reason in dropped.items()])
     state = random_state("offline", resolution=shape.resolution)
     official = official_predictor(state, "offline", shape.resolution, path=args.official).to(device)
     network = CoTracker3Offline(model_resolution=shape.resolution)
@@ -419,7 +436,7 @@ def main() -> None:
         (args.out / "tracker_gpu.json").write_text(json.dumps(asdict(report), indent=1))
         (args.out / "tracker_gpu.md").write_text(markdown(report))
 
-    accuracy(report, network, official, windows, modes, shape, device)
+    accuracy(report, network, official, windows, precisions, shape, device)
     print(json.dumps(report.accuracy, indent=1), flush=True)
     save()
     throughput(report, network, official, windows, args, shape, device, deadline, save)
