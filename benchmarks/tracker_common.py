@@ -31,8 +31,27 @@ WINDOW_LEN = {"offline": 60, "online": 16}
 #: the ``scaled_offline.pth`` / ``scaled_online.pth`` grid, iterations and resolution Magma uses
 GRID_SIZE, ITERS, RESOLUTION = 15, 6, (384, 512)
 
-if str(REPO) not in sys.path:  # the checkout's own code, installed or not
-    sys.path.insert(0, str(REPO))
+#: folders the installed distribution maps into ``magma_data`` (pyproject's package-dir)
+MAPPED_PACKAGES = {"magma_data.stages": "stages"}
+
+
+def use_checkout() -> None:
+    """Import this checkout's code, installed or not: on a machine where only the repository
+    travels, ``magma_data.stages`` is mapped to ``stages/`` here as an install would map it."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    for name, folder in MAPPED_PACKAGES.items():
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            spec = importlib.util.spec_from_file_location(
+                name, REPO / folder / "__init__.py", submodule_search_locations=[str(REPO / folder)]
+            )
+            sys.modules[name] = module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+
+
+use_checkout()
 
 
 def find_videos() -> Path:
@@ -108,18 +127,11 @@ def clip_windows(folder: Path, frames: int, size: tuple[int, int] = RESOLUTION, 
 
 
 def our_predictor_class() -> type:
-    """``CoTracker3Predictor``: from ``magma_data.models`` in newer checkouts, else from ``stages/``
-    (installed as ``magma_data.stages``, or read from the checkout where nothing is installed)."""
+    """``CoTracker3Predictor``, in ``magma_data.models`` in newer checkouts, in ``magma_data.stages`` before."""
     try:
         from magma_data.models.cotracker3_predictor import CoTracker3Predictor
     except ModuleNotFoundError:
-        try:
-            from magma_data.stages.cotracker3 import CoTracker3Predictor
-        except ModuleNotFoundError:
-            spec = importlib.util.spec_from_file_location("magma_stage_cotracker3", REPO / "stages" / "cotracker3.py")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            CoTracker3Predictor = module.CoTracker3Predictor
+        from magma_data.stages.cotracker3 import CoTracker3Predictor
     return CoTracker3Predictor
 
 

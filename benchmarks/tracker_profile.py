@@ -88,8 +88,9 @@ def main() -> None:
     run()  # warm-up: kernel selection and primitive caches
     spent, total = module_seconds(network, run, device)
     name = "official" if args.official else "ours"
+    seconds_kind = "wall seconds" if device.type == "cuda" else "CPU seconds of the process"
     print(f"{name}, {device_name(device)}, {args.precision}, batch {args.batch} x {args.frames} frames, "
-          f"{args.grid ** 2} points, {height}x{width}, {ITERS} iterations: {total:.2f} s")
+          f"{args.grid ** 2} points, {height}x{width}, {ITERS} iterations: {total:.2f} {seconds_kind}")
     print("\n| part | s | share |\n|---|---:|---:|")
     for part, seconds in [*spent.items(), ("other (correlation sampling, motion encoding, glue)", total - sum(spent.values()))]:
         print(f"| {part} | {seconds:.2f} | {100 * seconds / total:.0f} % |")
