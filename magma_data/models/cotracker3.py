@@ -24,56 +24,6 @@ from magma_data.models.cotracker3_blocks import EfficientUpdateFormer, FeatureEn
 
 #: frames the encoder takes at once (the reference's ``fmaps_chunk_size``); bounds its memory
 ENCODER_CHUNK_FRAMES = 200
-#: Peak-memory constants of an fp32 forward, measured on CPU by ``benchmarks/tracker_memory.py``:
-#: the encoder's transients per frame and input pixel, and one refinement iteration's per frame
-#: (the 64 virtual tracks) and per point-frame (mostly the 8x8 correlation patches of one level).
-ENCODER_BYTES_PER_PIXEL = 418
-REFINE_BYTES_PER_FRAME = 270 * 1024
-REFINE_BYTES_PER_POINT_FRAME = 66 * 1024
-
-
-def forward_memory_bytes(
-    batch: int,
-    frames: int,
-    points: int,
-    resolution: tuple[int, int] = (384, 512),
-    latent_dim: int = 128,
-    stride: int = 4,
-    levels: int = 4,
-) -> int:
-    """Peak memory of one fp32 forward over ``batch`` windows at the model ``resolution`` (H, W).
-
-    The feature pyramid and the query features live through the whole call; beside them, the peak is the larger of the
-    encoder's transients (at most ``ENCODER_CHUNK_FRAMES`` frames in flight, whatever the batch)
-    and the refinement's (linear in frames and point-frames). bf16 autocast needs less.
-    """
-    total_frames = batch * frames
-    pixels = resolution[0] * resolution[1]
-    pyramid = total_frames * latent_dim * 4 * pixels / stride**2 * sum(4.0**-i for i in range(levels))
-    pyramid += batch * points * levels * 49 * latent_dim * 4  # each query's 7x7 neighbourhood per level
-    encoder = min(total_frames, ENCODER_CHUNK_FRAMES) * ENCODER_BYTES_PER_PIXEL * pixels
-    refine = total_frames * (REFINE_BYTES_PER_FRAME + points * REFINE_BYTES_PER_POINT_FRAME)
-    return int(pyramid + max(encoder, refine))
-
-
-def batch_size_for_memory(
-    free_bytes: int,
-    frames: int,
-    points: int,
-    resolution: tuple[int, int] = (384, 512),
-    headroom: float = 0.8,
-    max_batch: int = 64,
-) -> int:
-    """The most windows per forward whose peak (:func:`forward_memory_bytes`) fits in ``headroom``
-    of ``free_bytes``, at least 1 and at most ``max_batch``.
-
-    Take ``free_bytes`` from ``torch.cuda.mem_get_info()`` after the model is loaded; the headroom
-    covers the allocator's rounding and library workspaces. A batch that still runs out of memory
-    is halved by the caller.
-    """
-    budget = headroom * free_bytes
-    fits = [b for b in range(1, max_batch + 1) if forward_memory_bytes(b, frames, points, resolution) <= budget]
-    return max(fits, default=1)
 
 
 def sincos_time_embedding(dim: int, length: int) -> torch.Tensor:
@@ -351,3 +301,56 @@ class CoTracker3Online(CoTracker3Base):
             vis_out[:, :, start : start + kept] = w_vis[:, :, :kept]
             conf_out[:, :, start : start + kept] = w_conf[:, :, :kept]
         return coords_out.transpose(1, 2), vis_out.sigmoid().transpose(1, 2), conf_out.sigmoid().transpose(1, 2)
+
+
+#: Peak-memory constants of an fp32 forward, measured on CPU by ``benchmarks/tracker_memory.py``:
+#: the encoder's transients per frame and input pixel, and one refinement iteration's per frame
+#: (the 64 virtual tracks) and per point-frame (mostly the 8x8 correlation patches of one level).
+ENCODER_BYTES_PER_PIXEL = 418
+REFINE_BYTES_PER_FRAME = 270 * 1024
+REFINE_BYTES_PER_POINT_FRAME = 66 * 1024
+
+
+def forward_memory_bytes(
+    batch: int,
+    frames: int,
+    points: int,
+    resolution: tuple[int, int] = (384, 512),
+    latent_dim: int = 128,
+    stride: int = 4,
+    levels: int = 4,
+) -> int:
+    """Peak memory of one fp32 forward over ``batch`` windows at the model ``resolution`` (H, W).
+
+    The feature pyramid and the query features live through the whole call; beside them, the peak
+    is the larger of the encoder's transients (at most ``ENCODER_CHUNK_FRAMES`` frames in flight,
+    whatever the batch) and the refinement's (linear in frames and point-frames). bf16 autocast
+    needs less.
+    """
+    total_frames = batch * frames
+    pixels = resolution[0] * resolution[1]
+    pyramid = total_frames * latent_dim * 4 * pixels / stride**2 * sum(4.0**-i for i in range(levels))
+    pyramid += batch * points * levels * 49 * latent_dim * 4  # each query's 7x7 neighbourhood per level
+    encoder = min(total_frames, ENCODER_CHUNK_FRAMES) * ENCODER_BYTES_PER_PIXEL * pixels
+    refine = total_frames * (REFINE_BYTES_PER_FRAME + points * REFINE_BYTES_PER_POINT_FRAME)
+    return int(pyramid + max(encoder, refine))
+
+
+def batch_size_for_memory(
+    free_bytes: int,
+    frames: int,
+    points: int,
+    resolution: tuple[int, int] = (384, 512),
+    headroom: float = 0.8,
+    max_batch: int = 64,
+) -> int:
+    """The most windows per forward whose peak (:func:`forward_memory_bytes`) fits in ``headroom``
+    of ``free_bytes``, at least 1 and at most ``max_batch``.
+
+    Take ``free_bytes`` from ``torch.cuda.mem_get_info()`` after the model is loaded; the headroom
+    covers the allocator's rounding and library workspaces. A batch that still runs out of memory
+    is halved by the caller.
+    """
+    budget = headroom * free_bytes
+    fits = [b for b in range(1, max_batch + 1) if forward_memory_bytes(b, frames, points, resolution) <= budget]
+    return max(fits, default=1)
