@@ -24,10 +24,13 @@ def test_batch_size_grows_with_free_memory_from_one_to_the_cap():
     assert batch_size_for_memory(1000 * GIB, frames=16, points=225, max_batch=8) == 8
 
 
-def test_chosen_batch_fits_in_the_headroom_and_one_more_window_would_not():
-    free = 16 * GIB  # below the cap of 64 windows (about 25 GiB)
-    batch = batch_size_for_memory(free, frames=16, points=225)
-    assert forward_memory_bytes(batch, 16, 225) <= 0.8 * free < forward_memory_bytes(batch + 1, 16, 225)
+def test_chosen_batch_fits_in_the_headroom_with_its_videos_and_one_more_window_would_not():
+    free = 24 * GIB  # below the cap of 64 windows (about 25 GiB and their videos)
+    video = 16 * 3 * 4 * (512 * 910 + 384 * 512)  # a window as decoded (512x910, float) and resized to 384x512
+    batch = batch_size_for_memory(free, frames=16, points=225, input_size=(512, 910))
+    assert forward_memory_bytes(batch, 16, 225) + batch * video <= 0.8 * free
+    assert forward_memory_bytes(batch + 1, 16, 225) + (batch + 1) * video > 0.8 * free
+    assert batch < batch_size_for_memory(free, frames=16, points=225)  # smaller input frames leave room for more
 
 
 def test_more_frames_points_or_pixels_need_more_memory():

@@ -320,7 +320,8 @@ def forward_memory_bytes(
     stride: int = 4,
     levels: int = 4,
 ) -> int:
-    """Peak memory of one fp32 forward over ``batch`` windows at the model ``resolution`` (H, W).
+    """Peak memory of one fp32 forward over ``batch`` windows at the model ``resolution`` (H, W),
+    beyond its input video.
 
     The feature pyramid and the query features live through the whole call; beside them, the peak
     is the larger of the encoder's transients (at most ``ENCODER_CHUNK_FRAMES`` frames in flight,
@@ -341,16 +342,24 @@ def batch_size_for_memory(
     frames: int,
     points: int,
     resolution: tuple[int, int] = (384, 512),
+    input_size: tuple[int, int] | None = None,
     headroom: float = 0.8,
     max_batch: int = 64,
 ) -> int:
-    """The most windows per forward whose peak (:func:`forward_memory_bytes`) fits in ``headroom``
-    of ``free_bytes``, at least 1 and at most ``max_batch``.
+    """The most windows per call whose memory fits in ``headroom`` of ``free_bytes``, at least 1 and
+    at most ``max_batch`` (a bound on host memory and latency per call).
 
+    A call holds the video as the predictor gets it (float, ``input_size`` (H, W), default the model
+    resolution) and its copy resized to ``resolution`` beside the forward (:func:`forward_memory_bytes`).
     Take ``free_bytes`` from ``torch.cuda.mem_get_info()`` after the model is loaded; the headroom
     covers the allocator's rounding and library workspaces. A batch that still runs out of memory
     is halved by the caller.
     """
-    budget = headroom * free_bytes
-    fits = [b for b in range(1, max_batch + 1) if forward_memory_bytes(b, frames, points, resolution) <= budget]
+    height, width = input_size or resolution
+    video = frames * 3 * 4 * (height * width + resolution[0] * resolution[1])  # per window, float32
+
+    def needed(batch: int) -> int:
+        return forward_memory_bytes(batch, frames, points, resolution) + batch * video
+
+    fits = [batch for batch in range(1, max_batch + 1) if needed(batch) <= headroom * free_bytes]
     return max(fits, default=1)
