@@ -21,7 +21,7 @@ import torch
 from results_file import git_commit
 from tracker_common import device_name, official_predictor, time_interleaved
 
-from magma_data.stages.cotracker3 import CoTracker3Offline, CoTracker3Online, CoTracker3Predictor
+from magma_data.models.cotracker3_predictor import CoTracker3Offline, CoTracker3Online, CoTracker3Predictor
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Tracker"

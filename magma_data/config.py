@@ -21,8 +21,9 @@ from magma_data.stages.camera import CameraConfig
 from magma_data.stages.decode import DecodeConfig
 from magma_data.stages.marks import MarksConfig
 from magma_data.stages.plan import PlanConfig
+from magma_data.stages.released_traces import ReleasedConfig
 from magma_data.stages.render import RenderConfig
-from magma_data.stages.track import TrackConfig
+from magma_data.stages.track import TrackConfig, tracks_from_source
 
 #: Fields that change how fast a run goes, not what it writes.
 NOT_HASHED = {"track": {"batch_size", "device", "checkpoint"}}
@@ -41,8 +42,9 @@ class RunConfig:
     marks: MarksConfig = field(default_factory=MarksConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     action: ActionConfig = field(default_factory=ActionConfig)  # robot pipelines only
+    released: ReleasedConfig = field(default_factory=ReleasedConfig)  # Magma's released traces only
     sink: SinkConfig = field(default_factory=SinkConfig)
-    tracker_weights: str = ""  # digest of the CoTracker3 checkpoint, when one is used
+    tracker_weights: str = ""  # digest of the tracker's weights (stages.track.resolve_tracker), when it has any
 
     def with_overrides(self, overrides: dict[str, dict[str, Any]]) -> RunConfig:
         """A copy with ``{section: {field: value}}`` applied; unknown names are errors, not typos ignored."""
@@ -57,11 +59,19 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """The config ``to_dict`` gave (``.magma/<source>/config.json``)."""
+        top = {name: value for name, value in data.items() if not isinstance(value, dict)}
+        return cls(**top).with_overrides({name: value for name, value in data.items() if isinstance(value, dict)})
+
     def hash(self) -> str:
         data = self.to_dict()
         for section, names in NOT_HASHED.items():
             for name in names:
                 data[section].pop(name, None)
+        if not tracks_from_source(self.track):  # only runs on released traces read the section
+            data.pop("released")
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

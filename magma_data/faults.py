@@ -13,12 +13,13 @@ an earlier run committed):
 Points in Ray workers, ``arg`` a marker file: the first worker to get there creates the marker
 and dies; Ray's retry (and every later worker) finds the marker and goes on.
 
-- ``in_track:PATH``    inside the track step (a CoTracker3 actor, or a Lucas-Kanade task), before it tracks a batch
-- ``in_stage:PATH``    inside a CPU stage task (decode, camera, marks, render), before it runs
+- ``in_stage:PATH``    inside any stage's task or actor, before it runs a batch
+- ``in_<name>:PATH``   inside the stage of that name only: ``in_track`` (a CoTracker3 actor, or a
+                       Lucas-Kanade task), ``in_decode``, ``in_camera``...
 
 And one that never passes, like a decoder that segfaults on one file every time:
 
-- ``poison:CLIP``      every CPU stage task that gets a window of clip CLIP dies
+- ``poison:CLIP``      every stage task or actor that gets a window of clip CLIP dies
 """
 
 from __future__ import annotations

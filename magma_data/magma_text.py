@@ -3,11 +3,15 @@ SoM / ToM / action templates (reference magma.md §8, §9).
 
 The render and action stages write conversations with these functions; ``magma_data.train``
 reads the same names to build prompts and labels, so a template or a token is declared once.
+``parse_answer`` reads a generated SoM / ToM answer back into marks and grid traces.
 Token *strings* live here; token *ids* are always read from the tokenizer (Magma-8B's ``<pad>``
 precedes ``<image>``, the reverse of Magma's ``train.py`` order, magma.md §9.1).
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +30,35 @@ SYSTEM_PROMPT = "You are agent that can see, talk and act."
 IGNORE_INDEX = -100
 #: Side of the square grid the SoM / ToM coordinates live on (``spatial_quant_size``).
 GRID_SIZE = 256
+#: How every SoM / ToM question begins after its image (§8.2, §8.3); ``turn_images`` finds them by it.
+_SPLIT_INTO = "The image is split into"
+# The ToM answer's fixed phrases (§8.2), shared by tom_turn and parse_tom_answer.
+_MOVED = "should be moved"
+_FUTURE_INTRO = "their future positions are:"
+#: Action ids are the last ``ACTION_BINS`` ids of the base vocabulary (``tokenizer.vocab_size``).
+ACTION_BINS = 256
+
+# Llama-3-Instruct, Magma's language model: its special tokens and chat template (§9.2). Magma
+# renders every sample with this template, which trims each message, so the templates' trailing
+# newlines do not reach the model.
+BEGIN_OF_TEXT = "<|begin_of_text|>"
+END_OF_TEXT = "<|end_of_text|>"
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+END_OF_TURN = "<|eot_id|>"
+LLAMA3_SPECIAL_TOKENS = (BEGIN_OF_TEXT, END_OF_TEXT, START_HEADER, END_HEADER, END_OF_TURN)
+#: Meta-Llama-3-8B-Instruct's ``chat_template`` (tokenizer_config.json), byte for byte.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+#: Tokens Magma's train.py adds to Llama-3's tokenizer, in its order (``<pad>`` only when the
+#: tokenizer has none). Magma-8B's own ids are ``<pad>`` 128256, ``<image>`` 128257: read ids from
+#: the tokenizer, never assume them.
+MAGMA_ADDED_TOKENS = (IMAGE_TOKEN, PAD_TOKEN, ACTION_TOKEN)
 
 
 def semantic_turn(task: str) -> list[dict[str, str]]:
@@ -50,7 +83,7 @@ def tom_turn(
     actor, colon = ("robot", ":") if style == "robot" else ("person", "")
     doing = f"The {actor} is doing: {task.removesuffix('.')}. " if task else ""
     question = (
-        f"{IMAGE_PLACEHOLDER}\nThe image is split into {grid_size}x{grid_size} grids, and labeled "
+        f"{IMAGE_PLACEHOLDER}\n{_SPLIT_INTO} {grid_size}x{grid_size} grids, and labeled "
         f"with numeric marks{colon} {all_ids}.\n{doing}To finish the task, how to move the numerical marks "
         f"in the image for the next {steps} steps?\n"
     )
@@ -62,14 +95,14 @@ def tom_turn(
         f'"Mark {mark_id}": "[{",".join(f"[{x},{y}]" for x, y in target[1:])}]"\n\n'
         for mark_id, target in zip(tom_ids, targets)
     )
-    answer = f"{starts} should be moved, and their future positions are:\n\n{futures}"
+    answer = f"{starts} {_MOVED}, and {_FUTURE_INTRO}\n\n{futures}"
     return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
 
 
 def som_turn(ids: np.ndarray, grid_xy: np.ndarray, grid_size: int = GRID_SIZE) -> list[dict[str, str]]:
     """§8.3: locate every mark, ids ascending."""
     question = (
-        f"{IMAGE_PLACEHOLDER}\nThe image is split into {grid_size}x{grid_size} grids, and labeled "
+        f"{IMAGE_PLACEHOLDER}\n{_SPLIT_INTO} {grid_size}x{grid_size} grids, and labeled "
         "with numeric marks.\nPlease locate all the numerical marks in the image.\n"
     )
     order = np.argsort(ids)
@@ -85,3 +118,121 @@ def action_turn(instruction: str) -> list[dict[str, str]]:
         {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat action should the robot take to {instruction}?"},
         {"from": "gpt", "value": ACTION_TOKEN * ACTION_DIMENSIONS},
     ]
+
+
+def turn_images(conversations: list[dict[str, str]]) -> list[str]:
+    """The image each ``<image>`` of a conversation shows, in order: ``som_image`` for the SoM / ToM
+    questions (they ask about the marks drawn on it), ``image`` for the others (semantic, action)."""
+    return [("som_image" if _SPLIT_INTO in turn["value"] else "image")
+            for turn in conversations if turn["from"] == "human" for _ in range(turn["value"].count(IMAGE_TOKEN))]
+
+
+# -- reading answers back: the inverse of tom_turn / som_turn ----------------------------------
+
+_MARK_AT = re.compile(r"Mark\s+(\d+)\s+at\s+\[\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
+_FUTURE_KEY = re.compile(r'"?Mark\s+(\d+)"?\s*:')
+_POINT = re.compile(r"\[\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
+_POINT_LIST = re.compile(r'\s*"?\[\s*(\[\s*-?\d+\s*,\s*-?\d+\s*\]\s*,?\s*)*\]"?\s*')
+
+
+@dataclass
+class ParsedAnswer:
+    """Marks and traces read from a generated SoM / ToM answer, and what could not be read.
+
+    ``marks``: mark id -> [x, y] start on the grid. ``traces`` (ToM only): mark id -> the whole
+    grid trace, start point first, in the layout of the render stage's ``tom_targets``.
+    ``problems``: one sentence per piece of text that was malformed, missing or out of range;
+    empty when the answer follows the template exactly.
+    """
+
+    kind: str
+    marks: dict[int, list[int]] = field(default_factory=dict)
+    traces: dict[int, list[list[int]]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def parse_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
+    """A ToM answer when it says which marks "should be moved", else a SoM answer."""
+    if _MOVED in text or _FUTURE_INTRO in text:
+        return parse_tom_answer(text, grid_size)
+    return parse_som_answer(text, grid_size)
+
+
+def parse_som_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
+    """``Mark 1 at [x,y]. Mark 2 at [x,y]`` (§8.3) -> marks."""
+    parsed = ParsedAnswer("som")
+    leftover = _read_marks(text, parsed, grid_size)
+    if leftover.strip(" .,\n"):
+        parsed.problems.append(f"unreadable text: {_quote(leftover)}")
+    if not parsed.marks:
+        parsed.problems.append("no mark found")
+    return parsed
+
+
+def parse_tom_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
+    """``Mark a at [x,y], ... should be moved, and their future positions are: "Mark a": "[[x,y],...]"``
+    (§8.2) -> marks (starts) and traces (start + future points)."""
+    parsed = ParsedAnswer("tom")
+    head, intro, futures_text = text.partition(_FUTURE_INTRO)
+    if not intro:
+        parsed.problems.append(f"no '{_FUTURE_INTRO}': the future positions are missing")
+    head_text, moved, head_rest = head.partition(_MOVED)
+    if not moved:
+        parsed.problems.append(f"no '{_MOVED}' after the start positions")
+    leftover = _read_marks(head_text, parsed, grid_size)
+    if leftover.strip(" ,\n") or head_rest.strip(" ,\n") not in ("", "and"):
+        parsed.problems.append(f"unreadable text before the future positions: {_quote(leftover + head_rest)}")
+
+    futures: dict[int, list[list[int]]] = {}
+    keys = list(_FUTURE_KEY.finditer(futures_text))
+    if keys and futures_text[: keys[0].start()].strip(' "\n'):
+        parsed.problems.append(f"unreadable text among the future positions: {_quote(futures_text[: keys[0].start()])}")
+    for key, following in zip(keys, keys[1:] + [None]):
+        mark_id = int(key.group(1))
+        value = futures_text[key.end() : following.start() if following else len(futures_text)]
+        if not _POINT_LIST.fullmatch(value):
+            parsed.problems.append(f"the future positions of mark {mark_id} are malformed or cut off: {_quote(value)}")
+        points = [[int(x), int(y)] for x, y in _POINT.findall(value)]
+        if mark_id in futures:
+            parsed.problems.append(f"mark {mark_id} has two future lists; the first is kept")
+            continue
+        _check_on_grid(points, mark_id, parsed, grid_size)
+        futures[mark_id] = points
+
+    for mark_id, start in parsed.marks.items():
+        if mark_id not in futures:
+            parsed.problems.append(f"mark {mark_id} should be moved but has no future positions")
+            continue
+        parsed.traces[mark_id] = [start] + futures[mark_id]
+    for mark_id in futures.keys() - parsed.marks.keys():
+        parsed.problems.append(f"mark {mark_id} has future positions but no start position")
+    if not parsed.marks:
+        parsed.problems.append("no mark found")
+    return parsed
+
+
+def _read_marks(text: str, parsed: ParsedAnswer, grid_size: int) -> str:
+    """Record every ``Mark k at [x,y]`` in ``text``; returns the text that matched nothing."""
+    leftover, consumed = [], 0
+    for match in _MARK_AT.finditer(text):
+        leftover.append(text[consumed : match.start()])
+        consumed = match.end()
+        mark_id, point = int(match.group(1)), [int(match.group(2)), int(match.group(3))]
+        if mark_id in parsed.marks:
+            parsed.problems.append(f"mark {mark_id} is listed twice; the first position is kept")
+            continue
+        _check_on_grid([point], mark_id, parsed, grid_size)
+        parsed.marks[mark_id] = point
+    leftover.append(text[consumed:])
+    return " ".join(piece.strip(" .,\n") for piece in leftover if piece.strip(" .,\n"))
+
+
+def _check_on_grid(points: list[list[int]], mark_id: int, parsed: ParsedAnswer, grid_size: int) -> None:
+    outside = [point for point in points if not all(0 <= value < grid_size for value in point)]
+    if outside:
+        parsed.problems.append(f"mark {mark_id} has points off the {grid_size}x{grid_size} grid: {outside}")
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -32,6 +32,9 @@ def print_summary(summary) -> None:
     table.add_row("error rows", str(summary.error_rows))
     for name, count in summary.error_classes.items():
         table.add_row(f"  {name}", str(count))
+    table.add_row("filtered by the recipe's rules", str(summary.filtered_rows))
+    for name, count in summary.filter_rules.items():
+        table.add_row(f"  {name}", str(count))
     table.add_row("shards", f"{summary.shards} ({summary.shards_skipped} already committed)")
     table.add_row("tracker", summary.tracker or "-")
     if summary.windows_after_oom:

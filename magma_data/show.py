@@ -1,9 +1,9 @@
 """``magma-data show``: look at what a run wrote before training on it.
 
-Prints per-source statistics (rows, errors by class, how often camera compensation fired and how
-well it fitted, marks and ToM coverage) and draws a contact sheet: each SoM image with the traces
-of its moving marks, as Magma's visualisation shows them, so a bad threshold or a drifting tracker
-is visible at a glance.
+Prints per-source statistics (rows, errors by class, filtered units by rule, how often camera
+compensation fired and how well it fitted, marks and ToM coverage) and draws a contact sheet:
+each SoM image with the traces of its moving marks, as Magma's visualisation shows them, so a bad
+threshold or a drifting tracker is visible at a glance.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class SourceStats:
     source: str
     rows: int = 0
     errors: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)  # by the rule of the recipe that dropped the unit
     camera_motion: float = 0.0  # fraction of windows compensated
     homography_ok: float = 0.0  # fraction of compensated frames with an accepted fit
     inlier_ratio: float = 0.0  # median over fitted frames
@@ -54,6 +55,8 @@ def dataset_stats(root: Path) -> list[SourceStats]:
             entry.trackers = sorted(set(table["tracker"].to_pylist()))
         for path in sorted((root / "errors").glob(f"{folder.name}-*.parquet")):
             entry.errors.update(pq.read_table(path, columns=["error_class"])["error_class"].to_pylist())
+        for path in sorted((root / "filtered").glob(f"{folder.name}-*.parquet")):
+            entry.filtered.update(pq.read_table(path, columns=["rule"])["rule"].to_pylist())
         stats.append(entry)
     return stats
 
@@ -99,4 +102,5 @@ def contact_sheet(root: Path, count: int, destination: Path, columns: int = 4, t
 
 
 def stats_json(stats: list[SourceStats]) -> str:
-    return json.dumps([{**s.__dict__, "errors": dict(s.errors)} for s in stats], indent=2, sort_keys=True)
+    return json.dumps([{**s.__dict__, "errors": dict(s.errors), "filtered": dict(s.filtered)} for s in stats],
+                      indent=2, sort_keys=True)

@@ -12,13 +12,18 @@ backends' errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import cv2
 import numpy as np
 
-from magma_data.execution import TRANSIENT_ERRORS
-from magma_data.stages.base import Row, StageError
+from magma_data.stages.base import TRANSIENT_ERRORS, Column, Row, Stage, StageError
+
+#: A window's decoded frames and their size, as every frame reader (video, RLDS) adds them.
+FRAMES = Column("frames", "uint8", ("T", "H", "W", 3), doc="RGB frames at the working height; dropped after tracking")
+IMAGE_WIDTH = Column("image_width", "int32", doc="width of the working frames, image and som_image",
+                     group="image size")
+IMAGE_HEIGHT = Column("image_height", "int32", doc="height of the working frames, image and som_image",
+                      group="image size")
 
 
 @dataclass(frozen=True)
@@ -108,27 +113,26 @@ def _display_array(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, rotation // 90)) if rotation % 360 else array
 
 
-class DecodeStage:
-    """Adds ``frames`` uint8 [T, H, W, 3] RGB at the working height, plus the frame size."""
+class DecodeStage(Stage):
+    """Decodes a window's frames from its video and resizes them to the working height."""
 
-    name: ClassVar[str] = "decode"
-    consumes: ClassVar[tuple[str, ...]] = ()
+    name = "decode"
+    columns = (FRAMES, IMAGE_WIDTH, IMAGE_HEIGHT)
 
     def __init__(self, config: DecodeConfig):
         self.config = config
         self._open: tuple[str, object] | None = None  # windows of one video arrive together
 
-    def placeholders(self) -> Row:
-        return {"frames": np.zeros((0, 0, 0, 3), np.uint8), "image_width": 0, "image_height": 0}
-
     def __call__(self, row: Row) -> Row:
-        frames = self._read(row["video_path"], np.asarray(row["frame_indices"]))
+        frames = self.read(row["video_path"], np.asarray(row["frame_indices"]))
         if frames.ndim != 4 or frames.shape[0] != len(row["frame_indices"]) or frames.shape[1] < 2:
             raise DecodeFailed(f"{row['video_path']}: decoded an unusable frame stack {frames.shape}")
         frames = resize_frames(frames, self.config.height)
-        return {"frames": frames, "image_width": frames.shape[2], "image_height": frames.shape[1]}
+        height, width = frames.shape[1:3]
+        return {"frames": frames, "image_width": np.int32(width), "image_height": np.int32(height)}
 
-    def _read(self, path: str, indices: np.ndarray) -> np.ndarray:
+    def read(self, path: str, indices: np.ndarray) -> np.ndarray:
+        """Frames ``indices`` of ``path`` at native size, [len(indices), H, W, 3] RGB."""
         backends = {"auto": ("decord", "pyav"), "decord": ("decord",), "pyav": ("pyav",)}[self.config.backend]
         errors = []
         for backend in backends:

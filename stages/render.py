@@ -28,15 +28,22 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from magma_data.magma_text import GRID_SIZE, semantic_turn, som_turn, tom_turn
 
-from .base import Row, StageError
+from .base import Column, Row, Stage, StageError
 from .camera import usable_points
+from .track import FRAME0
+
+#: Magma's chat turns; the action stage of robot pipelines puts its turn first.
+CONVERSATIONS = Column("conversations", "turn", ("turns",), group="text",
+                       doc="Magma chat turns, ready to train: the semantic turn, then the ToM turn or the SoM-only "
+                           "fallback; each `<image>` refers, in order, to image, then som_image")
+
 
 @dataclass(frozen=True)
 class RenderConfig:
@@ -59,30 +66,24 @@ class RenderConfig:
     font_width_fraction: float = 0.03
 
 
-class RenderStage:
-    """Draws the marks on the window's first frame and writes the SoM/ToM conversation.
+class RenderStage(Stage):
+    """Draws the marks on the window's first frame and writes the SoM/ToM conversation."""
 
-    Adds ``image`` and ``som_image`` (JPEG bytes of ``frame0`` without / with marks),
-    ``tom_mark_ids`` int32 [M] (ascending), ``tom_targets`` (M lists of [x, y] grid ints, start
-    point first), ``tom_steps`` int32 (N of the ToM question, 0 without a ToM turn) and
-    ``conversations`` (list of {"from": "human" | "gpt", "value": str}); drops ``frame0``.
-    """
-
-    name: ClassVar[str] = "render"
-    consumes: ClassVar[tuple[str, ...]] = ("frame0",)
+    name = "render"
+    columns = (
+        Column("image", "image", doc="the window's first frame", group="images"),
+        Column("som_image", "image", doc="the first frame with the numbered marks drawn", group="images"),
+        CONVERSATIONS,
+        Column("tom_mark_ids", "int32", ("M",), doc="ids of the marks with a ToM trace, ascending", group="ToM"),
+        Column("tom_targets", "int32", ("M", "L", 2), ragged=True, group="ToM",
+               doc="each ToM mark's thinned trace on the 256 grid, start point first"),
+        Column("tom_steps", "int32", doc="future steps the ToM question asks for; 0 without a ToM turn",
+               group="ToM"),
+    )
+    consumes = (FRAME0.name,)
 
     def __init__(self, config: RenderConfig | None = None):
         self.config = config or RenderConfig()
-
-    def placeholders(self) -> Row:
-        return {
-            "image": b"",
-            "som_image": b"",
-            "tom_mark_ids": np.zeros(0, np.int32),
-            "tom_targets": [],
-            "tom_steps": np.int32(0),
-            "conversations": [],
-        }
 
     def __call__(self, row: Row) -> Row:
         cfg = self.config

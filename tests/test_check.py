@@ -27,6 +27,9 @@ def test_counts_what_a_run_would_plan(ego4d_root, tmp_path):
     # the two 2 s narrations of vid-c hold 8 frames at 4 fps: shorter than a 16-frame window
     assert report.problems["ClipTooShort"] == 2
     assert report.problems["VideoMissing"] == 1 and report.problems["NarrationFiltered"] == 1
+    # the rules of the recipe are told apart from problems: a run writes those units to filtered/
+    assert report.filter_rules == ["NarrationFiltered", "NarrationTooShort"]
+    assert report.errors == sum(report.problems.values()) - 2
     assert report.frame_rates == {"4.00": 2} and not report.fps_outliers and not report.fps_mismatches
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert saved["usable"] == 2 and saved["examples"]["VideoMissing"][0]["unit_id"] == "ego4d/vid-missing"
@@ -59,6 +62,16 @@ def test_unreadable_videos_and_frame_rate_outliers(tmp_path):
     assert report.problems == {"ClipTooShort": 1, "VideoUnreadable": 1}
     assert [row["video"].rsplit("/", 1)[-1] for row in report.fps_outliers] == ["fast.mp4"]
     assert report.empty_text == 3  # folder videos without a sidecar .txt
+
+
+def test_a_video_planned_from_its_metadata_whose_container_is_broken_is_listed(tmp_path):
+    """Ego4D's metadata gives rate and length, so the planner plans windows without reading the video;
+    check reads every container and names the one a run's decode would fail on."""
+    root = ego4d_miniature(tmp_path / "v2")
+    (root / "full_scale" / "vid-a.mp4").write_bytes(b"not a video")
+    report = run_check("ego4d", root)
+    assert report.windows == 2  # what a run plans: the metadata is trusted
+    assert [row["video"].rsplit("/", 1)[-1] for row in report.unreadable_videos] == ["vid-a.mp4"]
 
 
 def test_metadata_frame_rate_that_disagrees_with_the_container(tmp_path):

@@ -1,9 +1,10 @@
 """Source registry: each source is a manifest in ``manifests/`` naming its reader and defaults.
 
-A manifest is a small YAML file (see ``manifests/folder.yaml``): ``name``, ``description``,
-``reader`` (``module:Class``, constructed as ``Class(root, **options)``), ``pipeline``, whether
-it needs ``--root``, reader ``options``, and ``defaults``: per-section config overrides such as
-``camera: {force: true}`` for egocentric video.
+A manifest is a small YAML file (see ``manifests/folder.yaml``) whose file name is the source's
+name, the one place that name is declared: ``description``, ``reader`` (``module:Class``,
+constructed as ``Class(root, name, **options)``), ``pipeline``, whether it needs ``--root``,
+reader ``options``, and ``defaults``: per-section config overrides such as ``camera: {force: true}``
+for egocentric video.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from magma_data.sources.base import Source
 
 @dataclass(frozen=True)
 class Manifest:
-    name: str
+    name: str  # the file name, without .yaml
     description: str
     reader: str
     pipeline: str
@@ -39,7 +40,7 @@ def load_manifest(name: str) -> Manifest:
     path = resources.files("magma_data.manifests") / f"{name}.yaml"
     if not path.is_file():
         raise KeyError(f"unknown source {name!r}; available: {', '.join(available_sources())}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = {**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}), "name": name}
     data["defaults"] = {k: v or {} for k, v in (data.get("defaults") or {}).items()}
     data["options"] = data.get("options") or {}
     return Manifest(**data)
@@ -51,4 +52,4 @@ def open_source(manifest: Manifest, root: str | Path | None, **options: Any) -> 
         raise ValueError(f"source {manifest.name!r} reads data in place: pass --root <its folder>")
     module_name, class_name = manifest.reader.split(":")
     reader = getattr(importlib.import_module(module_name), class_name)
-    return reader(Path(root) if root is not None else None, **{**manifest.options, **options})
+    return reader(Path(root) if root is not None else None, manifest.name, **{**manifest.options, **options})

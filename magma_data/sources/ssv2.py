@@ -45,11 +45,10 @@ def template_key(template: str) -> str:
 class SomethingSomethingV2Source:
     """Clips from SSv2's labelled splits; see the module docstring for the layout."""
 
-    name = "ssv2"
-
     def __init__(
         self,
         root: Path,
+        name: str,
         annotations: Sequence[str] = ("something-something-v2-train.json", "something-something-v2-validation.json"),
         labels: str | None = "something-something-v2-labels.json",
         videos: str = "20bn-something-something-v2",
@@ -58,12 +57,14 @@ class SomethingSomethingV2Source:
         """
         Args:
             root: folder holding the videos folder and the label files.
+            name: the source's name (its manifest's); it begins every unit id.
             annotations: split files relative to ``root``, read in this order.
             labels: the template -> class id file; templates absent from it are reported. None skips
                 the check.
             videos: folder of ``<id><suffix>`` relative to ``root``.
         """
         self.root = Path(root).resolve()
+        self.name = name
         self.annotation_paths = [metadata_file(self.root, name, "annotations") for name in annotations]
         self.labels_path = metadata_file(self.root, labels, "labels") if labels else None
         self.videos = videos

@@ -1,5 +1,8 @@
 """CoTracker3 point tracking: checkpoint loading, the predictor, and the pipeline's tracker.
 
+This module is the ``cotracker3`` entry of the tracker registry (``magma_data.stages.track``):
+``find_weights``, ``weights_missing`` and ``point_tracker`` are what the registry calls.
+
 ``load_cotracker3`` builds our own CoTracker3 network (``magma_data.models.cotracker3``) from the
 released checkpoints and wraps it in :class:`CoTracker3Predictor`, which has the reference
 predictor's semantics: resize to the model resolution (384x512) and back, grid or user queries,
@@ -24,16 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online
-
-__all__ = [
-    "CoTracker3Offline",
-    "CoTracker3Online",
-    "CoTracker3PointTracker",
-    "CoTracker3Predictor",
-    "find_checkpoint",
-    "get_points_on_a_grid",
-    "load_cotracker3",
-]
+from magma_data.stages.track import TrackConfig, grid_points
 
 CHECKPOINT_ENV = "MAGMA_COTRACKER3_CHECKPOINT"
 HUB_REPO = "facebook/cotracker3"
@@ -67,6 +61,11 @@ def _where_to_get(variant: str) -> str:
         f"`huggingface-cli download {HUB_REPO} {name}`) and put it at {_hub_checkpoint(variant)}, "
         f"or pass its path (--checkpoint) or set {CHECKPOINT_ENV}"
     )
+
+
+def checkpoint_missing(variant: str) -> str:
+    """What to tell the user when no checkpoint is named and the hub cache has none."""
+    return f"no CoTracker3 checkpoint found; {_where_to_get(variant)}"
 
 
 def find_checkpoint(explicit: str | os.PathLike | None, variant: str = "offline") -> Path | None:
@@ -108,7 +107,7 @@ def load_cotracker3(
     _check_variant(variant)
     path = find_checkpoint(checkpoint_path, variant)
     if path is None:
-        raise FileNotFoundError(f"no CoTracker3 checkpoint found; {_where_to_get(variant)}")
+        raise FileNotFoundError(checkpoint_missing(variant))
     state = _read_state_dict(path)
     model = MODELS[variant]()
     time_emb = state.get("time_emb")
@@ -123,16 +122,9 @@ def load_cotracker3(
     return CoTracker3Predictor(model, dtype=dtype).to(device)
 
 
-def get_points_on_a_grid(size: int, extent: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
-    """A size x size grid [1, size^2, 2] of (x, y), row-major, inset by a margin of W/64 on both axes."""
-    height, width = extent
-    if size == 1:
-        return torch.tensor([[[width / 2, height / 2]]], device=device)
-    margin = width / 64
-    ys = torch.linspace(margin, height - margin, size, device=device)
-    xs = torch.linspace(margin, width - margin, size, device=device)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x, grid_y], dim=-1).reshape(1, -1, 2)
+def _query_grid(size: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """The pipeline's query grid (``grid_points``) at the model resolution, [1, size^2, 2] (x, y)."""
+    return torch.from_numpy(grid_points(size, height, width)).to(device)[None]
 
 
 def _visible_offline(vis: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
@@ -242,7 +234,7 @@ class CoTracker3Predictor(nn.Module):
         if queries is not None:
             queries = torch.cat([queries[..., :1], queries[..., 1:] * to_model], dim=-1).float()
         else:
-            grid = get_points_on_a_grid(grid_size, (h, w), device=video.device)  # 1 N 2
+            grid = _query_grid(grid_size, h, w, video.device)  # 1 N 2
             if segm_mask is not None:
                 mask = F.interpolate(segm_mask.float(), (h, w), mode="nearest")[0, 0]
                 grid_cpu = grid[0].round().long().cpu()
@@ -250,7 +242,7 @@ class CoTracker3Predictor(nn.Module):
             queries = F.pad(grid, (1, 0), value=float(grid_query_frame)).expand(B, -1, -1)
         num_queries = queries.shape[1]
         if add_support_grid:
-            support = F.pad(get_points_on_a_grid(SUPPORT_GRID_SIZE, (h, w), device=video.device), (1, 0))
+            support = F.pad(_query_grid(SUPPORT_GRID_SIZE, h, w, video.device), (1, 0))
             queries = torch.cat([queries, support.expand(B, -1, -1)], dim=1)
 
         tracks, vis, conf = self._run_model(video, queries)
@@ -307,3 +299,17 @@ class CoTracker3PointTracker:
         frames = torch.from_numpy(np.ascontiguousarray(video)).to(self.device).float()
         tracks, visible = self.predictor(frames, grid_size=self.grid_size, grid_query_frame=0)
         return tracks.cpu().numpy().astype(np.float32), visible.cpu().numpy()
+
+
+def find_weights(config: TrackConfig) -> Path | None:
+    """The registry's weight lookup: ``config.checkpoint``, else the environment, else the hub cache."""
+    return find_checkpoint(config.checkpoint, variant=config.variant)
+
+
+def weights_missing(config: TrackConfig) -> str:
+    return checkpoint_missing(config.variant)
+
+
+def point_tracker(config: TrackConfig, weights: Path | None) -> CoTracker3PointTracker:
+    return CoTracker3PointTracker(weights, variant=config.variant, grid_size=config.grid_size, device=config.device,
+                                  precision=config.precision)
