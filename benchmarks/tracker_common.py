@@ -1,5 +1,5 @@
-"""What the CoTracker3 benchmarks share: the official code, seeded random weights, real clip
-windows, our predictor wherever the checkout keeps it, and interleaved timing.
+"""What the CoTracker3 benchmarks share: the checkout's code, installed or not, the official code,
+seeded random weights, real clip windows and interleaved timing.
 
 Only torch, numpy and OpenCV are imported here, so the benchmarks that use this module also run
 on a GPU machine's own Python (no Ray, decord or PyAV there). The official code is a checkout of
@@ -124,15 +124,6 @@ def clip_windows(folder: Path, frames: int, size: tuple[int, int] = RESOLUTION, 
         windows.append(np.stack(window).transpose(0, 3, 1, 2))
     return np.stack(windows)
 
-
-
-def our_predictor_class() -> type:
-    """``CoTracker3Predictor``, in ``magma_data.models`` in newer checkouts, in ``magma_data.stages`` before."""
-    try:
-        from magma_data.models.cotracker3_predictor import CoTracker3Predictor
-    except ModuleNotFoundError:
-        from magma_data.stages.cotracker3 import CoTracker3Predictor
-    return CoTracker3Predictor
 
 
 def synchronize(device: torch.device) -> None:

@@ -47,13 +47,13 @@ from tracker_common import (
     device_name,
     find_videos,
     official_predictor,
-    our_predictor_class,
     random_state,
     synchronize,
     time_interleaved,
 )
 
 from magma_data.models.cotracker3 import CoTracker3Offline, batch_size_for_memory, forward_memory_bytes
+from magma_data.models.cotracker3_predictor import CoTracker3Predictor
 
 #: autocast dtype per precision; "tf32" is fp32 with TF32 tensor-core matmuls and convolutions (CUDA only)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "tf32": None}
@@ -149,14 +149,13 @@ class CudaGraphNetwork(torch.nn.Module):
 
 def our_tracker(network: CoTracker3Offline, mode: str, precision: str) -> torch.nn.Module:
     """Our predictor around the network as ``mode`` runs it: eager, CUDA graph or torch.compile."""
-    predictor = our_predictor_class()
     dtype = PRECISIONS[precision]
     if mode == "eager":
-        return predictor(network, dtype=dtype)
+        return CoTracker3Predictor(network, dtype=dtype)
     if mode == "cudagraph":
-        return predictor(CudaGraphNetwork(network, dtype), dtype=None)
+        return CoTracker3Predictor(CudaGraphNetwork(network, dtype), dtype=None)
     if mode == "compile":
-        return predictor(torch.compile(network), dtype=dtype)
+        return CoTracker3Predictor(torch.compile(network), dtype=dtype)
     raise ValueError(f"unknown mode {mode!r}; use eager, cudagraph or compile")
 
 

@@ -27,10 +27,11 @@ from tracker_common import (
     device_name,
     find_videos,
     official_predictor,
-    our_predictor_class,
     random_state,
     time_interleaved,
 )
+
+from magma_data.models.cotracker3_predictor import CoTracker3Predictor
 
 MODEL_FILES = ("cotracker3.py", "cotracker3_blocks.py")
 
@@ -67,14 +68,13 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = random_state("offline")
     official = official_predictor(state, "offline", path=args.official).to(device)
-    predictor = our_predictor_class()
     revisions = args.revisions.split(",")
     with tempfile.TemporaryDirectory() as folder:
         ours = {}
         for revision in revisions:
             network = load_revision(revision, Path(folder))()
             network.load_state_dict(state, strict=True)
-            ours[revision] = predictor(network).to(device)
+            ours[revision] = CoTracker3Predictor(network).to(device)
 
     windows = torch.from_numpy(clip_windows(find_videos(), args.frames)).float().to(device)
     video = windows[torch.arange(args.batch) % len(windows)]
