@@ -26,11 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_DIR = REPO / ".official" / "co-tracker"
 VIDEO_DIRS = (REPO.parent / "shared" / "videos", REPO / ".official" / "videos")
 CLIPS = ("apple.mp4", "bear.mp4", "paragliding.mp4", "cat.mp4")
-#: the official predictors' window length (``time_emb`` rows) per variant
-WINDOW_LEN = {"offline": 60, "online": 16}
-#: the ``scaled_offline.pth`` / ``scaled_online.pth`` grid, iterations and resolution Magma uses
-GRID_SIZE, ITERS, RESOLUTION = 15, 6, (384, 512)
-
 #: folders the installed distribution maps into ``magma_data`` (pyproject's package-dir)
 MAPPED_PACKAGES = {"magma_data.stages": "stages"}
 
@@ -53,8 +48,17 @@ def use_checkout() -> None:
 
 use_checkout()
 
+from magma_data.models.cotracker3 import MODEL_RESOLUTION as RESOLUTION  # noqa: E402
+from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online  # noqa: E402
+from magma_data.models.cotracker3_predictor import ITERS, WINDOW_LEN  # noqa: E402
+from magma_data.stages.track import TrackConfig  # noqa: E402
+
+#: Magma's query grid: grid x grid points on each window's first frame
+GRID_SIZE = TrackConfig().grid_size
+
 
 def find_videos() -> Path:
+    """The sample clips: beside the repository, or carried inside it."""
     for folder in VIDEO_DIRS:
         if folder.is_dir():
             return folder
@@ -81,8 +85,6 @@ def import_official(path: Path = OFFICIAL_DIR):
 def random_state(variant: str = "offline", seed: int = 0, resolution: tuple[int, int] = RESOLUTION) -> dict:
     """Seeded random weights whose update heads are scaled up so that points move tens of pixels
     in 6 iterations (the init's near-zero heads would leave every track at its query)."""
-    from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online
-
     torch.manual_seed(seed)
     model = {"offline": CoTracker3Offline, "online": CoTracker3Online}[variant](model_resolution=resolution)
     state = model.state_dict()
@@ -102,6 +104,7 @@ def official_predictor(state: dict, variant: str = "offline", resolution: tuple[
     predictor = cotracker.predictor.CoTrackerPredictor(
         checkpoint=None, offline=variant == "offline", window_len=WINDOW_LEN[variant]
     )
+    # its builder fixes the resolution at 384x512; the dry run's tiny shape needs another
     predictor.model = network(stride=4, corr_radius=3, window_len=WINDOW_LEN[variant], model_resolution=resolution)
     predictor.model.load_state_dict(state, strict=True)
     predictor.interp_shape = resolution
@@ -123,7 +126,6 @@ def clip_windows(folder: Path, frames: int, size: tuple[int, int] = RESOLUTION, 
         capture.release()
         windows.append(np.stack(window).transpose(0, 3, 1, 2))
     return np.stack(windows)
-
 
 
 def synchronize(device: torch.device) -> None:

@@ -22,6 +22,8 @@ from torch import nn
 from magma_data.models.cotracker3_blocks import EfficientUpdateFormer, FeatureEncoder, Mlp
 
 
+#: (H, W) the released models were trained at and the predictors resize video to
+MODEL_RESOLUTION = (384, 512)
 #: frames the encoder takes at once (the reference's ``fmaps_chunk_size``); bounds its memory
 ENCODER_CHUNK_FRAMES = 200
 
@@ -122,7 +124,7 @@ class CoTracker3Base(nn.Module):
         corr_radius: int = 3,
         corr_levels: int = 4,
         num_virtual_tracks: int = 64,
-        model_resolution: tuple[int, int] = (384, 512),
+        model_resolution: tuple[int, int] = MODEL_RESOLUTION,
     ):
         super().__init__()
         self.window_len = window_len
@@ -315,7 +317,7 @@ def forward_memory_bytes(
     batch: int,
     frames: int,
     points: int,
-    resolution: tuple[int, int] = (384, 512),
+    resolution: tuple[int, int] = MODEL_RESOLUTION,
     latent_dim: int = 128,
     stride: int = 4,
     levels: int = 4,
@@ -341,7 +343,7 @@ def batch_size_for_memory(
     free_bytes: int,
     frames: int,
     points: int,
-    resolution: tuple[int, int] = (384, 512),
+    resolution: tuple[int, int] = MODEL_RESOLUTION,
     input_size: tuple[int, int] | None = None,
     headroom: float = 0.8,
     max_batch: int = 64,
