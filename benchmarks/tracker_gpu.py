@@ -326,7 +326,8 @@ def memory_model(report: Report, shape: Shape, device: torch.device) -> None:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         model.update(free_bytes=free, total_bytes=total,
-                     chosen_batch=batch_size_for_memory(free, shape.frames, shape.points, shape.resolution))
+                     chosen_batch=batch_size_for_memory(free, shape.frames, shape.points, resolution=shape.resolution,
+                                                          max_batch=64))  # the pipeline's MAX_WINDOWS_PER_CALL
     report.memory_model = model
 
 

@@ -57,7 +57,7 @@ def main(verbose: bool) -> None:
 @click.option("--height", type=int, help="Working frame height in pixels (default 512; the source may set it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, help="Plan at most this many windows.")
-@click.option("--batch-size", type=int, help="Windows per tracker call (default 8).")
+@click.option("--batch-size", type=int, help="Windows per tracker call (default: CoTracker3 on a GPU fits its free memory; 8 elsewhere).")
 @click.option("--rows-per-shard", type=int, help="Windows per Parquet shard (default 256).")
 @click.option("--set", "assignments", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Any other config field, e.g. --set marks.moving_threshold_px=2 (repeatable).")

@@ -22,7 +22,7 @@ from magma_data.execution import ACTOR_ARGS, Placement, StageActor, cpu_stage, t
 from magma_data.schema import features
 from magma_data.sink import CONFIG_HASH
 from magma_data.stages.base import Column
-from magma_data.stages.track import TrackStage
+from magma_data.stages.track import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER_CALL, TrackStage
 
 PIPELINES = ("video_tom", "oxe_tom")
 
@@ -49,20 +49,21 @@ def shard_features(pipeline: ModuleType, config: RunConfig) -> Features:
 
 
 def track_step(windows, track: TrackStage, placement: Placement):
-    """The track step of every pipeline, ``config.track.batch_size`` windows a call, placed as the
-    tracker registry says (``stages.track.TRACKERS``).
+    """The track step of every pipeline, placed as the tracker registry says (``stages.track.TRACKERS``).
 
     A weight-free tracker (Lucas-Kanade) runs in plain CPU tasks that Ray fuses with the frame
     reader, so decoded frames never leave the worker that made them. A tracker with weights
     (CoTracker3) runs in one actor per GPU (one on CPU without GPUs) that loads them once, and
-    windows of equal shape share a forward.
+    windows of equal shape share a forward. Without ``--batch-size``, an actor is handed enough
+    windows to fill the batch its tracker chooses from the device's memory (``TrackStage.process``).
     """
     if placement.in_tasks:
-        return cpu_stage(windows, track, batch_size=track.config.batch_size)
+        return cpu_stage(windows, track, batch_size=track.config.batch_size or DEFAULT_BATCH_SIZE)
     import ray
 
+    windows_per_call = track.config.batch_size or MAX_WINDOWS_PER_CALL
     return windows.map_batches(
-        StageActor, fn_constructor_args=(track,), batch_size=task_batch_size(track.config.batch_size),
+        StageActor, fn_constructor_args=(track,), batch_size=task_batch_size(windows_per_call),
         num_gpus=placement.gpus_per_actor, num_cpus=placement.cpus_per_actor,
         compute=ray.data.ActorPoolStrategy(size=placement.actors), **ACTOR_ARGS,
     )

@@ -39,12 +39,25 @@ class TrackConfig:
     checkpoint: str | None = None  # the tracker's weights; see TRACKERS and the tracker's find_weights
     variant: Literal["offline", "online"] = "offline"  # CoTracker3's (Magma: offline)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on GPU
-    batch_size: Annotated[int, Ge(1)] = 8  # windows per tracker call
+    #: windows per tracker call; None: the tracker chooses (CoTracker3 on a GPU from its free
+    #: memory, see ``PointTracker.batch_size``; ``DEFAULT_BATCH_SIZE`` elsewhere)
+    batch_size: Annotated[int, Ge(1)] | None = None
     device: str | None = None  # None = CUDA when available
+
+
+#: Windows per tracker call when neither the config nor the device says otherwise.
+DEFAULT_BATCH_SIZE = 8
+#: The most windows a tracker call may hold, whatever the device's memory allows: a bound on the
+#: host memory of a Ray batch and on the latency of one call.
+MAX_WINDOWS_PER_CALL = 64
 
 
 class PointTracker(Protocol):
     name: str
+
+    def batch_size(self, frames: int, height: int, width: int) -> int:
+        """How many windows of this shape one ``track`` call should take on this tracker's device."""
+        ...
 
     def track(self, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """video uint8 [B, T, 3, H, W] RGB, equal shapes -> tracks float32 [B, T, N, 2] (x, y)
@@ -84,6 +97,9 @@ class LucasKanadeTracker:
             maxLevel=levels,
             criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
         )
+
+    def batch_size(self, frames: int, height: int, width: int) -> int:
+        return DEFAULT_BATCH_SIZE
 
     def track(self, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         results = [self._track_window(window) for window in video]
@@ -322,9 +338,11 @@ class TrackStage(Stage):
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, row in enumerate(rows):
             by_shape.setdefault(row["frames"].shape, []).append(i)
-        for indices in by_shape.values():
-            for start in range(0, len(indices), self.config.batch_size):
-                self._track_group(rows, indices[start : start + self.config.batch_size], results, 0)
+        for shape, indices in by_shape.items():
+            frames, height, width, _ = shape
+            size = self.config.batch_size or self.tracker.batch_size(frames, height, width)
+            for start in range(0, len(indices), size):
+                self._track_group(rows, indices[start : start + size], results, 0)
         return results
 
     def _track_group(self, rows, indices, results, halvings: int) -> None:

@@ -50,8 +50,11 @@ class _FlakyTracker:
 
     name = "flaky"
 
-    def __init__(self, max_batch: int):
-        self.max_batch, self.calls = max_batch, []
+    def __init__(self, max_batch: int, chosen_batch: int = 8):
+        self.max_batch, self.chosen_batch, self.calls = max_batch, chosen_batch, []
+
+    def batch_size(self, frames, height, width):
+        return self.chosen_batch
 
     def track(self, video):
         self.calls.append(len(video))
@@ -92,6 +95,15 @@ def test_windows_of_different_shapes_are_batched_separately():
     rows = _rows(3) + [{"frames": np.zeros((3, 16, 8, 3), np.uint8)}]
     results = TrackStage(TrackConfig(batch_size=8), tracker=tracker).process(rows)
     assert sorted(tracker.calls) == [1, 3] and all(isinstance(r, dict) for r in results)
+
+
+def test_without_a_batch_size_the_tracker_chooses_it_for_the_shape():
+    tracker = _FlakyTracker(max_batch=8, chosen_batch=3)
+    results = TrackStage(TrackConfig(batch_size=None), tracker=tracker).process(_rows(7))
+    assert tracker.calls == [3, 3, 1] and all(isinstance(r, dict) for r in results)
+    tracker = _FlakyTracker(max_batch=8, chosen_batch=3)
+    TrackStage(TrackConfig(batch_size=5), tracker=tracker).process(_rows(7))
+    assert tracker.calls == [5, 2]  # --batch-size wins over the tracker's choice
 
 
 def test_unknown_tracker_names_are_refused():

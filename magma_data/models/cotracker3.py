@@ -343,13 +343,15 @@ def batch_size_for_memory(
     free_bytes: int,
     frames: int,
     points: int,
+    *,
+    max_batch: int,
     resolution: tuple[int, int] = MODEL_RESOLUTION,
     input_size: tuple[int, int] | None = None,
     headroom: float = 0.8,
-    max_batch: int = 64,
 ) -> int:
     """The most windows per call whose memory fits in ``headroom`` of ``free_bytes``, at least 1 and
-    at most ``max_batch`` (a bound on host memory and latency per call).
+    at most ``max_batch`` (a bound on host memory and latency per call; the pipeline's is
+    ``stages.track.MAX_WINDOWS_PER_CALL``).
 
     A call holds the video as the predictor gets it (float, ``input_size`` (H, W), default the model
     resolution) and its copy resized to ``resolution`` beside the forward (:func:`forward_memory_bytes`).

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online
-from magma_data.stages.track import TrackConfig, grid_points
+from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online, batch_size_for_memory
+from magma_data.stages.track import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER_CALL, TrackConfig, grid_points
 
 CHECKPOINT_ENV = "MAGMA_COTRACKER3_CHECKPOINT"
 HUB_REPO = "facebook/cotracker3"
@@ -319,6 +319,21 @@ class CoTracker3PointTracker:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.grid_size = grid_size
         self.predictor = load_cotracker3(checkpoint, variant, device=self.device, dtype=dtypes[precision])
+        self._batch_sizes: dict[tuple[int, int, int], int] = {}
+
+    def batch_size(self, frames: int, height: int, width: int) -> int:
+        """On a GPU, the most windows of this shape its free memory holds (``batch_size_for_memory``,
+        measured per shape once, after the model is loaded); elsewhere ``DEFAULT_BATCH_SIZE``."""
+        if self.device.type != "cuda":
+            return DEFAULT_BATCH_SIZE
+        shape = (frames, height, width)
+        if shape not in self._batch_sizes:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            self._batch_sizes[shape] = batch_size_for_memory(
+                free, frames, self.grid_size**2, max_batch=MAX_WINDOWS_PER_CALL,
+                resolution=tuple(self.predictor.interp_shape), input_size=(height, width),
+            )
+        return self._batch_sizes[shape]
 
     def track(self, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """video uint8 [B, T, 3, H, W] RGB -> tracks float32 [B, T, N, 2] (x, y) input pixels, visibility bool [B, T, N]."""
