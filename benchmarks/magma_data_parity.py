@@ -83,8 +83,8 @@ def robot_row(row: dict, index: int) -> dict:
     turns = row["conversations"]
     marks_turns = [turn for question, answer in zip(turns[::2], turns[1::2]) if asks_about_marks(question["value"])
                    for turn in (question, answer)]  # a robot row has no semantic turn
-    robot = dict(row, conversations=marks_turns, action=rng.uniform(-1, 1, 7).astype(np.float32),
-                 action_q01=np.full(7, -0.8, np.float32), action_q99=np.full(7, 0.8, np.float32), tom=True)
+    normalized = rng.uniform(-1, 1, 7).astype(np.float32)
+    robot = dict(row, conversations=marks_turns, action=normalized, action_normalized=normalized, tom=True)
     return {**robot, **ActionTokensStage()(robot)}
 
 

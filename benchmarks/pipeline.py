@@ -20,30 +20,26 @@ from pathlib import Path
 from results_file import git_commit, replace_section
 
 from magma_data.config import RunConfig
+from magma_data.execution import apply_stage, new_unit_row
+from magma_data.pipelines import load_pipeline
 from magma_data.runner import RunOptions, run
-from magma_data.sources.sample import SampleSource
-from magma_data.stages.camera import CameraStage
-from magma_data.stages.decode import DecodeStage
-from magma_data.stages.marks import MarksStage
-from magma_data.stages.plan import plan_source
-from magma_data.stages.render import RenderStage
-from magma_data.stages.track import TrackStage
+from magma_data.sources import load_manifest, open_source
 
 TITLE = "video_tom end to end on local Ray (CPU)"
+PIPELINE = load_pipeline("video_tom")
 
 
 def one_process(config: RunConfig, cache: Path) -> tuple[int, float]:
-    rows = plan_source(SampleSource(cache).clips(), "sample", config.plan)
+    """The pipeline's own stages over all windows in this process, each stage on every window in turn."""
+    rows = [new_unit_row(unit) for unit in PIPELINE.plan(open_source(load_manifest("sample"), cache), config)]
     start = time.perf_counter()
-    decode = DecodeStage(config.decode)
-    for row in rows:
-        row.update(decode(row))
-    for row, result in zip(rows, TrackStage(config.track).track_rows(rows)):
-        row.update(result)
-    for stage in (CameraStage(config.camera), MarksStage(config.marks, seed=config.seed), RenderStage(config.render)):
-        for row in rows:
-            row.update(stage(row))
-    return len(rows), time.perf_counter() - start
+    for stage in PIPELINE.stages(config):
+        apply_stage(rows, stage)  # the row loop of the pipeline's Ray tasks, without Ray
+    elapsed = time.perf_counter() - start
+    failed = [row["unit_id"] for row in rows if row["drop_kind"]]
+    if failed:
+        raise RuntimeError(f"windows failed in the one-process run: {failed}")
+    return len(rows), elapsed
 
 
 def main() -> None:
@@ -54,7 +50,7 @@ def main() -> None:
     config = RunConfig().with_overrides({"plan": {"window_stride": args.window_stride}, "track": {"tracker": "lk"}})
     with tempfile.TemporaryDirectory() as scratch:
         cache = Path(scratch) / "clips"
-        list(SampleSource(cache).clips())  # render once, outside both timings
+        list(open_source(load_manifest("sample"), cache).clips())  # render once, outside both timings
         windows, serial_s = one_process(config, cache)
         start = time.perf_counter()
         summary = run(config, RunOptions(output=Path(scratch) / "out", root=cache, num_cpus=args.num_cpus,

@@ -19,41 +19,30 @@ from pathlib import Path
 from results_file import git_commit, replace_section
 
 from magma_data.config import RunConfig
-from magma_data.sources.sample import SampleSource
-from magma_data.stages.camera import CameraStage
-from magma_data.stages.decode import DecodeStage
-from magma_data.stages.marks import MarksStage
-from magma_data.stages.plan import plan_source
-from magma_data.stages.render import RenderStage
-from magma_data.stages.track import TrackStage
+from magma_data.execution import apply_stage, new_unit_row
+from magma_data.pipelines import load_pipeline
+from magma_data.sources import load_manifest, open_source
 
 TITLE = "video_tom stages (CPU, one process)"
+PIPELINE = load_pipeline("video_tom")
+LABELS = {"decode": "decode + resize", "track": "track (Lucas-Kanade, grid {grid_size})"}
 
 
 def measure(windows: int, height: int, grid_size: int) -> list[tuple[str, float]]:
-    config = RunConfig().with_overrides(
+    """Each of the pipeline's stages, in order, over the same windows."""
+    config = RunConfig(limit=windows).with_overrides(
         {"decode": {"height": height}, "track": {"tracker": "lk", "grid_size": grid_size}}
     )
+    timings = []
     with tempfile.TemporaryDirectory() as cache:
-        rows = plan_source(SampleSource(Path(cache)).clips(), "sample", config.plan, limit=windows)
-        timings = []
-        decode = DecodeStage(config.decode)
-        start = time.perf_counter()
-        for row in rows:
-            row.update(decode(row))
-        timings.append(("decode + resize", time.perf_counter() - start))
-
-    track = TrackStage(config.track)
-    start = time.perf_counter()
-    for row, result in zip(rows, track.track_rows(rows)):
-        row.update(result)
-    timings.append((f"track (Lucas-Kanade, grid {grid_size})", time.perf_counter() - start))
-
-    for stage in (CameraStage(config.camera), MarksStage(config.marks, seed=0), RenderStage(config.render)):
-        start = time.perf_counter()
-        for row in rows:
-            row.update(stage(row))
-        timings.append((stage.name, time.perf_counter() - start))
+        rows = [new_unit_row(unit) for unit in PIPELINE.plan(open_source(load_manifest("sample"), Path(cache)), config)]
+        for stage in PIPELINE.stages(config):
+            start = time.perf_counter()
+            apply_stage(rows, stage)
+            timings.append((LABELS.get(stage.name, stage.name).format(grid_size=grid_size), time.perf_counter() - start))
+    failed = [row["unit_id"] for row in rows if row["drop_kind"]]
+    if failed:
+        raise RuntimeError(f"windows failed: {failed}")
     return [(name, len(rows) / seconds) for name, seconds in timings]
 
 

@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import platform
-import sys
-import time
-import traceback
 from pathlib import Path
 
 import torch
 from results_file import git_commit
+from tracker_common import device_name, official_predictor, time_interleaved
 
-from magma_data.stages.cotracker3 import CoTracker3Offline, CoTracker3Online, CoTracker3Predictor
+from magma_data.models.cotracker3_predictor import CoTracker3Offline, CoTracker3Online, CoTracker3Predictor
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Tracker"
@@ -59,54 +56,6 @@ def build_model(variant: str, checkpoint: str | None) -> CoTracker3Offline | CoT
     return model.eval()
 
 
-def official_predictor(path: str, variant: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The reference CoTrackerPredictor with our weights (its import seeds torch's global RNG)."""
-    sys.path.insert(0, path)
-    from cotracker.predictor import CoTrackerPredictor
-
-    offline = variant == "offline"
-    predictor = CoTrackerPredictor(checkpoint=None, offline=offline, window_len=60 if offline else 16)
-    predictor.model.load_state_dict(state, strict=True)
-    return predictor.eval()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(runs: dict, device: torch.device, repeats: int, warmup: int) -> dict:
-    """Median seconds per call of each run, or the error that stopped it.
-
-    The runs take turns within every repeat, so load from other processes on a shared machine
-    falls on all of them alike and their ratio stays meaningful.
-    """
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    errors: dict[str, str] = {}
-    for i in range(warmup + repeats):
-        for name, run in runs.items():
-            if name in errors:
-                continue
-            try:
-                synchronize(device)
-                start = time.perf_counter()
-                run()
-                synchronize(device)
-            except Exception as error:  # a failed case is a result to record, not a reason to stop
-                traceback.print_exc()
-                errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
-                continue
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: errors.get(name) or sorted(t)[len(t) // 2] for name, t in times.items()}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def append_results(path: Path, block: str) -> None:
     """Append ``block`` at the end of the Tracker section (created if absent), before any later section."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
@@ -128,7 +77,9 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False
     batches = [int(b) for b in args.batches.split(",")]
     model = build_model(args.variant, args.checkpoint)
-    official = official_predictor(args.official_path, args.variant, model.state_dict()) if args.official_path else None
+    official = (
+        official_predictor(model.state_dict(), args.variant, path=Path(args.official_path)) if args.official_path else None
+    )
     official = official.to(device) if official is not None else None
     points = args.grid**2
 
@@ -162,7 +113,8 @@ def main() -> None:
         f"### {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
         f"{device_name(device)}\n\n"
         f"{args.variant} model, {shape}{'' if full else ' (reduced workload)'}, "
-        f"median of {args.repeats} interleaved runs after {args.warmup} warm-up, torch {torch.__version__}.\n"
+        f"median of {args.repeats} interleaved runs after {args.warmup} warm-up "
+        f"({'wall' if device.type == 'cuda' else 'CPU'} seconds), torch {torch.__version__}.\n"
     )
     table = ["| precision | batch | ours s/call | ours point-frames/s | official s | official point-frames/s | ours / official |"]
     table.append("|---|---|---|---|---|---|---|")

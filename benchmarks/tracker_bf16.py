@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from results_file import git_commit, replace_section
 
-from magma_data.stages.cotracker3 import CoTracker3Offline, CoTracker3PointTracker
+from magma_data.models.cotracker3_predictor import CoTracker3Offline, CoTracker3PointTracker
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 

@@ -3,49 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import sys
 from pathlib import Path
 
 import click
 
-from magma_data.config import RunConfig, parse_assignments
+from magma_data.config import ConfigValueError, RunConfig, parse_assignments
 from magma_data.pipelines import PIPELINES
 from magma_data.sources import available_sources, load_manifest
+from magma_data.stages.track import TRACKERS, TrackerUnavailable
 
 #: Exit status of a run that finished but turned some units into error rows (see errors/).
 EXIT_SOME_UNITS_FAILED = 3
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+#: ``--root``: an existing folder, or a usage error before anything else happens.
+ROOT = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+class RefusedUsage(click.UsageError):
+    """A usage error told in one line (what is wrong, what to do), without click's usage banner."""
 
-
-def resolve_tracker(config: RunConfig) -> RunConfig:
-    """Turn ``--tracker auto`` into the tracker that will run, so the config hash names it."""
-    from magma_data.stages.cotracker3 import find_checkpoint
-
-    track = config.track
-    if track.tracker == "lk":
-        return config
-    checkpoint = find_checkpoint(track.checkpoint, variant=track.variant)
-    if checkpoint is None:
-        if track.tracker == "cotracker3":
-            raise click.UsageError(
-                f"no CoTracker3 checkpoint found; pass --checkpoint, set MAGMA_COTRACKER3_CHECKPOINT, or put "
-                f"scaled_{track.variant}.pth in ~/.cache/torch/hub/checkpoints/ (from the facebook/cotracker3 "
-                "model repository)"
-            )
-        click.echo("tracker: Lucas-Kanade on CPU (no CoTracker3 checkpoint found; --checkpoint to use one)", err=True)
-        return config.with_overrides({"track": {"tracker": "lk"}})
-    click.echo(f"tracker: CoTracker3 {track.variant} from {checkpoint}", err=True)
-    config = config.with_overrides({"track": {"tracker": "cotracker3", "checkpoint": str(checkpoint)}})
-    return dataclasses.replace(config, tracker_weights=_file_digest(checkpoint))
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
 
 
 @click.group()
@@ -58,9 +40,13 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("pipeline", type=click.Choice(PIPELINES))
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
-@click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
+@click.option("--root", type=ROOT, help="Where the source's data lies (read in place); the release folder is "
+              "found inside it when the official downloader nested it.")
+@click.option("--videos", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folders of your own videos (--input magma_video_tom: the videos the released traces were "
+                   "made from; repeatable).")
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
-@click.option("--tracker", type=click.Choice(["auto", "lk", "cotracker3"]),
+@click.option("--tracker", type=click.Choice(["auto", *TRACKERS]),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="CoTracker3 weights (scaled_offline.pth).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="Tracker precision on GPU (default fp32).")
@@ -71,7 +57,7 @@ def main(verbose: bool) -> None:
 @click.option("--height", type=int, help="Working frame height in pixels (default 512; the source may set it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, help="Plan at most this many windows.")
-@click.option("--batch-size", type=int, help="Windows per tracker call (default 8).")
+@click.option("--batch-size", type=int, help="Windows per tracker call (default: CoTracker3 on a GPU fits its free memory; 8 elsewhere).")
 @click.option("--rows-per-shard", type=int, help="Windows per Parquet shard (default 256).")
 @click.option("--set", "assignments", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Any other config field, e.g. --set marks.moving_threshold_px=2 (repeatable).")
@@ -79,23 +65,21 @@ def main(verbose: bool) -> None:
 @click.option("--num-cpus", type=int, help="CPUs for the embedded local Ray.")
 @click.option("--overwrite", is_flag=True, help="Delete this source's earlier output in --output and start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
-def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
+def run(pipeline, source, root, videos, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
         height, seed, limit, batch_size, rows_per_shard, assignments, ray_address, num_cpus, overwrite, no_progress):
-    """Run PIPELINE on a source and write Parquet shards, errors and a dataset card to --output.
+    """Run PIPELINE on a source and write Parquet shards, errors, filtered units and a dataset card to --output.
 
-    Exit status: 0 when every window became a row, 3 when the run finished but some units are
-    error rows (see errors/ and the summary), 1 on failure, 2 on a usage error.
+    Exit status: 0 when every unit became a row or was filtered by a rule of the recipe, 3 when
+    the run finished but some units are error rows (see errors/ and the summary), 1 on failure,
+    2 on a usage error.
     """
     from magma_data.progress import print_summary
-    from magma_data.runner import RunOptions, run as run_pipeline
+    from magma_data.runner import RunInterrupted, RunOptions, run as run_pipeline
 
-    try:
-        manifest = load_manifest(source)
-    except KeyError as error:
-        raise click.UsageError(str(error)) from None
+    manifest = _manifest(source)
     if manifest.pipeline != pipeline:
-        raise click.UsageError(f"source {source!r} is made by the {manifest.pipeline} pipeline: "
-                               f"magma-data run {manifest.pipeline} --input {source} ...")
+        raise RefusedUsage(f"source {source!r} is made by the {manifest.pipeline} pipeline: "
+                           f"magma-data run {manifest.pipeline} --input {source} ...")
     given = {  # only options the user gave override the source's manifest and the stage defaults
         "plan": {"window_len": window_len, "window_stride": window_stride, "fps": fps},
         "decode": {"height": height},
@@ -103,17 +87,23 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
                   "checkpoint": str(checkpoint) if checkpoint else None},
         "sink": {"rows_per_shard": rows_per_shard},
     }
-    config = RunConfig(pipeline=pipeline, source=source, seed=seed, limit=limit).with_overrides(manifest.defaults)
-    config = config.with_overrides({k: {f: v for f, v in fields.items() if v is not None} for k, fields in given.items()})
-    try:
-        config = config.with_overrides(parse_assignments(assignments))
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    config = resolve_tracker(config)
+    config = _run_config(RunConfig(pipeline=pipeline, source=source), manifest, seed, limit,
+                         {k: {f: v for f, v in fields.items() if v is not None} for k, fields in given.items()},
+                         assignments)
     options = RunOptions(output=output or Path("out") / source, root=root, ray_address=ray_address,
-                         num_cpus=num_cpus, overwrite=overwrite, progress=not no_progress)
+                         num_cpus=num_cpus, overwrite=overwrite, progress=not no_progress,
+                         source_options=source_options(videos),
+                         notify=lambda message: click.echo(message, err=True))
     try:
         summary = run_pipeline(config, options)
+    except TrackerUnavailable as error:
+        raise RefusedUsage(str(error)) from None
+    except RunInterrupted as interrupted:
+        click.echo(f"interrupted: {interrupted}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # while planning, before the output folder was opened
+        click.echo("interrupted before this run committed a shard; run the same command again to go on", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -127,12 +117,42 @@ def run(pipeline, source, root, output, tracker, checkpoint, precision, grid_siz
         sys.exit(EXIT_SOME_UNITS_FAILED)
 
 
+def _manifest(source: str):
+    try:
+        return load_manifest(source)
+    except KeyError as error:
+        raise RefusedUsage(error.args[0]) from None
+
+
+def _run_config(config: RunConfig, manifest, seed: int, limit: int | None, options: dict, assignments) -> RunConfig:
+    """The manifest's defaults, then the options given, then ``--set``; a value a field does not take
+    is a usage error that names where it came from, the field, its type and range."""
+    try:
+        config = config.with_overrides(manifest.defaults)
+    except ConfigValueError as error:
+        raise RefusedUsage(f"manifest {manifest.name}.yaml: {error}") from None
+    try:
+        config = dataclasses.replace(config, seed=seed, limit=limit).with_overrides(options)
+    except ConfigValueError as error:  # option names are the fields' names
+        raise RefusedUsage(f"--{error.field_name.rpartition('.')[2].replace('_', '-')}: {error}") from None
+    try:
+        return config.with_overrides(parse_assignments(assignments))
+    except ConfigValueError as error:
+        given = next((a for a in reversed(assignments) if a.partition("=")[0].strip() == error.field_name), None)
+        raise RefusedUsage(f"--set {given}: {error}" if given else str(error)) from None
+    except ValueError as error:
+        raise RefusedUsage(str(error)) from None
+
+
 @main.command()
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
-@click.option("--root", type=click.Path(path_type=Path), help="Where the source's data lies (read in place).")
+@click.option("--root", type=ROOT, help="Where the source's data lies (read in place); the release folder is "
+              "found inside it when the official downloader nested it.")
+@click.option("--videos", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folders of your own videos (--input magma_video_tom; repeatable).")
 @click.option("--window-len", type=int, default=16, show_default=True, help="Frames (or robot steps) per window.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
-def check(source, root, window_len, report_path):
+def check(source, root, videos, window_len, report_path):
     """Validate a source before any tracking time is spent.
 
     Reads the metadata as a run would, probes every video's header, and reports clips, videos,
@@ -142,18 +162,23 @@ def check(source, root, window_len, report_path):
     """
     from magma_data.check import run_check
 
+    _manifest(source)
     try:
-        load_manifest(source)
-    except KeyError as error:
-        raise click.UsageError(str(error)) from None
-    try:
-        report = run_check(source, root, window_len=window_len, report_path=report_path)
+        report = run_check(source, root, window_len=window_len, report_path=report_path,
+                           source_options=source_options(videos), notify=lambda message: click.echo(message, err=True))
+    except ConfigValueError as error:
+        raise RefusedUsage(f"--window-len: {error}") from None
     except (FileNotFoundError, ValueError, ImportError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
     report.render()
     if not report.usable:
         sys.exit(1)
+
+
+def source_options(videos: tuple[Path, ...]) -> dict:
+    """Reader options given on the command line; the manifest's apply otherwise."""
+    return {"videos": [str(v) for v in videos]} if videos else {}
 
 
 @main.command()
@@ -166,22 +191,84 @@ def show(output, count, sheet, as_json):
     from rich.table import Table
 
     from magma_data.progress import console
-    from magma_data.show import contact_sheet, dataset_stats, stats_json
+    from magma_data.show import contact_sheet, dataset_stats, output_sources, stats_json
 
-    if not (output / "data").is_dir():
-        raise click.UsageError(f"{output} has no data/ folder; point it at the --output of a magma-data run")
+    if not output_sources(output):
+        raise RefusedUsage(f"{output} holds no magma-data output (no .magma/ or data/ folder); point it at the "
+                           "--output of a magma-data run")
     stats = dataset_stats(output)
     if as_json:
         click.echo(stats_json(stats))
     else:
         table = Table(title=str(output))
-        for column in ("source", "rows", "errors", "camera comp.", "H ok", "inliers", "marks", "moving", "ToM", "tracker"):
-            table.add_column(column, justify="left" if column in ("source", "errors", "tracker") else "right")
+        for column in ("source", "rows", "errors", "filtered", "camera comp.", "H ok", "inliers", "marks", "moving",
+                       "ToM", "tracker"):
+            table.add_column(column, justify="left" if column in ("source", "errors", "filtered", "tracker") else "right")
         for s in stats:
             errors = ", ".join(f"{name} {n}" for name, n in sorted(s.errors.items())) or "-"
-            table.add_row(s.source, str(s.rows), errors, f"{s.camera_motion:.0%}", f"{s.homography_ok:.0%}",
+            filtered = ", ".join(f"{name} {n}" for name, n in sorted(s.filtered.items())) or "-"
+            table.add_row(s.source, str(s.rows), errors, filtered, f"{s.camera_motion:.0%}", f"{s.homography_ok:.0%}",
                           f"{s.inlier_ratio:.2f}", f"{s.marks_per_row:.1f}", f"{s.moving_marks_per_row:.1f}",
                           f"{s.tom_rows:.0%}", ", ".join(s.trackers))
         console.print(table)
+    if not any(s.rows for s in stats):
+        click.echo("contact sheet: none, no unit became a row (see the errors above and errors/)", err=True)
+        return
     path = contact_sheet(output, count, sheet or output / "show" / "contact_sheet.png")
     click.echo(f"contact sheet: {path}", err=True)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["magma-video-tom", "llava"]),
+              help="magma-video-tom: Magma-Video-ToM's schema (datasets.load_from_disk); llava: JSON + images.")
+@click.option("--output", "destination", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the export to.")
+@click.option("--source", "sources", multiple=True, help="Export only this source (repeatable; default: all).")
+@click.option("--overwrite", is_flag=True, help="Delete an earlier export of these sources in --output first.")
+def export(output, fmt, destination, sources, overwrite):
+    """Write a finished output folder in Magma's formats.
+
+    Refuses a folder whose run has not finished. An interrupted export resumes when run again.
+    """
+    from magma_data.export import ExportRefused, export as export_output
+    from magma_data.outputs import UnfinishedOutput
+    from magma_data.sink import ConfigMismatch
+
+    try:
+        summaries = export_output(output, fmt, destination, tuple(sources), overwrite=overwrite)
+    except (UnfinishedOutput, ExportRefused, ConfigMismatch) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    for summary in summaries:
+        click.echo(f"{summary.source}: {summary.rows} rows in {summary.shards} shards "
+                   f"({summary.shards_skipped} exported before) -> {destination}", err=True)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="The dataset repository, org/name (created if absent).")
+@click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
+@click.option("--revision", help="Branch to push to (created if absent; default: main).")
+@click.option("--license", help="The card's licence field (default: the card's current one, else 'other').")
+@click.option("--dry-run", is_flag=True, help="Refresh the card and list what would be sent; send nothing.")
+def push(output, repo_id, private, revision, license, dry_run):
+    """Upload a finished output folder to the Hugging Face Hub (resumable: run it again after an interruption).
+
+    Refuses a folder whose run has not finished; leaves out .magma/ (ledgers, configs); refreshes
+    the dataset card first.
+    """
+    from magma_data.outputs import UnfinishedOutput
+    from magma_data.push import push as push_output
+
+    try:
+        plan = push_output(output, repo_id, private=private, revision=revision, license=license, dry_run=dry_run)
+    except UnfinishedOutput as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    target = f"datasets/{plan.repo_id}" + (f"@{plan.revision}" if plan.revision else "")
+    if dry_run:
+        for path, size in plan.files:
+            click.echo(f"{size:>12,}  {path}")
+    verb = "would send" if dry_run else "sent"
+    click.echo(f"{verb} {len(plan.files)} files, {plan.size / 1e6:.1f} MB to {target}", err=True)

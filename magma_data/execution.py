@@ -1,27 +1,36 @@
 """Run stages inside Ray Data: the bridge between ``map_batches`` batches and per-window rows.
 
-Stages take and return one row (a dict); Ray hands over a batch (a dict of NumPy columns). These
+Stages take and return rows (dicts); Ray hands over a batch (a dict of NumPy columns). These
 adapters convert between the two, keep every row in the stream — a row that fails gets its
-error recorded, placeholder columns, and passes through the remaining stages untouched — and
-retry transient errors a bounded number of times. Pipelines call them from ``map_batches``.
+drop recorded, placeholder columns, and passes through the remaining stages untouched — and
+retry transient errors a bounded number of times. Pipelines call ``cpu_stage`` and ``StageActor``
+from their ``build``; the runner starts Ray and streams the finished rows with ``finished_rows``.
+
+A task holds many windows, and Ray fuses the CPU steps into one task, so a video that kills its
+worker every time takes the task's other windows down with it. ``finished_rows(..., alone=True)``
+runs windows one per task (one window a block, every step's batch size 1): the runner re-runs the
+windows of the tasks Ray gave up on that way, and only the poisoning windows stay lost.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import time
-import traceback
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from magma_data.dropped import NOT_DROPPED, Dropped
 from magma_data.faults import crash_on_clips, crash_once
-from magma_data.stages.base import Row, Stage
-from magma_data.stages.track import TrackConfig, TrackStage
+from magma_data.stages.base import TRANSIENT_ERRORS, Row, Stage
+from magma_data.stages.track import TrackerSpec
 
-#: Errors worth another try: the input may be fine and the system briefly not (network file
-#: systems, object stores). Anything else fails the window at once.
-TRANSIENT_ERRORS = (TimeoutError, ConnectionError, BlockingIOError, InterruptedError)
+log = logging.getLogger(__name__)
+
 MAX_ATTEMPTS = 3
 RETRY_BACKOFF_S = 0.5
 
@@ -34,15 +43,36 @@ TASK_RETRIES = 3
 CPU_TASK_ARGS = {"max_retries": TASK_RETRIES}
 ACTOR_ARGS = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
 
+#: True while a pipeline's graph is built to run each window in a task of its own (``finished_rows``).
+_ONE_WINDOW_PER_TASK = contextvars.ContextVar("one_window_per_task", default=False)
+
+
+def task_batch_size(batch_size: int) -> int:
+    """The batch size of a pipeline step: its own, or 1 while windows run one per task."""
+    return 1 if _ONE_WINDOW_PER_TASK.get() else batch_size
+
 
 @dataclass(frozen=True)
-class Resources:
-    """Where the tracker runs: plain tasks (weight-free trackers), or actors (one per GPU, or one on CPU)."""
+class Placement:
+    """Where the tracker runs: inside the CPU tasks (weight-free trackers), or in actors (one per GPU,
+    or one on CPU when the cluster has no GPU)."""
 
-    tracker_in_tasks: bool = False
-    tracker_actors: int = 1
-    gpus_per_tracker: float = 0.0
-    cpus_per_tracker: float = 1.0
+    in_tasks: bool = False
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+
+
+def placement_for(tracker: TrackerSpec) -> Placement:
+    """The registry's placement on the cluster Ray is connected to."""
+    import ray
+
+    if tracker.placement == "tasks":
+        return Placement(in_tasks=True)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus > 0:
+        return Placement(actors=gpus, gpus_per_actor=1.0, cpus_per_actor=1.0)
+    return Placement()
 
 
 def batch_to_rows(batch: dict[str, np.ndarray]) -> list[Row]:
@@ -70,107 +100,119 @@ def rows_to_batch(rows: list[Row]) -> dict[str, np.ndarray]:
     return batch
 
 
-def mark_failed(row: Row, stage: str, error: BaseException, attempt: int = 1) -> None:
-    row["error_stage"] = stage
-    row["error_class"] = type(error).__name__
-    row["error_message"] = str(error) or "".join(traceback.format_exception_only(type(error), error)).strip()
-    row["error_attempt"] = attempt
+def apply_stage(rows: list[Row], stage: Stage) -> None:
+    """Run ``stage`` on the healthy ``rows`` in place; failures become the row's drop.
 
-
-def apply_stage(row: Row, stage: Stage) -> None:
-    """Run ``stage`` on ``row`` in place; failures become the row's error, with retries for transient ones.
-
-    ``attempt`` in the error row says how many tries the stage had.
+    Transient errors (``TRANSIENT_ERRORS``) are retried, the rows that hit them together, up to
+    ``MAX_ATTEMPTS`` tries; ``drop_attempt`` says how many tries the stage had. Rows that failed,
+    here or before, get the stage's placeholders, so the batch keeps one schema.
     """
-    if row["error_stage"]:
-        row.update(stage.placeholders())
-        return
+    pending = [row for row in rows if not row["drop_kind"]]
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            row.update(stage(row))
-            return
-        except TRANSIENT_ERRORS as error:
-            if attempt == MAX_ATTEMPTS:
-                mark_failed(row, stage.name, error, attempt)
+        retry = []
+        for row, result in zip(pending, stage.process(pending) if pending else []):
+            if not isinstance(result, BaseException):
+                row.update(result)
+            elif isinstance(result, TRANSIENT_ERRORS) and attempt < MAX_ATTEMPTS:
+                retry.append(row)
             else:
-                time.sleep(RETRY_BACKOFF_S * attempt)
-        except Exception as error:  # one bad window must never stop the run
-            mark_failed(row, stage.name, error, attempt)
+                row.update(Dropped.failure(stage.name, result, attempt).columns())
+        if not retry:
             break
-    row.update(stage.placeholders())
+        time.sleep(RETRY_BACKOFF_S * attempt)
+        pending = retry
+    for row in rows:
+        if row["drop_kind"]:
+            row.update(stage.placeholders())
+        for column in stage.consumes:
+            row.pop(column, None)
 
 
 def run_stage(batch: dict[str, np.ndarray], stage: Stage) -> dict[str, np.ndarray]:
-    """``map_batches`` function for a CPU stage (the stage object travels with the task)."""
+    """``map_batches`` function of a stage in plain tasks (the stage object travels with the task)."""
     crash_once("in_stage")
+    crash_once(f"in_{stage.name}")
     rows = batch_to_rows(batch)
     if not rows:
         return batch
     crash_on_clips(row.get("clip_id") for row in rows)
-    for row in rows:
-        apply_stage(row, stage)
-        for column in stage.consumes:
-            row.pop(column, None)
+    apply_stage(rows, stage)
     return rows_to_batch(rows)
 
 
-def track_batch(batch: dict[str, np.ndarray], stage: TrackStage) -> dict[str, np.ndarray]:
-    """``map_batches`` function for the track stage: healthy windows go to the tracker together."""
-    crash_once("in_track")
-    rows = batch_to_rows(batch)
-    if not rows:
-        return batch
-    healthy = [row for row in rows if not row["error_stage"]]
-    results = stage.track_rows(healthy) if healthy else []
-    for row, result in zip(healthy, results):
-        if isinstance(result, BaseException):
-            mark_failed(row, stage.name, result)
-            row.update(stage.placeholders())
-        else:
-            row.update(result)
-    for row in rows:
-        if row["error_stage"] and "tracks" not in row:
-            row.update(stage.placeholders())
-        for column in stage.consumes:
-            row.pop(column, None)
-    return rows_to_batch(rows)
+class StageActor:
+    """``map_batches`` class of a stage that holds a model: ``setup`` loads it once per actor."""
 
-
-class TrackActor:
-    """``map_batches`` class for a tracker with weights: loads the model once per actor."""
-
-    def __init__(self, config: TrackConfig):
-        self.stage = TrackStage(config)
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        stage.setup()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return track_batch(batch, self.stage)
+        return run_stage(batch, self.stage)
 
 
-def track_windows(windows, config: TrackConfig, resources: Resources):
-    """The track step of every pipeline, placed by what the tracker needs.
-
-    A tracker with weights (CoTracker3) runs in an actor pool, one actor per GPU, so the model is
-    loaded once and many windows share a forward pass. A weight-free tracker (Lucas-Kanade) runs
-    as plain tasks: Ray fuses them with decode and the CPU stages after, so decoded frames never
-    leave the worker that made them and every core works on whole windows.
-    """
-    import ray
-
-    if resources.tracker_in_tasks:
-        return windows.map_batches(
-            track_batch, fn_args=(TrackStage(config),), batch_size=config.batch_size, num_cpus=1, **CPU_TASK_ARGS
-        )
-    return windows.map_batches(
-        TrackActor,
-        fn_constructor_args=(config,),
-        batch_size=config.batch_size,
-        num_gpus=resources.gpus_per_tracker,
-        num_cpus=resources.cpus_per_tracker,
-        compute=ray.data.ActorPoolStrategy(size=resources.tracker_actors),
-        **ACTOR_ARGS,
-    )
+def cpu_stage(windows, stage: Stage, batch_size: int):
+    """``stage`` as plain Ray tasks of one CPU, with bounded retries: the pipelines' CPU step."""
+    return windows.map_batches(run_stage, fn_args=(stage,), batch_size=task_batch_size(batch_size), num_cpus=1,
+                               **CPU_TASK_ARGS)
 
 
 def new_unit_row(plan_row: dict[str, Any]) -> Row:
-    """A planned window entering the stream, with empty error columns."""
-    return {**plan_row, "error_stage": "", "error_class": "", "error_message": "", "error_attempt": 0}
+    """A planned window entering the stream, with empty drop columns."""
+    return {**plan_row, **NOT_DROPPED}
+
+
+def worker_lost() -> Dropped:
+    """The drop of a unit Ray gave up on: its task failed after ``TASK_RETRIES`` retries."""
+    return Dropped("error", "ray", "WorkerLost",
+                   "the Ray task holding this window failed, and so did a task holding this window alone: its worker "
+                   "died on every retry (out of memory, a crash in a decoder or tracker) or the batch adapter raised; "
+                   "Ray's error is in the session's logs/ray-data/ray-data.log (on the terminal with --verbose); "
+                   "--overwrite redoes the source", attempt=1 + TASK_RETRIES)
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Connect to ``address`` (a cluster), or start an embedded local Ray; once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = not log.isEnabledFor(logging.INFO)  # Ray's chatter only with --verbose
+    if quiet:  # Ray Data still logs everything, task failures included, to the session's ray-data.log
+        import ray.data  # noqa: F401  (configures the "ray.data" logger)
+
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setLevel(logging.CRITICAL)
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR if quiet else logging.INFO)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def finished_rows(pipeline, config, windows: list[Row], placement: Placement, alone: bool = False) -> Iterator[Row]:
+    """Run the pipeline's Ray Data graph over the planned windows and yield every finished row.
+
+    ``alone``: every window in a task of its own, so a window whose task dies takes no other down.
+    """
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    # A block whose task failed on every Ray retry is skipped rather than aborting the run; its
+    # units come back as WorkerLost error rows (ShardCollector.add_lost).
+    context.max_errored_blocks = -1
+    dataset = ray.data.from_items(windows, override_num_blocks=len(windows) if alone else min(len(windows), 256))
+    one_window_per_task = _ONE_WINDOW_PER_TASK.set(alone)
+    try:
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing max_retries / max_restarts to map_batches but offers no named
+            # parameter for them yet; the bounded retries matter more than the warning.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            finished = pipeline.build(dataset, config, placement)
+    finally:
+        _ONE_WINDOW_PER_TASK.reset(one_window_per_task)
+    for batch in finished.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from batch_to_rows(batch)

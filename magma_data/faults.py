@@ -1,4 +1,5 @@
-"""Test hook: make a process SIGKILL itself at a named point, so crash-and-resume tests are exact.
+"""Test hooks: make a process SIGKILL itself, or hold still, at a named point, so crash-and-resume
+and interrupt tests are exact.
 
 Set ``MAGMA_DATA_CRASH_AT=<point>:<arg>[,<point>:<arg>...]`` in the environment of ``magma-data
 run``. Unset (the normal case) every call below is one dictionary lookup. Points on the driver, ``arg`` a count
@@ -13,27 +14,37 @@ an earlier run committed):
 Points in Ray workers, ``arg`` a marker file: the first worker to get there creates the marker
 and dies; Ray's retry (and every later worker) finds the marker and goes on.
 
-- ``in_track:PATH``    inside the track step (a CoTracker3 actor, or a Lucas-Kanade task), before it tracks a batch
-- ``in_stage:PATH``    inside a CPU stage task (decode, camera, marks, render), before it runs
+- ``in_stage:PATH``    inside any stage's task or actor, before it runs a batch
+- ``in_<name>:PATH``   inside the stage of that name only: ``in_track`` (a CoTracker3 actor, or a
+                       Lucas-Kanade task), ``in_decode``, ``in_camera``...
 
 And one that never passes, like a decoder that segfaults on one file every time:
 
-- ``poison:CLIP``      every CPU stage task that gets a window of clip CLIP dies
+- ``poison:CLIP``      every stage task or actor that gets a window of clip CLIP dies
+
+``MAGMA_DATA_HOLD_AT=<point>:<N>`` takes the driver points above and, instead of dying, holds
+the process there for ``HOLD_S`` seconds: a test can then send Ctrl-C at a known state (one
+shard committed, the rest not) however fast the machine is.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 ENV = "MAGMA_DATA_CRASH_AT"
+HOLD_ENV = "MAGMA_DATA_HOLD_AT"
+HOLD_S = 120
 
 
 def crash_point(point: str, count: int) -> None:
-    """Die here when the hook names this point and this count."""
+    """Die (or hold still) here when a hook names this point and this count."""
     if f"{point}:{count}" in _specs():
         _die()
+    if f"{point}:{count}" in _specs(HOLD_ENV):
+        time.sleep(HOLD_S)
 
 
 def crash_once(point: str) -> None:
@@ -56,8 +67,8 @@ def crash_on_clips(clip_ids) -> None:
         _die()
 
 
-def _specs() -> list[str]:
-    spec = os.environ.get(ENV)
+def _specs(env: str = ENV) -> list[str]:
+    spec = os.environ.get(env)
     return spec.split(",") if spec else []
 
 

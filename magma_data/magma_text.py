@@ -30,9 +30,8 @@ SYSTEM_PROMPT = "You are agent that can see, talk and act."
 IGNORE_INDEX = -100
 #: Side of the square grid the SoM / ToM coordinates live on (``spatial_quant_size``).
 GRID_SIZE = 256
-# The opening of every SoM / ToM question (§8.2, §8.3, §8.5); such a turn shows the marked image.
-_MARKS_QUESTION = "The image is split into {size}x{size} grids, and labeled with numeric marks"
-_MARKS_QUESTION_PATTERN = re.compile(re.escape(_MARKS_QUESTION).replace(r"\{size\}", r"\d+"))
+#: How every SoM / ToM question begins after its image (§8.2, §8.3); ``turn_images`` finds them by it.
+_SPLIT_INTO = "The image is split into"
 # The ToM answer's fixed phrases (§8.2), shared by tom_turn and parse_tom_answer.
 _MOVED = "should be moved"
 _FUTURE_INTRO = "their future positions are:"
@@ -84,8 +83,9 @@ def tom_turn(
     actor, colon = ("robot", ":") if style == "robot" else ("person", "")
     doing = f"The {actor} is doing: {task.removesuffix('.')}. " if task else ""
     question = (
-        f"{IMAGE_PLACEHOLDER}\n{_MARKS_QUESTION.format(size=grid_size)}{colon} {all_ids}.\n{doing}"
-        f"To finish the task, how to move the numerical marks in the image for the next {steps} steps?\n"
+        f"{IMAGE_PLACEHOLDER}\n{_SPLIT_INTO} {grid_size}x{grid_size} grids, and labeled "
+        f"with numeric marks{colon} {all_ids}.\n{doing}To finish the task, how to move the numerical marks "
+        f"in the image for the next {steps} steps?\n"
     )
     starts = ", ".join(
         f"Mark {mark_id} at [{target[0, 0]},{target[0, 1]}]"
@@ -102,8 +102,8 @@ def tom_turn(
 def som_turn(ids: np.ndarray, grid_xy: np.ndarray, grid_size: int = GRID_SIZE) -> list[dict[str, str]]:
     """§8.3: locate every mark, ids ascending."""
     question = (
-        f"{IMAGE_PLACEHOLDER}\n{_MARKS_QUESTION.format(size=grid_size)}.\n"
-        "Please locate all the numerical marks in the image.\n"
+        f"{IMAGE_PLACEHOLDER}\n{_SPLIT_INTO} {grid_size}x{grid_size} grids, and labeled "
+        "with numeric marks.\nPlease locate all the numerical marks in the image.\n"
     )
     order = np.argsort(ids)
     answer = ". ".join(
@@ -130,7 +130,14 @@ def action_turn(instruction: str) -> list[dict[str, str]]:
 
 def asks_about_marks(question: str) -> bool:
     """Whether a user turn is a SoM / ToM question, the turn that shows the image with marks drawn."""
-    return _MARKS_QUESTION_PATTERN.search(question) is not None
+    return _SPLIT_INTO in question
+
+
+def turn_images(conversations: list[dict[str, str]]) -> list[str]:
+    """The image each ``<image>`` of a conversation shows, in order: ``som_image`` for the SoM / ToM
+    questions (they ask about the marks drawn on it), ``image`` for the others (semantic, action)."""
+    return [("som_image" if asks_about_marks(turn["value"]) else "image")
+            for turn in conversations if turn["from"] == "human" for _ in range(turn["value"].count(IMAGE_TOKEN))]
 
 
 # -- reading answers back: the inverse of tom_turn / som_turn ----------------------------------

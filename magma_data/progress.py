@@ -32,10 +32,15 @@ def print_summary(summary) -> None:
     table.add_row("error rows", str(summary.error_rows))
     for name, count in summary.error_classes.items():
         table.add_row(f"  {name}", str(count))
+    table.add_row("filtered by the recipe's rules", str(summary.filtered_rows))
+    for name, count in summary.filter_rules.items():
+        table.add_row(f"  {name}", str(count))
     table.add_row("shards", f"{summary.shards} ({summary.shards_skipped} already committed)")
     table.add_row("tracker", summary.tracker or "-")
     if summary.windows_after_oom:
         table.add_row("  windows in batches halved after out-of-memory", str(summary.windows_after_oom))
+    if summary.windows_rerun_alone:
+        table.add_row("windows re-run alone after their task was lost", str(summary.windows_rerun_alone))
     table.add_row("wall time", f"{summary.wall_time_s:.1f} s")
     table.add_row("windows per second", f"{summary.windows_per_s:.2f}")
     console.print(table)

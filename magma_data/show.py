@@ -1,9 +1,9 @@
 """``magma-data show``: look at what a run wrote before training on it.
 
-Prints per-source statistics (rows, errors by class, how often camera compensation fired and how
-well it fitted, marks and ToM coverage) and draws a contact sheet: each SoM image with the traces
-of its moving marks, as Magma's visualisation shows them, so a bad threshold or a drifting tracker
-is visible at a glance.
+Prints per-source statistics (rows, errors by class, filtered units by rule, how often camera
+compensation fired and how well it fitted, marks and ToM coverage) and draws a contact sheet:
+each SoM image with the traces of its moving marks, as Magma's visualisation shows them, so a bad
+threshold or a drifting tracker is visible at a glance.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from magma_data.dropped import ERROR, FILTERED
+from magma_data.outputs import STATE
+from magma_data.parquet_writer import DATA, table_files
+
 STAT_COLUMNS = ["camera_motion", "homography_ok", "inlier_ratio", "mark_ids", "mark_positive", "tom_steps", "tracker"]
 
 
@@ -27,6 +31,7 @@ class SourceStats:
     source: str
     rows: int = 0
     errors: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)  # by the rule of the recipe that dropped the unit
     camera_motion: float = 0.0  # fraction of windows compensated
     homography_ok: float = 0.0  # fraction of compensated frames with an accepted fit
     inlier_ratio: float = 0.0  # median over fitted frames
@@ -36,12 +41,21 @@ class SourceStats:
     trackers: list[str] = field(default_factory=list)
 
 
+def output_sources(root: Path) -> list[str]:
+    """The sources an output folder holds: each has its ledger under ``.magma/`` (a source whose every unit
+    failed has no ``data/`` folder), and data under ``data/``."""
+    return sorted({p.name for folder in (root / STATE, root / "data") if folder.is_dir()
+                   for p in folder.iterdir() if p.is_dir()})
+
+
 def dataset_stats(root: Path) -> list[SourceStats]:
     stats = []
-    for folder in sorted(p for p in (root / "data").iterdir() if p.is_dir()):
-        table = pq.read_table(folder, columns=STAT_COLUMNS)
-        entry = SourceStats(source=folder.name, rows=table.num_rows)
-        if table.num_rows:
+    for source in output_sources(root):
+        entry = SourceStats(source=source)
+        data = table_files(root, source, DATA)
+        table = pq.read_table(data, columns=STAT_COLUMNS) if data else None
+        if table is not None and table.num_rows:
+            entry.rows = table.num_rows
             compensated = table.filter(table["camera_motion"])
             ok = np.concatenate([np.asarray(v, bool) for v in compensated["homography_ok"].to_pylist()] or [np.zeros(0)])
             ratios = np.concatenate([np.asarray(v, float) for v in compensated["inlier_ratio"].to_pylist()] or [np.zeros(0)])
@@ -52,8 +66,10 @@ def dataset_stats(root: Path) -> list[SourceStats]:
             entry.moving_marks_per_row = float(np.mean([sum(v) for v in table["mark_positive"].to_pylist()]))
             entry.tom_rows = float(pc.mean(pc.greater(table["tom_steps"], 0)).as_py())
             entry.trackers = sorted(set(table["tracker"].to_pylist()))
-        for path in sorted((root / "errors").glob(f"{folder.name}-*.parquet")):
+        for path in table_files(root, source, ERROR):
             entry.errors.update(pq.read_table(path, columns=["error_class"])["error_class"].to_pylist())
+        for path in table_files(root, source, FILTERED):
+            entry.filtered.update(pq.read_table(path, columns=["rule"])["rule"].to_pylist())
         stats.append(entry)
     return stats
 
@@ -79,7 +95,7 @@ def contact_sheet(root: Path, count: int, destination: Path, columns: int = 4, t
     """A grid of the first ``count`` rows (across sources, in shard order) with their traces."""
     wanted = ["som_image", "tracks", "visibility", "mark_track_index", "mark_positive"]
     pictures = []
-    for path in sorted((root / "data").glob("*/train-*.parquet")):
+    for path in (path for source in output_sources(root) for path in table_files(root, source, DATA)):
         for row in pq.read_table(path, columns=wanted).slice(0, count - len(pictures)).to_pylist():
             picture = draw_traces(row)
             width = max(1, round(picture.width * thumb_height / picture.height))
@@ -87,7 +103,7 @@ def contact_sheet(root: Path, count: int, destination: Path, columns: int = 4, t
         if len(pictures) >= count:
             break
     if not pictures:
-        raise FileNotFoundError(f"no rows under {root / 'data'}; run `magma-data run` first")
+        raise FileNotFoundError(f"no rows under {root / 'data'} to draw")
     cell_width = max(p.width for p in pictures)
     rows = -(-len(pictures) // columns)
     sheet = Image.new("RGB", (cell_width * min(columns, len(pictures)), thumb_height * rows), "white")
@@ -99,4 +115,5 @@ def contact_sheet(root: Path, count: int, destination: Path, columns: int = 4, t
 
 
 def stats_json(stats: list[SourceStats]) -> str:
-    return json.dumps([{**s.__dict__, "errors": dict(s.errors)} for s in stats], indent=2, sort_keys=True)
+    return json.dumps([{**s.__dict__, "errors": dict(s.errors), "filtered": dict(s.filtered)} for s in stats],
+                      indent=2, sort_keys=True)

@@ -4,67 +4,56 @@ The robot twin of ``video_tom``: the same tracker, camera, marks and render stag
 robot settings from the manifest (moving threshold 1 px, 2-4 moving and 4-9 static clusters,
 homography only when the global-motion rule fires, the robot ToM template), fed by RLDS frames
 instead of decoded video, and followed by the action turn: the step's 7-D action as 7 tokens.
-Read ``build`` top to bottom; planning reads the episodes (instructions, actions) on the driver.
+Rows have video_tom's columns (``video_uid``/``clip_id`` = the episode, ``video_path`` = its RLDS
+folder) and the robot's. Read ``build`` top to bottom; planning reads the episodes (instructions,
+actions) on the driver, and each dataset's action statistics once, over all of its episodes,
+into ``dataset_statistics.json`` in the output folder, where a resumed run finds them.
 """
 
 from __future__ import annotations
 
-import ray
-from datasets import Features, List, Value
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from magma_data.config import RunConfig
-from magma_data.execution import CPU_TASK_ARGS, Resources, run_stage, track_windows
-from magma_data.schema import video_tom_features
+from magma_data.execution import Placement, cpu_stage
+from magma_data.pipelines import track_step
 from magma_data.sources.base import Source
+from magma_data.sources.openvla import STATISTICS_FILE, StatisticsFile
 from magma_data.stages.action_tokens import ActionTokensStage
+from magma_data.stages.base import Stage
 from magma_data.stages.camera import CameraStage
 from magma_data.stages.marks import MarksStage
 from magma_data.stages.render import RenderStage
 from magma_data.stages.rlds_frames import RldsFramesStage
-from magma_data.stages.robot_plan import plan_episodes
+from magma_data.stages.robot_plan import ROBOT_PLAN_COLUMNS, plan_episodes
+from magma_data.stages.track import TrackStage
+
+if TYPE_CHECKING:
+    import ray
 
 NAME = "oxe_tom"
+PLAN_COLUMNS = ROBOT_PLAN_COLUMNS
 
 
-def features(config: RunConfig) -> Features:
-    """video_tom's row (``video_uid``/``clip_id`` = the episode, ``video_path`` = its RLDS folder) plus the robot's."""
-    def fixed7(dtype: str) -> List:
-        return List(Value(dtype), length=7)
-
-    return Features({
-        **video_tom_features(config.plan.window_len, config.track.grid_size**2),
-        "dataset": Value("string"),
-        "split": Value("string"),
-        "episode_index": Value("int64"),
-        "image_key": Value("string"),
-        "tom": Value("bool"),
-        "action": fixed7("float32"),
-        "action_q01": fixed7("float32"),
-        "action_q99": fixed7("float32"),
-        "action_normalized": fixed7("float32"),
-        "action_token_ids": fixed7("int32"),
-    })
+def plan(source: Source, config: RunConfig, output: Path | None = None) -> list[dict]:
+    """The windows of every episode; statistics kept in ``output`` (None: computed, not kept)."""
+    path = Path(output) / STATISTICS_FILE if output is not None else None
+    statistics = StatisticsFile(path, source.dataset_statistics, source.fingerprint, config.action.normalize)
+    return plan_episodes(source.clips(), source.name, config.plan, statistics, limit=config.limit)
 
 
-def plan(source: Source, config: RunConfig) -> list[dict]:
-    return plan_episodes(source.clips(), source.name, config.plan, limit=config.limit)
+def stages(config: RunConfig) -> list[Stage]:
+    return [RldsFramesStage(config.decode), TrackStage(config.track), CameraStage(config.camera),
+            MarksStage(config.marks, seed=config.seed), RenderStage(config.render), ActionTokensStage(config.action)]
 
 
-def build(windows: ray.data.Dataset, config: RunConfig, resources: Resources) -> ray.data.Dataset:
+def build(windows: ray.data.Dataset, config: RunConfig, placement: Placement) -> ray.data.Dataset:
+    frames, track, camera, marks, render, action_tokens = stages(config)
     # Frames exist only between the frame read and track; TensorFlow reads the episode once per worker.
-    windows = windows.map_batches(
-        run_stage, fn_args=(RldsFramesStage(config.decode),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS
-    )
-    windows = track_windows(windows, config.track, resources)  # GPU actors, or tasks fused with the read
-    windows = windows.map_batches(
-        run_stage, fn_args=(CameraStage(config.camera),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS
-    )
-    windows = windows.map_batches(
-        run_stage, fn_args=(MarksStage(config.marks, seed=config.seed),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS
-    )
-    windows = windows.map_batches(
-        run_stage, fn_args=(RenderStage(config.render),), batch_size=16, num_cpus=1, **CPU_TASK_ARGS
-    )
-    return windows.map_batches(
-        run_stage, fn_args=(ActionTokensStage(config.action),), batch_size=64, num_cpus=1, **CPU_TASK_ARGS
-    )
+    windows = cpu_stage(windows, frames, batch_size=16)
+    windows = track_step(windows, track, placement)  # GPU actors, or tasks fused with the frame reader
+    windows = cpu_stage(windows, camera, batch_size=16)
+    windows = cpu_stage(windows, marks, batch_size=16)
+    windows = cpu_stage(windows, render, batch_size=16)
+    return cpu_stage(windows, action_tokens, batch_size=64)

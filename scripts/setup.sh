@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv with magma-data installed (editable) on a machine that has only Python 3.11.
-#   scripts/setup.sh          the tool and its demo
-#   scripts/setup.sh --test   also the test tools, the Open-X extra (TensorFlow) and the train extra
-#                             (magma-train: transformers, safetensors, tokenizers), as CI uses
+#   scripts/setup.sh            the tool and its demo
+#   scripts/setup.sh --cluster  also what a Ray cluster's nodes need (ray[default]: the job server)
+#   scripts/setup.sh --test     also the test tools, the Open-X extra (TensorFlow), the train extra
+#                               (magma-train: transformers, safetensors, tokenizers) and the cluster
+#                               extra, as CI uses
 # Every pip call takes constraints.txt: any spec that admits a newer torch would pull several GB
 # of CUDA packages onto a CPU machine. Re-running is quick: nothing is reinstalled unless
 # pyproject.toml, constraints.txt or the chosen extras changed.
@@ -10,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="."
-[[ "${1:-}" == "--test" ]] && extras=".[test,oxe,train]"
+[[ "${1:-}" == "--cluster" ]] && extras=".[cluster]"
+[[ "${1:-}" == "--test" ]] && extras=".[test,oxe,train,cluster]"
 
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then

@@ -1,20 +1,77 @@
-"""What every stage shares: the row it works on, the errors it raises, and seeded randomness.
+"""What every stage shares: the columns it declares, the row it works on, the errors it raises, seeded randomness.
 
 A stage is a small class with one job. Its constructor takes a typed config; ``__call__`` takes
 one window's row (a dict of NumPy arrays and scalars) and returns the columns it adds or
-replaces. ``placeholders`` are the same columns for a row that failed earlier, so every row in a
-batch keeps one schema (Ray Data cannot mix ``None`` with arrays in a column). Stages import no
-Ray: ``magma_data.execution`` wires them into ``map_batches``.
+replaces, exactly the ``columns`` it declares. Each declaration is the one place a column's type,
+shape, meaning and failed-row placeholder are written: the shard schema, the placeholders and the
+column tables of the docs derive from it. Stages import no Ray: ``magma_data.execution`` wires
+them into ``map_batches``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 Row = dict[str, Any]
+
+#: Errors worth another try: the input may be fine and the system briefly not (network file
+#: systems, object stores). A stage raises them as they are; anything else fails the window at once.
+TRANSIENT_ERRORS = (TimeoutError, ConnectionError, BlockingIOError, InterruptedError)
+
+#: Dimensions every row of a run shares, fixed by its config: frames per window, tracked points.
+CONFIG_DIMENSIONS = ("T", "N")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a window's row: its type, shape and meaning, and what a failed row holds instead.
+
+    ``dtype`` is a NumPy / Arrow value type ("float32", "int32", "bool", "string", ...), "image"
+    (JPEG bytes, a Hugging Face ``Image``) or "turn" (a ``{"from", "value"}`` chat turn).
+    ``shape`` lists dimensions outermost first: an int is fixed, "T" and "N" are fixed by the run's
+    config (``CONFIG_DIMENSIONS``), any other name varies from row to row. ``ragged`` marks a
+    list whose inner lists differ in length, so it is a Python list rather than one array.
+    ``group`` places the column in the shard schema and the docs; ``None`` marks a column that
+    only passes between stages (decoded frames) and is never written.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...] = ()
+    doc: str = ""
+    group: str | None = None
+    ragged: bool = False
+
+    @property
+    def written(self) -> bool:
+        return self.group is not None
+
+    def placeholder(self) -> Any:
+        """The value of this column in a row that failed before its stage ran: empty, same type and rank.
+
+        Ray Data cannot mix ``None`` with arrays in a column, so every row of a batch keeps one schema.
+        """
+        if self.dtype == "turn" or self.ragged:
+            return []
+        if self.dtype == "image":
+            return b""
+        if self.dtype == "string":
+            return ""
+        if not self.shape:
+            return np.dtype(self.dtype).type(0)
+        return np.zeros([size if isinstance(size, int) else 0 for size in self.shape], self.dtype)
+
+    def describe_type(self) -> str:
+        """The type as the docs write it: ``float32 [T, N, 2]``, ``string``, ``image (JPEG)``."""
+        names = {"image": "image (JPEG)", "turn": "chat turns {from, value}"}
+        base = names.get(self.dtype, self.dtype)
+        if not self.shape or self.dtype == "turn":
+            return base
+        return f"{base} [{', '.join(str(size) for size in self.shape)}]"
 
 
 class StageError(Exception):
@@ -25,16 +82,39 @@ class StageError(Exception):
     """
 
 
-class Stage(Protocol):
+class Stage:
+    """One step of a pipeline over windows; subclasses set ``name``, ``columns`` and implement ``__call__``.
+
+    A stage that works on a batch at once (the tracker batches equal-shape windows into one
+    forward) overrides ``process`` instead; either way the executor calls ``process``.
+    """
+
     name: ClassVar[str]
+    #: the columns ``__call__`` returns, each declared once (a column a later stage replaces is
+    #: the same ``Column`` object, imported from the stage that first adds it)
+    columns: ClassVar[tuple[Column, ...]]
     #: columns this stage removes from the row once it has run (e.g. decoded frames after tracking)
-    consumes: ClassVar[tuple[str, ...]]
+    consumes: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, row: Row) -> Row:
+        raise NotImplementedError(f"{type(self).__name__} implements neither __call__ nor process")
+
+    def process(self, rows: list[Row]) -> list[Row | Exception]:
+        """One result per row, in order: its new columns, or the exception that failed it."""
+        results: list[Row | Exception] = []
+        for row in rows:
+            try:
+                results.append(self(row))
+            except Exception as error:  # one bad window must never stop the others
+                results.append(error)
+        return results
 
     def placeholders(self) -> Row:
-        """The columns ``__call__`` returns, empty, for rows that failed before this stage."""
-        ...
+        """The declared columns, empty, for rows that failed before this stage."""
+        return {column.name: column.placeholder() for column in self.columns}
 
-    def __call__(self, row: Row) -> Row: ...
+    def setup(self) -> None:
+        """Load what the stage needs once per worker (a model); a Ray actor calls it when it starts."""
 
 
 def seeded_rng(seed: int, sample_id: str, purpose: str) -> np.random.Generator:

@@ -14,12 +14,14 @@ elsewhere ``tracks[t]`` is the raw position.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated
 
 import cv2
 import numpy as np
+from annotated_types import Ge, Gt, Interval
 
-from .base import Row, StageError
+from .base import Column, Row, Stage, StageError
+from .track import TRACKS
 
 
 @dataclass(frozen=True)
@@ -29,19 +31,19 @@ class CameraConfig:
     #: compensate every window, whatever the motion rule says (manifests set it for egocentric video)
     force: bool = False
     #: a trace "moves" when its mean step exceeds this many pixels per frame (loaders: 1, demo: 0.5)
-    global_motion_px: float = 1.0
+    global_motion_px: Annotated[float, Ge(0)] = 1.0
     #: the camera is taken to move when more than this fraction of kept traces moves
-    global_motion_fraction: float = 0.8
+    global_motion_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.8
     #: traces visible in more than this fraction of frames are the ones the motion rule counts
-    min_visible_fraction: float = 0.5
+    min_visible_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.5
     #: RANSAC reprojection threshold in pixels (cv2.findHomography)
-    reprojection_threshold_px: float = 4.0
+    reprojection_threshold_px: Annotated[float, Gt(0)] = 4.0
     #: fewer points seen in both frames than this and the frame is not fitted (4 is the bare minimum)
-    min_fit_points: int = 8
+    min_fit_points: Annotated[int, Ge(4)] = 8
     #: a fit whose RANSAC inliers are a smaller share of its points is treated as failed
-    min_inlier_ratio: float = 0.25
+    min_inlier_ratio: Annotated[float, Interval(ge=0, le=1)] = 0.25
     #: a fit that scales the image area by more than this factor (or less than its inverse) is implausible
-    max_area_change: float = 4.0
+    max_area_change: Annotated[float, Ge(1)] = 4.0
 
 
 def in_frame_visibility(
@@ -85,6 +87,16 @@ def mean_step_length(tracks: np.ndarray, usable: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
 
+def raw_tracks(tracks: np.ndarray, homography: np.ndarray, homography_ok: np.ndarray) -> np.ndarray:
+    """[T, N, 2] the tracker's positions before compensation: H_t⁻¹ applied to ``tracks[t]`` where
+    ``homography_ok[t]``; elsewhere the stored positions are the raw ones."""
+    tracks = np.asarray(tracks, np.float64)
+    raw = tracks.copy()
+    for frame in np.flatnonzero(np.asarray(homography_ok, bool)):
+        raw[frame] = apply_homography(tracks[frame], np.linalg.inv(np.asarray(homography[frame], np.float64)))
+    return raw.astype(np.float32)
+
+
 def apply_homography(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
     """[N, 2] points mapped through a 3x3 homography, in float64."""
     homogeneous = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ homography.T
@@ -98,36 +110,36 @@ class _Fit:
     reprojection_error: float
 
 
-class CameraStage:
+CAMERA_COLUMNS = (
+    Column("homography", "float32", ("T", 3, 3), doc="frame t -> frame 0; identity where not applied",
+           group="camera"),
+    Column("homography_ok", "bool", ("T",), doc="frame t is aligned to frame 0 (all false when not compensated)",
+           group="camera"),
+    Column("inlier_ratio", "float32", ("T",), doc="share of RANSAC inliers of frame t's fit; 0 where not fitted",
+           group="camera"),
+    Column("reprojection_error", "float32", ("T",), doc="inlier RMS of frame t's fit in pixels; NaN where not fitted",
+           group="camera"),
+    Column("camera_motion", "bool", doc="the window is compensated: the motion rule fired, or compensation is forced",
+           group="camera"),
+    Column("moving_fraction", "float32", doc="share of kept traces over global_motion_px before compensation",
+           group="camera"),
+    Column("camera_status", "string", group="camera",
+           doc='"static", "applied", "forced" or "fallback: frames ... could not be fitted (reasons)"'),
+)
+
+
+class CameraStage(Stage):
     """Removes camera motion from a window's tracks with per-frame homographies to frame 0.
 
-    Replaces ``tracks`` (float32 [T, N, 2], now in frame-0 coordinates where aligned) and adds
-    ``homography`` float32 [T, 3, 3] (frame t -> frame 0; identity where not applied),
-    ``homography_ok`` bool [T] (frame t is aligned; all False when the window is not
-    compensated), ``inlier_ratio`` float32 [T] (0 where not fitted), ``reprojection_error``
-    float32 [T] (inlier RMS in pixels; NaN where not fitted), ``camera_motion`` bool (the window
-    is compensated: the motion rule fired or ``force``), ``moving_fraction`` float32 (share of
-    kept traces over ``global_motion_px`` before compensation) and ``camera_status`` str
-    ("static", "applied", "forced" or "fallback: frames ... could not be fitted (reasons)").
+    Replaces ``tracks`` (now in frame-0 coordinates where aligned) and adds the fits and their
+    quality (``CAMERA_COLUMNS``).
     """
 
-    name: ClassVar[str] = "camera"
-    consumes: ClassVar[tuple[str, ...]] = ()
+    name = "camera"
+    columns = (TRACKS, *CAMERA_COLUMNS)
 
     def __init__(self, config: CameraConfig | None = None):
         self.config = config or CameraConfig()
-
-    def placeholders(self) -> Row:
-        return {
-            "tracks": np.zeros((0, 0, 2), np.float32),
-            "homography": np.zeros((0, 3, 3), np.float32),
-            "homography_ok": np.zeros(0, bool),
-            "inlier_ratio": np.zeros(0, np.float32),
-            "reprojection_error": np.zeros(0, np.float32),
-            "camera_motion": False,
-            "moving_fraction": np.float32(0.0),
-            "camera_status": "",
-        }
 
     def __call__(self, row: Row) -> Row:
         cfg = self.config
@@ -178,7 +190,7 @@ class CameraStage:
             "homography_ok": homography_ok,
             "inlier_ratio": inlier_ratio,
             "reprojection_error": reprojection_error,
-            "camera_motion": camera_motion,
+            "camera_motion": np.bool_(camera_motion),
             "moving_fraction": np.float32(moving_fraction),
             "camera_status": status,
         }

@@ -7,24 +7,42 @@ a rotation in its container comes out upright, as a player shows it. Frames are 
 until the track stage; rows downstream carry small things. Transient I/O errors are raised as
 they are, so the stage runner retries them; anything else is a ``DecodeFailed`` naming both
 backends' errors.
+
+decord's C++ code and its bundled FFmpeg print to the process's stderr when a file is broken
+("moov atom not found", "ERROR opening ..."), which no Python setting turns off; the same facts
+reach the error rows through the exceptions. ``decord_reader`` therefore points file descriptor 2
+at /dev/null while decord runs, unless the log shows INFO (``magma-data -v``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+from annotated_types import Ge
 
-from magma_data.execution import TRANSIENT_ERRORS
-from magma_data.stages.base import Row, StageError
+from magma_data.stages.base import TRANSIENT_ERRORS, Column, Row, Stage, StageError
+
+#: A window's decoded frames and their size, as every frame reader (video, RLDS) adds them.
+FRAMES = Column("frames", "uint8", ("T", "H", "W", 3), doc="RGB frames at the working height; dropped after tracking")
+IMAGE_WIDTH = Column("image_width", "int32", doc="width of the working frames, image and som_image",
+                     group="image size")
+IMAGE_HEIGHT = Column("image_height", "int32", doc="height of the working frames, image and som_image",
+                      group="image size")
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    height: int = 512  # working height in pixels; width follows the aspect ratio (Magma: 512)
-    backend: str = "auto"  # "auto" (decord, PyAV on failure) | "decord" | "pyav"
+    height: Annotated[int, Ge(16)] = 512  # working height in pixels; width follows the aspect ratio (Magma: 512)
+    backend: Literal["auto", "decord", "pyav"] = "auto"  # auto: decord, PyAV on failure
 
 
 class DecodeFailed(StageError):
@@ -46,14 +64,54 @@ def resize_frames(frames: np.ndarray, target_height: int) -> np.ndarray:
     return np.stack([cv2.resize(frame, size, interpolation=interpolation) for frame in frames])
 
 
+log = logging.getLogger(__name__)
+_native_stderr_lock = threading.Lock()
+_native_stderr_users = 0
+_native_stderr_saved = -1
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside; threads share one redirection (counted), so
+    probes in a thread pool do not wait on each other. Python's own writes to stderr meanwhile are
+    lost too, so the block should hold only the native call."""
+    global _native_stderr_users, _native_stderr_saved
+    if log.isEnabledFor(logging.INFO):
+        yield
+        return
+    with _native_stderr_lock:
+        if not _native_stderr_users:
+            sys.stderr.flush()
+            _native_stderr_saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        _native_stderr_users += 1
+    try:
+        yield
+    finally:
+        with _native_stderr_lock:
+            _native_stderr_users -= 1
+            if not _native_stderr_users:
+                os.dup2(_native_stderr_saved, 2)
+                os.close(_native_stderr_saved)
+
+
+def decord_reader(path: str):
+    """decord's reader on ``path``, its C++ messages kept off the terminal."""
+    import decord
+
+    with native_stderr_silenced():
+        return decord.VideoReader(path, num_threads=1)
+
+
 class _DecordReader:
     def __init__(self, path: str):
-        import decord
-
-        self.reader = decord.VideoReader(path, num_threads=1)
+        self.reader = decord_reader(path)
 
     def frames(self, indices: np.ndarray) -> np.ndarray:
-        return self.reader.get_batch(indices.tolist()).asnumpy()
+        with native_stderr_silenced():
+            return self.reader.get_batch(indices.tolist()).asnumpy()
 
 
 class _PyAVReader:
@@ -108,27 +166,26 @@ def _display_array(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, rotation // 90)) if rotation % 360 else array
 
 
-class DecodeStage:
-    """Adds ``frames`` uint8 [T, H, W, 3] RGB at the working height, plus the frame size."""
+class DecodeStage(Stage):
+    """Decodes a window's frames from its video and resizes them to the working height."""
 
-    name: ClassVar[str] = "decode"
-    consumes: ClassVar[tuple[str, ...]] = ()
+    name = "decode"
+    columns = (FRAMES, IMAGE_WIDTH, IMAGE_HEIGHT)
 
     def __init__(self, config: DecodeConfig):
         self.config = config
         self._open: tuple[str, object] | None = None  # windows of one video arrive together
 
-    def placeholders(self) -> Row:
-        return {"frames": np.zeros((0, 0, 0, 3), np.uint8), "image_width": 0, "image_height": 0}
-
     def __call__(self, row: Row) -> Row:
-        frames = self._read(row["video_path"], np.asarray(row["frame_indices"]))
+        frames = self.read(row["video_path"], np.asarray(row["frame_indices"]))
         if frames.ndim != 4 or frames.shape[0] != len(row["frame_indices"]) or frames.shape[1] < 2:
             raise DecodeFailed(f"{row['video_path']}: decoded an unusable frame stack {frames.shape}")
         frames = resize_frames(frames, self.config.height)
-        return {"frames": frames, "image_width": frames.shape[2], "image_height": frames.shape[1]}
+        height, width = frames.shape[1:3]
+        return {"frames": frames, "image_width": np.int32(width), "image_height": np.int32(height)}
 
-    def _read(self, path: str, indices: np.ndarray) -> np.ndarray:
+    def read(self, path: str, indices: np.ndarray) -> np.ndarray:
+        """Frames ``indices`` of ``path`` at native size, [len(indices), H, W, 3] RGB."""
         backends = {"auto": ("decord", "pyav"), "decord": ("decord",), "pyav": ("pyav",)}[self.config.backend]
         errors = []
         for backend in backends:

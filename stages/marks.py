@@ -10,13 +10,23 @@ run seed and the sample id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated
 
 import faiss
 import numpy as np
+from annotated_types import Ge, Interval, Predicate
 
-from .base import Row, StageError, seeded_rng
+from .base import Column, Row, Stage, StageError, seeded_rng
 from .camera import mean_step_length, usable_points
+
+
+def ascending(bounds: tuple[int, int]) -> bool:
+    """low <= high"""
+    return bounds[0] <= bounds[1]
+
+
+#: An inclusive range [low, high] of cluster counts.
+ClusterRange = Annotated[tuple[Annotated[int, Ge(1)], Annotated[int, Ge(1)]], Predicate(ascending)]
 
 
 @dataclass(frozen=True)
@@ -24,44 +34,40 @@ class MarksConfig:
     """Which traces become marks (defaults: Magma's video loader)."""
 
     #: keep traces usable in more than this fraction of the window's frames
-    min_visible_fraction: float = 0.5
+    min_visible_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.5
     #: a trace moves when its mean compensated step exceeds this many pixels per frame
     #: (video loader 3, demo 2, robot 1; manifests override it per source)
-    moving_threshold_px: float = 3.0
+    moving_threshold_px: Annotated[float, Ge(0)] = 3.0
     #: inclusive range the number of moving clusters is drawn from
-    moving_clusters: tuple[int, int] = (2, 5)
+    moving_clusters: ClusterRange = (2, 5)
     #: inclusive range the number of static clusters is drawn from
-    static_clusters: tuple[int, int] = (6, 14)
+    static_clusters: ClusterRange = (6, 14)
     #: Lloyd iterations of faiss k-means; fixed so the result does not depend on convergence tests
-    kmeans_iterations: int = 50
+    kmeans_iterations: Annotated[int, Ge(1)] = 50
 
 
-class MarksStage:
-    """Chooses the marked traces of one window and gives them shuffled ids 1..K.
+class MarksStage(Stage):
+    """Chooses the marked traces of one window and gives them shuffled ids 1..K, sorted by id.
 
-    Adds, sorted by id: ``mark_ids`` int32 [K] (1..K), ``mark_xy`` float32 [K, 2] (window-start
-    pixels), ``mark_positive`` bool [K] (the mark moves), ``mark_track_index`` int32 [K] (index
-    into the N traces), and the counts ``num_moving_points`` / ``num_visible_points`` int32 of
-    kept traces. K = 0 is a valid answer (no trace visible long enough); a window with no usable
-    point in any frame is an error, since the tracker then lost everything.
+    K = 0 is a valid answer (no trace visible long enough); a window with no usable point in any
+    frame is an error, since the tracker then lost everything.
     """
 
-    name: ClassVar[str] = "marks"
-    consumes: ClassVar[tuple[str, ...]] = ()
+    name = "marks"
+    columns = (
+        Column("mark_ids", "int32", ("K",), doc="1..K, ascending", group="marks"),
+        Column("mark_xy", "float32", ("K", 2), doc="each mark's position in the window's first frame, pixels",
+               group="marks"),
+        Column("mark_positive", "bool", ("K",), doc="the mark moves", group="marks"),
+        Column("mark_track_index", "int32", ("K",), doc="each mark's trace: an index into the N tracks",
+               group="marks"),
+        Column("num_visible_points", "int32", doc="traces usable long enough to be marked", group="marks"),
+        Column("num_moving_points", "int32", doc="of those, the traces that move", group="marks"),
+    )
 
     def __init__(self, config: MarksConfig | None = None, seed: int = 0):
         self.config = config or MarksConfig()
         self.seed = seed
-
-    def placeholders(self) -> Row:
-        return {
-            "mark_ids": np.zeros(0, np.int32),
-            "mark_xy": np.zeros((0, 2), np.float32),
-            "mark_positive": np.zeros(0, bool),
-            "mark_track_index": np.zeros(0, np.int32),
-            "num_moving_points": np.int32(0),
-            "num_visible_points": np.int32(0),
-        }
 
     def __call__(self, row: Row) -> Row:
         cfg = self.config

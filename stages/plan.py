@@ -12,19 +12,40 @@ import itertools
 import math
 import threading
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Ge, Gt
 
-from magma_data.sources.base import Clip
-from magma_data.stages.base import StageError
+from magma_data.dropped import Dropped, dropped_unit
+from magma_data.sources.base import Clip, ClipProblem
+from magma_data.stages.base import Column, StageError
+from magma_data.stages.decode import decord_reader
+
+#: The columns of a planned window, before any stage: where its frames are and what it is about.
+PLAN_COLUMNS = (
+    Column("unit_id", "string", doc="the unit's key in the ledger: source, clip and start frame"),
+    Column("sample_id", "string", doc="stable hash of source, clip, start and window geometry", group="identity"),
+    Column("source", "string", doc="the source (manifest) name", group="identity"),
+    Column("video_uid", "string", doc="the source's id of the whole video (robot: the episode)", group="identity"),
+    Column("clip_id", "string", doc="the clip within the source (narration, segment, file, episode)",
+           group="identity"),
+    Column("video_path", "string", doc="the video file (robot: the RLDS dataset folder)", group="identity"),
+    Column("frame_index", "int64", doc="the window's first frame, in the video's native frames", group="identity"),
+    Column("frame_indices", "int64", ("T",), doc="every frame of the window, native numbering", group="identity"),
+    Column("fps", "float32", doc="the video's frame rate (robot: 0, steps have none)", group="identity"),
+    Column("window_fps", "float32", doc="the rate the window samples frames at", group="identity"),
+    Column("window_len", "int32", doc="frames per window", group="identity"),
+    Column("task", "string", doc="narration, label or instruction; empty when the source has none", group="text"),
+)
 
 
 @dataclass(frozen=True)
 class PlanConfig:
-    window_len: int = 16  # frames per window (Magma: 16 future frames)
-    window_stride: int = 16  # samples between window starts
-    fps: float | None = None  # resample to this rate; None = the video's native rate
-    max_windows_per_clip: int | None = None  # evenly spaced subset of a long clip's windows
+    window_len: Annotated[int, Ge(2)] = 16  # frames per window (Magma: 16 future frames); a trace needs two
+    window_stride: Annotated[int, Ge(1)] = 16  # samples between window starts
+    fps: Annotated[float, Gt(0)] | None = None  # resample to this rate; None = the video's native rate
+    max_windows_per_clip: Annotated[int, Ge(1)] | None = None  # evenly spaced subset of a long clip's windows
 
 
 class ClipTooShort(StageError):
@@ -44,9 +65,7 @@ class VideoInfo:
 def probe_video(path: str) -> VideoInfo:
     """Frame rate and frame count from the container, without decoding frames."""
     try:
-        import decord
-
-        reader = decord.VideoReader(path, num_threads=1)
+        reader = decord_reader(path)
         info = VideoInfo(float(reader.get_avg_fps()), len(reader))
         del reader
     except Exception:  # decord cannot open every codec (AV1, some webm): ask PyAV
@@ -125,66 +144,60 @@ def plan_windows(clip: Clip, info: VideoInfo, source: str, config: PlanConfig) -
     return rows
 
 
-def plan_error_row(unit_id: str, source: str, error_class: str, message: str, **identity) -> dict:
-    """A unit that failed before any frame was decoded; it goes straight to the errors table."""
-    return {
-        "unit_id": unit_id,
-        "sample_id": hashlib.sha1(unit_id.encode()).hexdigest()[:20],
-        "source": source,
-        "clip_id": identity.get("clip_id", ""),
-        "video_path": identity.get("video_path", ""),
-        "frame_index": -1,
-        "error_stage": "plan",
-        "error_class": error_class,
-        "error_message": message,
-        "error_attempt": 1,
-    }
+class VideoProbes:
+    """Frame rate and frame count of each video, read from its container once however many clips
+    (or callers: ``magma-data check`` shares the planner's) ask; a failure is remembered and
+    raised again for every clip of the video."""
+
+    def __init__(self):
+        self.found: dict[str, VideoInfo | Exception] = {}
+        self._locks: dict[str, threading.Lock] = {}
+
+    def __call__(self, path: str) -> VideoInfo:
+        with self._locks.setdefault(path, threading.Lock()):
+            if path not in self.found:
+                try:
+                    self.found[path] = probe_video(path)
+                except Exception as error:
+                    self.found[path] = error
+        found = self.found[path]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
 
-def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None, threads: int = 8) -> list[dict]:
-    """All units of a source in a stable order: window rows, and error rows for clips that yield none.
+def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None, threads: int = 8,
+                probes: VideoProbes | None = None) -> list[dict]:
+    """All units of a source in a stable order: window rows, and dropped units for clips that yield none.
 
     Videos are probed in a thread pool (header reads, no decoding) unless the source's metadata
     already gives the frame rate and frame count. Each video is probed once, however many clips
     it holds (an EPIC-KITCHENS video has hundreds of narration segments).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from magma_data.sources.base import ClipProblem
-
-    probed: dict[str, VideoInfo | Exception] = {}
-    probing: dict[str, threading.Lock] = {}
-
-    def probe_once(path: str) -> VideoInfo:
-        with probing.setdefault(path, threading.Lock()):
-            if path not in probed:
-                try:
-                    probed[path] = probe_video(path)
-                except Exception as error:  # remembered: every clip of the video gets the same error
-                    probed[path] = error
-        found = probed[path]
-        if isinstance(found, Exception):
-            raise found
-        return found
+    probe = probes or VideoProbes()
 
     def windows_of(item) -> list[dict]:
         if isinstance(item, ClipProblem):
-            return [plan_error_row(item.unit_id, source, item.error_class, item.message, video_path=item.video_path)]
-        identity = {"clip_id": item.clip_id, "video_path": item.video_path}
+            return [item.planned(source)]
         try:
-            if item.fps and item.num_frames:
-                info = VideoInfo(item.fps, item.num_frames)
-            else:
-                info = probe_once(item.video_path)
+            info = VideoInfo(item.fps, item.num_frames) if item.fps and item.num_frames else probe(item.video_path)
             return plan_windows(item, info, source, config)
         except Exception as error:
-            unit = f"{source}/{item.clip_id}"
-            return [plan_error_row(unit, source, type(error).__name__, str(error), **identity)]
+            return [dropped_unit(f"{source}/{item.clip_id}", source, Dropped.failure("plan", error),
+                                 clip_id=item.clip_id, video_path=item.video_path)]
+
+    return plan_in_threads(clips, windows_of, limit, threads)
+
+
+def plan_in_threads(items, windows_of, limit: int | None = None, threads: int = 8) -> list[dict]:
+    """``windows_of`` each item in a thread pool (video probes are header reads), the rows in item
+    order; stops once ``limit`` rows are planned, reading only a bounded look-ahead past them."""
+    from concurrent.futures import ThreadPoolExecutor
 
     units: list[dict] = []
-    clips = iter(clips)
+    items = iter(items)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        while chunk := list(itertools.islice(clips, 4 * threads)):  # bounded look-ahead for --limit
+        while chunk := list(itertools.islice(items, 4 * threads)):
             for rows in pool.map(windows_of, chunk):
                 units.extend(rows)
                 if limit is not None and len(units) >= limit:

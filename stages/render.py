@@ -28,15 +28,23 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from annotated_types import Ge, Gt, Interval
 from PIL import Image, ImageDraw, ImageFont
 
 from magma_data.magma_text import GRID_SIZE, semantic_turn, som_turn, tom_turn
 
-from .base import Row, StageError
+from .base import Column, Row, Stage, StageError
 from .camera import usable_points
+from .track import FRAME0
+
+#: Magma's chat turns; the action stage of robot pipelines puts its turn first.
+CONVERSATIONS = Column("conversations", "turn", ("turns",), group="text",
+                       doc="Magma chat turns, ready to train: the semantic turn, then the ToM turn or the SoM-only "
+                           "fallback; each `<image>` refers, in order, to image, then som_image")
+
 
 @dataclass(frozen=True)
 class RenderConfig:
@@ -45,44 +53,38 @@ class RenderConfig:
     #: "video": semantic turn + person ToM turn (§8.1, §8.2); "robot": robot ToM turn (§8.5) only
     style: Literal["video", "robot"] = "video"
     #: JPEG quality of ``image`` and ``som_image``
-    jpeg_quality: int = 95
+    jpeg_quality: Annotated[int, Interval(ge=1, le=100)] = 95
     #: a ToM mark whose mean speed on the grid is below this (grid units per kept point) is
     #: dropped (ego4d 2, epic 1, robot 1)
-    speed_threshold: float = 2.0
+    speed_threshold: Annotated[float, Ge(0)] = 2.0
     #: thinning: a trace point is kept only this far (grid units) from the last kept one
-    min_point_distance: float = 2.0
+    min_point_distance: Annotated[float, Ge(0)] = 2.0
     #: a ToM mark needs more than T // this many kept points; None for no minimum (robot loader)
-    min_points_divisor: int | None = 4
+    min_points_divisor: Annotated[int, Ge(1)] | None = 4
     #: side of the square grid the conversation's coordinates live on
-    grid_size: int = GRID_SIZE
+    grid_size: Annotated[int, Ge(2)] = GRID_SIZE
     #: mark font size: the smallest whose "55" box reaches this fraction of the image width
-    font_width_fraction: float = 0.03
+    font_width_fraction: Annotated[float, Interval(gt=0, le=1)] = 0.03
 
 
-class RenderStage:
-    """Draws the marks on the window's first frame and writes the SoM/ToM conversation.
+class RenderStage(Stage):
+    """Draws the marks on the window's first frame and writes the SoM/ToM conversation."""
 
-    Adds ``image`` and ``som_image`` (JPEG bytes of ``frame0`` without / with marks),
-    ``tom_mark_ids`` int32 [M] (ascending), ``tom_targets`` (M lists of [x, y] grid ints, start
-    point first), ``tom_steps`` int32 (N of the ToM question, 0 without a ToM turn) and
-    ``conversations`` (list of {"from": "human" | "gpt", "value": str}); drops ``frame0``.
-    """
-
-    name: ClassVar[str] = "render"
-    consumes: ClassVar[tuple[str, ...]] = ("frame0",)
+    name = "render"
+    columns = (
+        Column("image", "image", doc="the window's first frame", group="images"),
+        Column("som_image", "image", doc="the first frame with the numbered marks drawn", group="images"),
+        CONVERSATIONS,
+        Column("tom_mark_ids", "int32", ("M",), doc="ids of the marks with a ToM trace, ascending", group="ToM"),
+        Column("tom_targets", "int32", ("M", "L", 2), ragged=True, group="ToM",
+               doc="each ToM mark's thinned trace on the 256 grid, start point first"),
+        Column("tom_steps", "int32", doc="future steps the ToM question asks for; 0 without a ToM turn",
+               group="ToM"),
+    )
+    consumes = (FRAME0.name,)
 
     def __init__(self, config: RenderConfig | None = None):
         self.config = config or RenderConfig()
-
-    def placeholders(self) -> Row:
-        return {
-            "image": b"",
-            "som_image": b"",
-            "tom_mark_ids": np.zeros(0, np.int32),
-            "tom_targets": [],
-            "tom_steps": np.int32(0),
-            "conversations": [],
-        }
 
     def __call__(self, row: Row) -> Row:
         cfg = self.config

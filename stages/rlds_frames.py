@@ -3,39 +3,34 @@
 Open-X images are stored encoded (JPEG/PNG) inside each episode's TFRecord example. The stage
 reads the episode through tensorflow-datasets with image decoding skipped, decodes only the
 window's frames with OpenCV, and stretches them to a square of ``height`` pixels as Magma's robot
-data is (256x256 traces, 512x512 marked frames). Windows of one episode arrive together, so the
-last episode read is kept.
+data is (its loader works on the 512x512 frame: the ``oxe`` manifest's default, see there). Windows
+of one episode arrive together, so the last episode read is kept.
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import cv2
 import numpy as np
 
 from magma_data.sources.oxe import all_steps, import_tfds
-from magma_data.stages.base import Row, StageError
-from magma_data.stages.decode import DecodeConfig
+from magma_data.stages.base import Row, Stage, StageError
+from magma_data.stages.decode import FRAMES, IMAGE_HEIGHT, IMAGE_WIDTH, DecodeConfig
 
 
 class EpisodeUnreadable(StageError):
     pass
 
 
-class RldsFramesStage:
-    """Adds ``frames`` uint8 [T, S, S, 3] RGB (S = ``config.height``) and the frame size."""
+class RldsFramesStage(Stage):
+    """Reads a robot window's frames as squares of ``config.height`` pixels: the decode stage's columns."""
 
-    name: ClassVar[str] = "rlds_frames"
-    consumes: ClassVar[tuple[str, ...]] = ()
+    name = "rlds_frames"
+    columns = (FRAMES, IMAGE_WIDTH, IMAGE_HEIGHT)
 
     def __init__(self, config: DecodeConfig):
         self.config = config
         self._builders: dict[str, object] = {}
         self._episode: tuple[tuple, np.ndarray] | None = None  # (address, encoded images [T])
-
-    def placeholders(self) -> Row:
-        return {"frames": np.zeros((0, 0, 0, 3), np.uint8), "image_width": 0, "image_height": 0}
 
     def __call__(self, row: Row) -> Row:
         encoded = self._images(str(row["video_path"]), str(row["split"]), int(row["episode_index"]),
@@ -46,7 +41,7 @@ class RldsFramesStage:
                                     "the dataset changed since planning: re-run the plan")
         size = self.config.height
         frames = np.stack([_square(_decode(encoded[i]), size) for i in indices])
-        return {"frames": frames, "image_width": size, "image_height": size}
+        return {"frames": frames, "image_width": np.int32(size), "image_height": np.int32(size)}
 
     def _images(self, builder_dir: str, split: str, index: int, image_key: str) -> np.ndarray:
         address = (builder_dir, split, index, image_key)

@@ -91,3 +91,16 @@ def uninterrupted_run(tmp_path_factory) -> Path:
         assert result.returncode == 0, result.stderr
         _BASELINE.append(output)
     return _BASELINE[0]
+
+
+_UNFINISHED: list[Path] = []
+
+
+def unfinished_run(tmp_path_factory) -> Path:
+    """One ``SMALL`` run per test session killed after its first shard: a real unfinished output folder."""
+    if not _UNFINISHED:
+        output = tmp_path_factory.mktemp("unfinished")
+        result = magma_run(output, *SMALL, crash_at="after_shard:1")
+        assert result.returncode != 0, "the crash hook did not fire"
+        _UNFINISHED.append(output)
+    return _UNFINISHED[0]

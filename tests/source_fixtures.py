@@ -119,6 +119,18 @@ def ego4d_miniature(root: Path, video_size: tuple[int, int] = (64, 48)) -> Path:
     return root
 
 
+def ego4d_filtered_only(root: Path) -> Path:
+    """An Ego4D ``v2/`` whose only narrations that yield no window are dropped by Magma's rules."""
+    mp4(root / "full_scale" / "vid-a.mp4", width=128, height=96)
+    write_json(root / "ego4d.json", {"date": "2022-01-01", "version": "v2", "videos": [_ego4d_video("vid-a")]})
+    write_json(root / "annotations" / "narration.json", {"vid-a": {"narration_pass_1": _narrations(
+        (0.0, "#C C opens the drawer"),      # 0-4 s: one window of 16 frames at 4 fps
+        (4.0, "#C C walks to the door"),     # Magma's idle-verb filter
+        (7.5, "#C C closes the drawer"),     # 0.5 s to the video's end: under Magma's 1 s
+    )}})
+    return root
+
+
 # --- EPIC-KITCHENS-100 ---------------------------------------------------------------------------
 
 EPIC_COLUMNS = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",

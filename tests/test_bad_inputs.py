@@ -27,9 +27,12 @@ from magma_data import execution
 from magma_data.cli import EXIT_SOME_UNITS_FAILED, main
 from magma_data.config import RunConfig
 from magma_data.execution import batch_to_rows, new_unit_row, rows_to_batch, run_stage
-from magma_data.runner import RunOptions, ShardCollector, refuse_paths_outside, run
-from magma_data.sink import OutputFolder
+from magma_data.parquet_writer import ParquetShardWriter
+from magma_data.runner import RunOptions, run
+from magma_data.sink import OutputFolder, ShardCollector, ShardPlan, SinkConfig
+from magma_data.sources.base import refuse_paths_outside
 from magma_data.sources.sample import MovingObject, SceneSpec, render_scene
+from magma_data.stages.base import Column, Stage
 from magma_data.stages.decode import DecodeConfig, DecodeStage
 from magma_data.stages.track import TrackConfig, TrackStage
 
@@ -223,16 +226,14 @@ def test_no_remote_code_and_checkpoints_load_weights_only():
     assert loads >= 1  # the CoTracker3 checkpoint load is found, so the check looks at the right calls
 
 
-class Flaky:
+class Flaky(Stage):
     """A stage that fails ``failures`` times with ``error``, then works."""
 
-    name, consumes = "camera", ()
+    name = "camera"
+    columns = (Column("homography", "float32", ("T", 3, 3)),)
 
     def __init__(self, error: BaseException, failures: int):
         self.error, self.failures, self.calls = error, failures, 0
-
-    def placeholders(self):
-        return {"homography": np.zeros((0, 3, 3), np.float32)}
 
     def __call__(self, row):
         self.calls += 1
@@ -253,19 +254,19 @@ def no_backoff(monkeypatch):
 def test_a_stage_exception_fails_its_row_only_and_the_batch_keeps_one_schema(no_backoff):
     stage = Flaky(np.linalg.LinAlgError("degenerate homography"), failures=1)
     out = batch_to_rows(run_stage(rows_to_batch([_unit(0), _unit(8)]), stage))
-    assert (out[0]["error_stage"], out[0]["error_class"], out[0]["error_attempt"]) == ("camera", "LinAlgError", 1)
-    assert out[0]["error_message"] == "degenerate homography" and out[0]["homography"].shape == (0, 3, 3)
-    assert out[1]["error_stage"] == "" and out[1]["homography"].shape == (1, 3, 3)
+    assert (out[0]["drop_stage"], out[0]["drop_reason"], out[0]["drop_attempt"]) == ("camera", "LinAlgError", 1)
+    assert out[0]["drop_message"] == "degenerate homography" and out[0]["homography"].shape == (0, 3, 3)
+    assert out[1]["drop_stage"] == "" and out[1]["homography"].shape == (1, 3, 3)
 
 
 def test_transient_errors_are_retried_a_bounded_number_of_times(no_backoff):
     row = _unit(0)
     stage = Flaky(TimeoutError("NFS timed out"), failures=execution.MAX_ATTEMPTS - 1)
-    execution.apply_stage(row, stage)
-    assert row["error_stage"] == "" and stage.calls == execution.MAX_ATTEMPTS
+    execution.apply_stage([row], stage)
+    assert row["drop_stage"] == "" and stage.calls == execution.MAX_ATTEMPTS
     row, stage = _unit(0), Flaky(TimeoutError("NFS timed out"), failures=99)
-    execution.apply_stage(row, stage)
-    assert (row["error_class"], row["error_attempt"], stage.calls) == ("TimeoutError", 3, execution.MAX_ATTEMPTS)
+    execution.apply_stage([row], stage)
+    assert (row["drop_reason"], row["drop_attempt"], stage.calls) == ("TimeoutError", 3, execution.MAX_ATTEMPTS)
 
 
 def test_decode_passes_transient_io_errors_up_for_retry(monkeypatch, no_backoff):
@@ -278,8 +279,8 @@ def test_decode_passes_transient_io_errors_up_for_retry(monkeypatch, no_backoff)
 
     monkeypatch.setattr(stage, "_reader", reader)
     row = {**_unit(0), "video_path": "/v.mp4", "frame_indices": np.arange(4)}
-    execution.apply_stage(row, stage)
-    assert (row["error_stage"], row["error_class"], row["error_attempt"]) == ("decode", "ConnectionError", 3)
+    execution.apply_stage([row], stage)
+    assert (row["drop_stage"], row["drop_reason"], row["drop_attempt"]) == ("decode", "ConnectionError", 3)
     assert calls == ["decord"] * execution.MAX_ATTEMPTS  # retried whole, not downgraded to a DecodeFailed
 
 
@@ -294,9 +295,9 @@ def test_a_tracker_exception_fails_its_window_and_the_batch_goes_on():
 
     stage = TrackStage(TrackConfig(tracker="lk", batch_size=4), tracker=Exploding())
     rows = [{**_unit(i), "frames": np.full((2, 8, 8, 3), 7 if i == 1 else 0, np.uint8)} for i in range(3)]
-    out = batch_to_rows(execution.track_batch(rows_to_batch(rows), stage))
-    assert [r["error_class"] for r in out] == ["", "RuntimeError", ""]
-    assert out[1]["error_stage"] == "track" and out[0]["tracks"].shape == (2, 4, 2)
+    out = batch_to_rows(run_stage(rows_to_batch(rows), stage))
+    assert [r["drop_reason"] for r in out] == ["", "RuntimeError", ""]
+    assert out[1]["drop_stage"] == "track" and out[0]["tracks"].shape == (2, 4, 2)
     assert all("frames" not in r for r in out)
 
 
@@ -318,16 +319,19 @@ def test_the_runner_turns_units_whose_video_lies_outside_the_root_into_plan_erro
     (root / "link.mp4").symlink_to(elsewhere)
     units = [{"unit_id": f"s/{name}", "video_path": str(root / name)} for name in ("inside.mp4", "link.mp4")]
     units.append({"unit_id": "s/dots", "video_path": str(root / ".." / "elsewhere.mp4")})
-    checked = refuse_paths_outside(units, root)
-    assert [u.get("error_class", "") for u in checked] == ["", "PathEscapesRoot", "PathEscapesRoot"]
-    assert all(u["error_stage"] == "plan" for u in checked[1:])
+    checked = refuse_paths_outside(units, [root])
+    assert [u.get("drop_reason", "") for u in checked] == ["", "PathEscapesRoot", "PathEscapesRoot"]
+    assert all(u["drop_stage"] == "plan" for u in checked[1:])
 
 
 def test_a_row_that_does_not_fit_the_schema_becomes_a_sink_error_row_and_its_shard_is_written(tmp_path):
-    features = Features({"sample_id": Value("string"), "xy": List(Value("float32"), length=2)})
+    features = Features({"sample_id": Value("string"), "xy": List(Value("float32"), length=2),
+                         "config_hash": Value("string")})
     units = [{"unit_id": f"s/{i}", "sample_id": str(i)} for i in range(3)]
-    output = OutputFolder(tmp_path, "s", "c1", "{}", "p1", num_units=3)
-    collector = ShardCollector(output, RunConfig(), features, {u["unit_id"]: 0 for u in units}, units, total=1)
+    plan = ShardPlan(units, rows_per_shard=3)
+    writer = ParquetShardWriter(tmp_path, "s", features, SinkConfig())
+    output = OutputFolder(tmp_path, "s", "c1", "{}", plan.digest, num_units=3, writer=writer)
+    collector = ShardCollector(output, plan, units, transient=["unit_id"])
     for i, unit in enumerate(units):
         collector.add({**new_unit_row(unit), "xy": np.zeros(3 if i == 1 else 2, np.float32)})
     output.close()

@@ -3,7 +3,7 @@ import pytest
 
 from magma_data.stages.base import StageError
 from magma_data.stages.camera import CameraConfig, CameraStage, apply_homography
-from stage_contract import assert_placeholders_match
+from stage_contract import assert_stage_contract
 
 WIDTH, HEIGHT, FRAMES = 640, 480, 12
 
@@ -139,10 +139,10 @@ def test_input_row_is_not_modified():
     np.testing.assert_array_equal(row["tracks"], before)
 
 
-def test_placeholders_match_the_output_columns():
+def test_output_and_placeholders_match_the_declared_columns():
     row, _, _ = panning_window()
-    out, empty = CameraStage()(row), CameraStage().placeholders()
-    assert_placeholders_match(out, empty)
+    stage = CameraStage()
+    assert_stage_contract(stage, stage(row))
 
 
 def test_a_single_frame_window_is_an_error():

@@ -27,6 +27,9 @@ def test_counts_what_a_run_would_plan(ego4d_root, tmp_path):
     # the two 2 s narrations of vid-c hold 8 frames at 4 fps: shorter than a 16-frame window
     assert report.problems["ClipTooShort"] == 2
     assert report.problems["VideoMissing"] == 1 and report.problems["NarrationFiltered"] == 1
+    # the rules of the recipe are told apart from problems: a run writes those units to filtered/
+    assert report.filter_rules == ["NarrationFiltered", "NarrationTooShort"]
+    assert report.errors == sum(report.problems.values()) - 2
     assert report.frame_rates == {"4.00": 2} and not report.fps_outliers and not report.fps_mismatches
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert saved["usable"] == 2 and saved["examples"]["VideoMissing"][0]["unit_id"] == "ego4d/vid-missing"
@@ -61,6 +64,16 @@ def test_unreadable_videos_and_frame_rate_outliers(tmp_path):
     assert report.empty_text == 3  # folder videos without a sidecar .txt
 
 
+def test_a_video_planned_from_its_metadata_whose_container_is_broken_is_listed(tmp_path):
+    """Ego4D's metadata gives rate and length, so the planner plans windows without reading the video;
+    check reads every container and names the one a run's decode would fail on."""
+    root = ego4d_miniature(tmp_path / "v2")
+    (root / "full_scale" / "vid-a.mp4").write_bytes(b"not a video")
+    report = run_check("ego4d", root)
+    assert report.windows == 2  # what a run plans: the metadata is trusted
+    assert [row["video"].rsplit("/", 1)[-1] for row in report.unreadable_videos] == ["vid-a.mp4"]
+
+
 def test_metadata_frame_rate_that_disagrees_with_the_container(tmp_path):
     root = epic_miniature(tmp_path)
     write_csv(root / "epic-kitchens-100-annotations" / "EPIC_100_video_info.csv",
@@ -82,8 +95,12 @@ def test_cli_exit_status(ego4d_root, tmp_path):
     nothing = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(empty)])
     assert nothing.exit_code == 1 and "nothing usable" in nothing.output
 
-    unreadable = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(tmp_path / "absent")])
+    (tmp_path / "no-release").mkdir()
+    unreadable = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(tmp_path / "no-release")])
     assert unreadable.exit_code == 1 and "ego4d.json" in unreadable.output
+
+    absent = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(tmp_path / "absent")])
+    assert absent.exit_code == 2 and "does not exist" in absent.output
 
     unknown = runner.invoke(main, ["check", "--input", "no_such_source", "--root", str(tmp_path)])
     assert unknown.exit_code == 2

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from magma_data.stages.cotracker3 import (
+from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online
+from magma_data.models.cotracker3_predictor import (
     CHECKPOINT_ENV,
-    CoTracker3Offline,
-    CoTracker3Online,
     CoTracker3PointTracker,
     CoTracker3Predictor,
     find_checkpoint,
-    get_points_on_a_grid,
     load_cotracker3,
 )
+from magma_data.stages.track import grid_points
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cotracker3_state_dict.txt"
 # Fast test models: 64x96 model resolution (released: 384x512) and 8 virtual tracks (released: 64).
@@ -153,7 +152,7 @@ def test_find_checkpoint_prefers_explicit_then_env_var_then_hub_cache(tmp_path, 
 
 
 def test_grid_is_inset_by_the_reference_margin():
-    grid = get_points_on_a_grid(15, (384, 512))
+    grid = torch.from_numpy(grid_points(15, 384, 512))[None]  # the one query grid, as the predictor uses it
     assert grid.shape == (1, 225, 2)
     assert torch.allclose(grid.amin(dim=1), torch.tensor([[8.0, 8.0]]))
     assert torch.allclose(grid.amax(dim=1), torch.tensor([[504.0, 376.0]]))
@@ -261,7 +260,7 @@ def test_online_model_gives_no_tracks_for_half_a_window_or_less(online):
 
 def test_online_visibility_is_vis_times_confidence_above_0_6(online):
     video = random_video(1, 12, *SMALL)  # already at model resolution: the resize is the identity
-    queries = torch.nn.functional.pad(get_points_on_a_grid(3, SMALL), (1, 0))  # (0, x, y)
+    queries = torch.nn.functional.pad(torch.from_numpy(grid_points(3, *SMALL))[None], (1, 0))  # (0, x, y)
     with torch.no_grad():
         _, vis, conf = online.model(video, queries, iters=6)
     _, visible = online(video, grid_size=3)

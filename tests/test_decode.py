@@ -49,8 +49,8 @@ def test_an_unreadable_file_fails_with_both_backends_named(tmp_path):
         DecodeStage(DecodeConfig())(_row(bogus, [0, 1]))
 
 
-def test_placeholders_match_the_output_columns(small_video):
-    from stage_contract import assert_placeholders_match
+def test_output_and_placeholders_match_the_declared_columns(small_video):
+    from stage_contract import assert_stage_contract
 
     stage = DecodeStage(DecodeConfig(height=64))
-    assert_placeholders_match(stage(_row(small_video[0], [0, 1])), stage.placeholders())
+    assert_stage_contract(stage, stage(_row(small_video[0], [0, 1])))

@@ -5,7 +5,7 @@ import pytest
 from magma_data.stages.base import StageError
 from magma_data.stages.camera import CameraStage, apply_homography
 from magma_data.stages.marks import MarksConfig, MarksStage
-from stage_contract import assert_placeholders_match
+from stage_contract import assert_stage_contract
 
 WIDTH, HEIGHT, FRAMES = 640, 480, 16
 
@@ -122,10 +122,10 @@ def test_a_window_where_nothing_is_ever_visible_is_an_error():
         MarksStage()(row)
 
 
-def test_placeholders_match_the_output_columns():
+def test_output_and_placeholders_match_the_declared_columns():
     row, _ = busy_window()
-    out, empty = MarksStage()(row), MarksStage().placeholders()
-    assert_placeholders_match(out, empty)
+    stage = MarksStage()
+    assert_stage_contract(stage, stage(row))
 
 
 # Acceptance criterion: "On a synthetic clip where a textured object moves while the camera pans

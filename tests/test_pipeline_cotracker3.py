@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from magma_data.stages.cotracker3 import CoTracker3Offline
+from magma_data.models.cotracker3 import CoTracker3Offline
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def random_checkpoint(tmp_path_factory):
     return path
 
 
-def test_cotracker3_tracks_every_window_in_its_actor_which_ray_restarts_once_killed(random_checkpoint, tmp_path):
+def test_cotracker3_tracks_every_window_in_its_actor_which_ray_restarts_once_killed(random_checkpoint, tmp_path,
+                                                                                     monkeypatch):
     output = tmp_path / "out"
     marker = tmp_path / "actor-killed"
     command = [
@@ -50,15 +51,27 @@ def test_cotracker3_tracks_every_window_in_its_actor_which_ray_restarts_once_kil
         assert set(table["tracker"].to_pylist()) == {"cotracker3"}
         assert len(table["tracks"][0].as_py()) == 8 and len(table["tracks"][0].as_py()[0]) == 9
 
-
-def test_auto_picks_cotracker3_when_the_environment_names_a_checkpoint(random_checkpoint, monkeypatch):
-    from magma_data.cli import resolve_tracker
+    # From Python, ``auto`` with the checkpoint in the environment is the CLI's run: same tracker, same
+    # hash (weights' digest included), so the folder is found complete instead of refused.
     from magma_data.config import RunConfig
+    from magma_data.runner import RunOptions, run
 
     monkeypatch.setenv("MAGMA_COTRACKER3_CHECKPOINT", str(random_checkpoint))
-    resolved = resolve_tracker(RunConfig())
+    config = RunConfig(source="sample", limit=2).with_overrides(
+        {"plan": {"window_len": 8}, "decode": {"height": 128}, "track": {"tracker": "auto", "grid_size": 3}})
+    again = run(config, RunOptions(output=output, num_cpus=2, progress=False))
+    assert again.nothing_to_do and (again.tracker, again.config_hash) == ("cotracker3", summary["config_hash"])
+
+
+def test_auto_picks_cotracker3_when_the_environment_names_a_checkpoint(random_checkpoint, monkeypatch):
+    from magma_data.config import RunConfig
+    from magma_data.runner import resolve
+
+    monkeypatch.setenv("MAGMA_COTRACKER3_CHECKPOINT", str(random_checkpoint))
+    resolved, _ = resolve(RunConfig())
     assert resolved.track.tracker == "cotracker3" and resolved.track.checkpoint == str(random_checkpoint)
     assert resolved.hash() != RunConfig().hash()
+    assert resolve(resolved)[0] == resolved  # the runner re-resolving a resolved config changes nothing
     monkeypatch.delenv("MAGMA_COTRACKER3_CHECKPOINT")
     monkeypatch.setenv("TORCH_HOME", str(random_checkpoint.parent / "empty-hub"))
-    assert resolve_tracker(RunConfig()).track.tracker == "lk"
+    assert resolve(RunConfig())[0].track.tracker == "lk"

@@ -55,10 +55,10 @@ def test_plan_source_turns_every_unusable_unit_into_an_error_row(tmp_path):
         Clip(clip_id="short", video_uid="short", video_path="/x.mp4", fps=30.0, num_frames=3),
     ]
     units = plan_source(clips, "src", PlanConfig())
-    errors = {u["unit_id"]: u["error_class"] for u in units if u.get("error_stage")}
+    errors = {u["unit_id"]: u["drop_reason"] for u in units if u.get("drop_stage")}
     assert errors == {"src/missing": "VideoMissing", "src/fake": "VideoUnreadable", "src/short": "ClipTooShort"}
-    assert sum(1 for u in units if not u.get("error_stage")) == 2
-    assert np.all([u["error_stage"] == "plan" for u in units if u.get("error_stage")])
+    assert sum(1 for u in units if not u.get("drop_stage")) == 2
+    assert np.all([u["drop_stage"] == "plan" for u in units if u.get("drop_stage")])
 
 
 def test_limit_stops_planning_early():

@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from magma_data.stages.base import StageError
 from magma_data.stages.render import RenderConfig, RenderStage, mark_font
-from stage_contract import assert_placeholders_match
+from stage_contract import assert_stage_contract
 
 WIDTH, HEIGHT, FRAMES = 512, 256, 8  # grid x = pixel x / 2, grid y = pixel y
 
@@ -201,9 +201,9 @@ def test_zero_marks_keep_the_semantic_turn_and_fail_without_a_task():
         RenderStage()(row)
 
 
-def test_placeholders_match_the_output_columns():
-    out, empty = RenderStage()(hand_built_row()), RenderStage().placeholders()
-    assert_placeholders_match(out, empty)
+def test_output_and_placeholders_match_the_declared_columns():
+    stage = RenderStage()
+    assert_stage_contract(stage, stage(hand_built_row()))
 
 
 def test_rendering_is_byte_identical_across_runs():

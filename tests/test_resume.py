@@ -12,13 +12,14 @@ import shutil
 import signal
 import sqlite3
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cli_runs import SMALL, data_files, magma_run, sample_ids, stray_files, uninterrupted_run
+from datasets import Features, Value
 
-from magma_data.schema import ERROR_FEATURES, to_arrow_table
-from magma_data.sink import ConfigMismatch, OutputFolder, SinkConfig
+from magma_data.dropped import Dropped
+from magma_data.parquet_writer import ParquetShardWriter
+from magma_data.sink import ConfigMismatch, OutputFolder, ShardContent, SinkConfig
 
 KILL_POINTS = ("during_stream:2", "during_write:1", "before_ledger:1", "after_shard:2")
 
@@ -83,13 +84,23 @@ def test_the_cli_refuses_a_folder_made_with_another_config(tmp_path, baseline):
     assert "made with config" in refused.stderr and "--overwrite" in refused.stderr
 
 
+FEATURES = Features({"sample_id": Value("string"), "config_hash": Value("string")})
+
+
 def _folder(root, config_hash="c1", plan="p1", overwrite=False) -> OutputFolder:
-    return OutputFolder(root, "src", config_hash, "{}", plan, num_units=4, overwrite=overwrite)
+    writer = ParquetShardWriter(root, "src", FEATURES, SinkConfig())
+    return OutputFolder(root, "src", config_hash, "{}", plan, num_units=4, writer=writer, overwrite=overwrite)
+
+
+#: Shard 0 of 2 holding unit src/a, as an error row (say a WorkerLost) or as a data row.
+ERROR = ShardContent(0, 2, [("src/a", {"sample_id": "s", "source": "src", "clip_id": "a", "video_path": "/v.mp4"},
+                             Dropped("error", "plan", "VideoUnreadable", "m"))], "c1")
+ROW = ShardContent(0, 2, [("src/a", {"sample_id": "s", "config_hash": "c1"}, None)], "c1")
 
 
 def test_a_changed_config_or_plan_is_refused_and_overwrite_starts_over(tmp_path):
     folder = _folder(tmp_path)
-    folder.write_shard(0, 2, None, [ERROR], SinkConfig())
+    folder.commit(folder.writer.write(ERROR))
     folder.close()
     with pytest.raises(ConfigMismatch, match="made with config c1"):
         _folder(tmp_path, config_hash="c2")
@@ -108,20 +119,15 @@ def test_partial_files_of_a_dead_run_are_discarded_on_open(tmp_path):
     assert not partial.exists()
 
 
-ERROR = {"unit_id": "src/a", "sample_id": "s", "source": "src", "clip_id": "a", "video_path": "/v.mp4",
-         "frame_index": -1, "stage": "plan", "error_class": "VideoUnreadable", "message": "m", "attempt": 1,
-         "config_hash": "c1"}
-
-
 def test_a_shard_rewritten_after_a_crash_before_its_ledger_commit_leaves_no_stale_errors_file(tmp_path):
     """A dead run renamed shard 0 with an error (say a WorkerLost) in place; the re-run got a row for it."""
-    table = pa.table({"unit_id": ["src/a"]})
     dead = _folder(tmp_path)
-    dead._write(tmp_path / "errors" / "src-00000-of-00002.parquet", to_arrow_table([ERROR], ERROR_FEATURES),
-                SinkConfig())
+    for final, temporary in dead.writer.write(ERROR).files:  # renamed into place, never recorded in the ledger
+        if temporary is not None:
+            temporary.replace(final)
     dead.close()
     rerun = _folder(tmp_path)
-    rerun.write_shard(0, 2, table, [], SinkConfig())
+    rerun.commit(rerun.writer.write(ROW))
     assert not list((tmp_path / "errors").glob("*.parquet"))
     assert pq.read_table(tmp_path / "data" / "src" / "train-00000-of-00002.parquet").num_rows == 1
     assert rerun.committed_shards()[0]["errors"] == 0

@@ -7,7 +7,7 @@ import pytest
 from magma_data.sources import load_manifest, open_source
 from magma_data.sources.base import Clip, ClipProblem
 from magma_data.sources.ego4d import Ego4DSource, clean_narration, phrase_pattern
-from source_fixtures import ego4d_miniature
+from source_fixtures import ego4d_filtered_only, ego4d_miniature
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def ego4d_root(tmp_path_factory):
 
 
 def _read(root, **options):
-    units = list(Ego4DSource(root, **options).clips())
+    units = list(Ego4DSource(root, "ego4d", **options).clips())
     clips = {u.clip_id: u for u in units if isinstance(u, Clip)}
     problems = {u.unit_id: u for u in units if isinstance(u, ClipProblem)}
     return units, clips, problems
@@ -45,6 +45,7 @@ def test_verb_filter_matches_whole_words_only(ego4d_root):
     assert clips["vid-c/narration_pass_1/00004"].task == "the person wipes the sidewalk"
     dropped = problems["ego4d/vid-c/narration_pass_1/00001"]
     assert dropped.error_class == "NarrationFiltered" and "walks" in dropped.message
+    assert dropped.kind == "filtered"  # a rule of the recipe, not an error
 
 
 def test_every_awkward_row_is_a_problem_with_a_reason(ego4d_root):
@@ -84,7 +85,7 @@ def test_manifest_opens_the_reader(ego4d_root):
 
 def test_missing_metadata_says_which_option_to_set(tmp_path):
     with pytest.raises(FileNotFoundError, match="option metadata"):
-        Ego4DSource(tmp_path)
+        Ego4DSource(tmp_path, "ego4d")
 
 
 @pytest.mark.parametrize(
@@ -130,7 +131,41 @@ def test_run_video_tom_on_ego4d_writes_rows_that_map_back_to_the_narrations(tmp_
     errors = pq.read_table(sorted((output / "errors").glob("ego4d-*.parquet"))).to_pylist()
     classes = sorted(e["error_class"] for e in errors)
     assert classes.count("ClipTooShort") == 2 and "VideoMissing" in classes and "PathEscapesRoot" in classes
-    assert len(errors) == 12  # the 10 source problems and the 2 narrations shorter than a window
+    # the 10 source problems and the 2 narrations shorter than a window, less the 2 Magma's rules drop
+    assert len(errors) == 10
+    filtered = pq.read_table(sorted((output / "filtered").glob("ego4d-*.parquet"))).to_pylist()
+    assert sorted(f["rule"] for f in filtered) == ["NarrationFiltered", "NarrationTooShort"]
+
+
+def test_a_run_whose_only_dropped_units_are_magmas_filters_exits_0_and_lists_them_in_filtered(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from magma_data.cli import main
+    from magma_data.show import dataset_stats
+
+    output = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "run", "video_tom", "--input", "ego4d", "--root", str(ego4d_filtered_only(tmp_path / "v2")), "--output",
+        str(output), "--tracker", "lk", "--height", "96", "--grid-size", "8", "--num-cpus", "2", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(output / "data" / "ego4d").num_rows == 1 and not list(output.glob("errors/*"))
+    filtered = pq.read_table(output / "filtered").to_pylist()
+    assert [(f["unit_id"], f["rule"]) for f in filtered] == [
+        ("ego4d/vid-a/narration_pass_1/00001", "NarrationFiltered"),
+        ("ego4d/vid-a/narration_pass_1/00002", "NarrationTooShort"),
+    ]
+    assert "walks" in filtered[0]["message"] and filtered[0]["config_hash"]
+    summary = json.loads((output / "summary.json").read_text())["ego4d"]
+    assert (summary["rows_written"], summary["error_rows"], summary["filtered_rows"]) == (1, 0, 2)
+    assert summary["filter_rules"] == {"NarrationFiltered": 1, "NarrationTooShort": 1}
+    assert "| `ego4d` | 1 | 0 | 2 (NarrationFiltered 1, NarrationTooShort 1) |" in (output / "README.md").read_text()
+    assert "NarrationTooShort" in result.output  # the summary table counts filtered units per rule
+    [stats] = dataset_stats(output)  # magma-data show
+    assert stats.filtered == {"NarrationFiltered": 1, "NarrationTooShort": 1} and not stats.errors
 
 
 def test_manifest_defaults_compose_into_the_run_config():

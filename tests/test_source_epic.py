@@ -16,7 +16,7 @@ def epic_root(tmp_path_factory):
 
 
 def _read(root, **options):
-    units = list(EpicKitchensSource(root, **options).clips())
+    units = list(EpicKitchensSource(root, "epic_kitchens", **options).clips())
     return (units, {u.clip_id: u for u in units if isinstance(u, Clip)},
             {u.unit_id: u for u in units if isinstance(u, ClipProblem)})
 

@@ -17,7 +17,7 @@ def ssv2_root(tmp_path_factory):
 
 
 def _read(root):
-    units = list(SomethingSomethingV2Source(root).clips())
+    units = list(SomethingSomethingV2Source(root, "ssv2").clips())
     return ({u.clip_id: u for u in units if isinstance(u, Clip)},
             {u.unit_id: u for u in units if isinstance(u, ClipProblem)})
 
@@ -60,7 +60,7 @@ def test_fill_template_slot_variants():
 
 
 def test_a_split_listed_twice_is_reported_not_duplicated(ssv2_root):
-    units = list(SomethingSomethingV2Source(ssv2_root, annotations=["something-something-v2-train.json"] * 2).clips())
+    units = list(SomethingSomethingV2Source(ssv2_root, "ssv2", annotations=["something-something-v2-train.json"] * 2).clips())
     assert sum(isinstance(u, Clip) for u in units) == 2
     duplicates = [u for u in units if isinstance(u, ClipProblem) and u.error_class == "DuplicateId"]
     assert len(duplicates) == 5 and len({u.unit_id for u in duplicates}) == 5

@@ -50,8 +50,11 @@ class _FlakyTracker:
 
     name = "flaky"
 
-    def __init__(self, max_batch: int):
-        self.max_batch, self.calls = max_batch, []
+    def __init__(self, max_batch: int, chosen_batch: int = 8):
+        self.max_batch, self.chosen_batch, self.calls = max_batch, chosen_batch, []
+
+    def batch_size(self, frames, height, width):
+        return self.chosen_batch
 
     def track(self, video):
         self.calls.append(len(video))
@@ -75,14 +78,14 @@ def _rows(count, poisoned=()):
 
 def test_out_of_memory_halves_the_batch_and_records_it():
     tracker = _FlakyTracker(max_batch=2)
-    results = TrackStage(TrackConfig(batch_size=8), tracker=tracker).track_rows(_rows(8))
+    results = TrackStage(TrackConfig(batch_size=8), tracker=tracker).process(_rows(8))
     assert tracker.calls[0] == 8 and max(tracker.calls[1:]) <= 4
     assert all(r["track_oom_halvings"] == 2 for r in results)
     assert all(r["tracks"].shape == (3, 4, 2) for r in results)
 
 
 def test_a_failing_window_fails_alone():
-    results = TrackStage(TrackConfig(batch_size=4), tracker=_FlakyTracker(max_batch=8)).track_rows(_rows(4, poisoned={2}))
+    results = TrackStage(TrackConfig(batch_size=4), tracker=_FlakyTracker(max_batch=8)).process(_rows(4, poisoned={2}))
     assert isinstance(results[2], ValueError)
     assert all(isinstance(results[i], dict) for i in (0, 1, 3))
 
@@ -90,21 +93,30 @@ def test_a_failing_window_fails_alone():
 def test_windows_of_different_shapes_are_batched_separately():
     tracker = _FlakyTracker(max_batch=8)
     rows = _rows(3) + [{"frames": np.zeros((3, 16, 8, 3), np.uint8)}]
-    results = TrackStage(TrackConfig(batch_size=8), tracker=tracker).track_rows(rows)
+    results = TrackStage(TrackConfig(batch_size=8), tracker=tracker).process(rows)
     assert sorted(tracker.calls) == [1, 3] and all(isinstance(r, dict) for r in results)
+
+
+def test_without_a_batch_size_the_tracker_chooses_it_for_the_shape():
+    tracker = _FlakyTracker(max_batch=8, chosen_batch=3)
+    results = TrackStage(TrackConfig(batch_size=None), tracker=tracker).process(_rows(7))
+    assert tracker.calls == [3, 3, 1] and all(isinstance(r, dict) for r in results)
+    tracker = _FlakyTracker(max_batch=8, chosen_batch=3)
+    TrackStage(TrackConfig(batch_size=5), tracker=tracker).process(_rows(7))
+    assert tracker.calls == [5, 2]  # --batch-size wins over the tracker's choice
 
 
 def test_unknown_tracker_names_are_refused():
     from magma_data.stages.track import make_tracker
 
-    with pytest.raises(ValueError, match="use auto, lk or cotracker3"):
+    with pytest.raises(ValueError, match="use auto, lk, cotracker3 or released"):
         make_tracker(TrackConfig(tracker="raft"))
 
 
-def test_placeholders_match_the_output_columns():
-    from stage_contract import assert_placeholders_match
+def test_output_and_placeholders_match_the_declared_columns():
+    from stage_contract import assert_stage_contract
 
     stage = TrackStage(TrackConfig(tracker="lk", grid_size=4))
     frames = render_scene(SceneSpec(width=64, height=48, num_frames=3, seed=1)).frames
-    [result] = stage.track_rows([{"frames": frames}])
-    assert_placeholders_match(result, stage.placeholders())
+    [result] = stage.process([{"frames": frames}])
+    assert_stage_contract(stage, result)

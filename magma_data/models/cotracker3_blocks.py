@@ -25,19 +25,28 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def instance_norm(channels: int) -> nn.GroupNorm:
+    """Per-frame, per-channel normalisation without affine parameters (so no checkpoint keys).
+
+    GroupNorm with one group per channel is instance norm; unlike ``nn.InstanceNorm2d`` it keeps a
+    channels-last tensor channels-last, and on CPU it runs 2-3x faster.
+    """
+    return nn.GroupNorm(channels, channels, eps=1e-5, affine=False)
+
+
 class ResidualBlock(nn.Module):
     """Two 3x3 convolutions with instance norm; a strided 1x1 shortcut when the size changes."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
-        self.norm1 = nn.InstanceNorm2d(out_channels)
+        self.norm1 = instance_norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
-        self.norm2 = nn.InstanceNorm2d(out_channels)
+        self.norm2 = instance_norm(out_channels)
         self.downsample = (
             nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride),
-                nn.InstanceNorm2d(out_channels),
+                instance_norm(out_channels),
             )
             if stride != 1
             else nn.Identity()
@@ -62,13 +71,13 @@ class FeatureEncoder(nn.Module):
         self.stride = stride
         widths = (output_dim // 2, output_dim // 4 * 3, output_dim, output_dim)  # 64, 96, 128, 128
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3)
-        self.norm1 = nn.InstanceNorm2d(widths[0])
+        self.norm1 = instance_norm(widths[0])
         self.layer1 = self._stage(widths[0], widths[0], stride=1)
         self.layer2 = self._stage(widths[0], widths[1], stride=2)
         self.layer3 = self._stage(widths[1], widths[2], stride=2)
         self.layer4 = self._stage(widths[2], widths[3], stride=2)
         self.conv2 = nn.Conv2d(sum(widths), output_dim * 2, kernel_size=3, padding=1)
-        self.norm2 = nn.InstanceNorm2d(output_dim * 2)
+        self.norm2 = instance_norm(output_dim * 2)
         self.conv3 = nn.Conv2d(output_dim * 2, output_dim, kernel_size=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -81,8 +90,13 @@ class FeatureEncoder(nn.Module):
         )
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames [F, 3, H, W] in [-1, 1] -> features [F, C, H/4, W/4]."""
+        """frames [F, 3, H, W] in [-1, 1] -> features [F, C, H/4, W/4], channels-last in memory.
+
+        Channels-last lets the convolution libraries (oneDNN, cuDNN) skip converting every
+        activation to their preferred layout and back.
+        """
         size = (frames.shape[-2] // self.stride, frames.shape[-1] // self.stride)
+        frames = frames.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.norm1(self.conv1(frames)), inplace=True)
         a = self.layer1(x)
         b = self.layer2(a)

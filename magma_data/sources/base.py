@@ -3,7 +3,8 @@
 A source reads a dataset in place, from its own metadata (narrations, segment CSVs, label JSON,
 a folder walk). It never decodes frames; it only says which span of which video is a clip and
 what text goes with it. Anything it cannot turn into a clip comes out as a ``ClipProblem`` so the
-run records it in the errors table instead of losing it.
+run records it instead of losing it: in the errors table, or in the filtered table when a rule of
+the recipe (Magma's Ego4D verb filter) dropped it on purpose.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
+
+from magma_data.dropped import ERROR, Dropped, dropped_unit
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
@@ -28,21 +31,30 @@ class Clip:
     end_sec: float | None = None  # None = to the end
     fps: float | None = None  # from metadata when the source records it; probed otherwise
     num_frames: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)  # source-specific, carried into the row
+    #: the source's own fields (narration pass, template, verb...), kept for inspection; rows do not
+    #: carry them, since every source's rows share one schema
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ClipProblem:
-    """A unit the source could not turn into a clip (missing video, unusable metadata row)."""
+    """A unit the source did not turn into a clip: a problem (missing video, unusable metadata row),
+    or with ``kind`` "filtered" a unit a rule of the recipe drops, ``error_class`` naming the rule."""
 
     unit_id: str
     error_class: str
     message: str
     video_path: str = ""
+    kind: Literal["error", "filtered"] = ERROR
+
+    def planned(self, source: str) -> dict:
+        """The planned unit that stands for this problem: it goes straight to the errors or filtered table."""
+        return dropped_unit(self.unit_id, source, Dropped(self.kind, "plan", self.error_class, self.message),
+                            video_path=self.video_path)
 
 
 class Source(Protocol):
-    name: str
+    name: str  # the manifest's name, given to the reader by ``open_source``
 
     def clips(self) -> Iterator[Clip | ClipProblem]:
         """Every unit of the source, in a stable order."""
@@ -66,3 +78,43 @@ def resolve_inside(root: Path, relative: str | Path) -> Path:
             "fix the metadata or pass the right --root"
         )
     return candidate
+
+
+def video_roots(source: Source, root: Path) -> list[Path]:
+    """The folders a source's videos must lie in: ``--root``, or the source's own (``video_roots``,
+    e.g. the ``--videos`` folders of Magma's released traces)."""
+    return [Path(r) for r in getattr(source, "video_roots", None) or [root]]
+
+
+def refuse_paths_outside(units: list[dict], roots: list[Path]) -> list[dict]:
+    """Units whose video lies outside every one of ``roots`` (a ``..`` in metadata, a symlink out) become
+    plan errors.
+
+    Defence in depth: every source checks its own paths, and the runner checks every planned one.
+    """
+    inside: dict[str, str | None] = {}
+    checked = []
+    for unit in units:
+        path = unit.get("video_path") or ""
+        if unit.get("drop_kind") or not path:
+            checked.append(unit)
+            continue
+        if path not in inside:
+            inside[path] = _outside_all(path, roots)
+        if inside[path] is None:
+            checked.append(unit)
+        else:
+            checked.append({**unit, **Dropped(ERROR, "plan", "PathEscapesRoot", inside[path]).columns()})
+    return checked
+
+
+def _outside_all(path: str, roots: list[Path]) -> str | None:
+    """Why ``path`` is in none of ``roots``, or None."""
+    errors = []
+    for root in roots:
+        try:
+            resolve_inside(root, path)
+            return None
+        except PathEscapesRoot as error:
+            errors.append(str(error))
+    return "; ".join(errors)

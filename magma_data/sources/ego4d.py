@@ -1,6 +1,7 @@
 """Ego4D read in place: narrations become clips of the full-scale videos.
 
-Layout (as ``ego4d --datasets full_scale annotations --metadata`` leaves it, ``--root`` = ``v2/``)::
+Layout (as ``ego4d --output_directory DIR --datasets full_scale annotations --metadata`` leaves it in
+``DIR/v2/``; ``--root`` is ``DIR`` or ``DIR/v2``)::
 
     ego4d.json                       videos[*]: video_uid, is_stereo, video_metadata{fps, num_frames}, duration_sec
     annotations/narration.json       {video_uid: {narration_pass_1: {narrations: [{timestamp_sec, narration_text}]}}}
@@ -8,8 +9,9 @@ Layout (as ``ego4d --datasets full_scale annotations --metadata`` leaves it, ``-
 
 Narrations are point timestamps. Each becomes the span from its timestamp to the next narration of
 the same pass, at most ``max_duration_sec`` long, as Magma's narration-derived segments are.
-Magma's filters apply (segments of at least 1 s, non-empty text, no idle verbs such as "walk"), but
-verbs match whole words: "sidewalk" and "understand" no longer drop a narration (magma.md §17.12).
+Magma's filters apply (segments of at least 1 s, no idle verbs such as "walk"; the narrations they
+drop go to the filtered table, not the errors), but verbs match whole words: "sidewalk" and
+"understand" no longer drop a narration (magma.md §17.12). Empty text is an error row.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from magma_data.dropped import FILTERED
 from magma_data.sources.base import Clip, ClipProblem
 from magma_data.sources.metadata import load_json_lenient, metadata_file, text_problem, video_file
 
@@ -64,11 +67,10 @@ def clean_narration(text: str) -> str:
 class Ego4DSource:
     """Clips around Ego4D narrations; see the module docstring for the layout it reads."""
 
-    name = "ego4d"
-
     def __init__(
         self,
         root: Path,
+        name: str,
         metadata: str = "ego4d.json",
         narrations: str = "annotations/narration.json",
         videos: str = "full_scale",
@@ -80,6 +82,7 @@ class Ego4DSource:
         """
         Args:
             root: the Ego4D ``v2`` folder.
+            name: the source's name (its manifest's); it begins every unit id.
             metadata, narrations: metadata files relative to ``root``.
             videos: folder of ``<video_uid>.mp4`` relative to ``root`` (``video_540ss`` also works).
             passes: narration passes to read; the two passes narrate the same video twice.
@@ -88,6 +91,7 @@ class Ego4DSource:
             drop_phrases: narrations naming these idle actions are reported and skipped.
         """
         self.root = Path(root).resolve()
+        self.name = name
         self.metadata_path = metadata_file(self.root, metadata, "metadata")
         self.narrations_path = metadata_file(self.root, narrations, "narrations")
         self.videos = videos
@@ -173,7 +177,7 @@ class Ego4DSource:
             if self.drop_pattern and (match := self.drop_pattern.search(task)):
                 yield ClipProblem(unit, "NarrationFiltered",
                                   f"{task!r} names the idle action {match.group(0)!r} (Magma's Ego4D filter); "
-                                  "set the reader option drop_phrases to change the list", str(path))
+                                  "set the reader option drop_phrases to change the list", str(path), kind=FILTERED)
                 continue
             end = start + self.max_duration_sec
             if position + 1 < len(timed):
@@ -192,7 +196,7 @@ class Ego4DSource:
             if end - start < self.min_duration_sec:
                 yield ClipProblem(unit, "NarrationTooShort",
                                   f"span {start:.3f}-{end:.3f} s is shorter than min_duration_sec "
-                                  f"{self.min_duration_sec} s (Magma's Ego4D filter)", str(path))
+                                  f"{self.min_duration_sec} s (Magma's Ego4D filter)", str(path), kind=FILTERED)
                 continue
             yield Clip(
                 clip_id=clip_id,

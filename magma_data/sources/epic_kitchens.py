@@ -40,11 +40,10 @@ def parse_timestamp(text: str) -> float | None:
 class EpicKitchensSource:
     """Clips from the EPIC-KITCHENS-100 action segments; see the module docstring for the layout."""
 
-    name = "epic_kitchens"
-
     def __init__(
         self,
         root: Path,
+        name: str,
         annotations: Sequence[str] = (
             "epic-kitchens-100-annotations/EPIC_100_train.csv",
             "epic-kitchens-100-annotations/EPIC_100_validation.csv",
@@ -55,12 +54,14 @@ class EpicKitchensSource:
         """
         Args:
             root: folder holding the videos and the annotations clone.
+            name: the source's name (its manifest's); it begins every unit id.
             annotations: segment CSVs relative to ``root``, read in this order.
             video_info: per-video frame rates relative to ``root``; None or a missing file means
                 frame rates are probed from the videos.
             video_template: a video's path relative to ``root``, filled from the CSV row.
         """
         self.root = Path(root).resolve()
+        self.name = name
         self.annotation_paths = [metadata_file(self.root, name, "annotations") for name in annotations]
         self.video_info_path = self._optional(video_info)
         self.video_template = video_template

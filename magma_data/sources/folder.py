@@ -13,10 +13,10 @@ from magma_data.sources.base import VIDEO_SUFFIXES, Clip, ClipProblem, PathEscap
 
 
 class FolderSource:
-    name = "folder"
+    """One clip per video file under ``root``; ``name`` is the manifest's, the start of every unit id."""
 
-    def __init__(self, root: Path, suffixes: tuple[str, ...] = VIDEO_SUFFIXES):
-        self.root = Path(root).resolve()
+    def __init__(self, root: Path, name: str, suffixes: tuple[str, ...] = VIDEO_SUFFIXES):
+        self.root, self.name = Path(root).resolve(), name
         self.suffixes = tuple(s.lower() for s in suffixes)
         if not self.root.is_dir():
             raise FileNotFoundError(f"--root {self.root} is not a directory; point it at a folder of videos")

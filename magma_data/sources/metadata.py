@@ -55,6 +55,11 @@ def text_problem(unit_id: str, text: str, what: str, video_path: str = "") -> Cl
     return None
 
 
+class MetadataNotFound(FileNotFoundError):
+    """A metadata file a reader needs is not under the folder it was given (``open_source`` then
+    looks for the release folder inside it)."""
+
+
 def metadata_file(root: Path, relative: str, option: str) -> Path:
     """A metadata file under ``root`` that must exist; the error names the reader option to set."""
     try:
@@ -62,7 +67,7 @@ def metadata_file(root: Path, relative: str, option: str) -> Path:
     except PathEscapesRoot as error:
         raise ValueError(f"option {option}: {error}") from error
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MetadataNotFound(
             f"{path} not found; point --root at the dataset folder or set the reader option "
             f"{option} (currently {relative!r}) to the file's path relative to the root"
         )

@@ -7,8 +7,10 @@ dataset folders, or is one dataset's version folder)::
 
 Episodes are not video files, so this source yields ``RobotEpisode`` units instead of clips: the
 episode's address in the RLDS dataset, its instruction, its length, the camera to track and its
-actions. No frame is kept here; ``magma_data.stages.rlds_frames`` reads a window's frames later,
-on a worker. Reading needs TensorFlow and tensorflow-datasets (``pip install magma-data[oxe]``).
+actions after OpenVLA's standardisation of its dataset (``magma_data.sources.openvla``). No frame
+is kept here; ``magma_data.stages.rlds_frames`` reads a window's frames later, on a worker.
+``dataset_statistics`` reads every episode of a dataset for its action statistics. Reading needs
+TensorFlow and tensorflow-datasets (``pip install magma-data[oxe]``).
 """
 
 from __future__ import annotations
@@ -20,21 +22,27 @@ from pathlib import Path
 import numpy as np
 
 from magma_data.sources.base import ClipProblem, PathEscapesRoot, resolve_inside
+from magma_data.sources.openvla import (
+    ActionLayoutError,
+    DatasetStatistics,
+    rlds_fingerprint,
+    standardization,
+    standardize,
+)
 
 #: Magma's primary camera per dataset of the oxe_magic_soup mixture (magma.md §12); others use "image".
 PRIMARY_IMAGE_KEYS = {
     "bridge_orig": "image_0",
+    "bridge_dataset": "image_0",
     "taco_play": "rgb_static",
     "roboturk": "front_rgb",
     "viola": "agentview_rgb",
     "language_table": "rgb",
 }
 
-#: Where datasets keep the instruction, first match wins (fractal and kuka keep it in the observation).
-INSTRUCTION_KEYS = ("language_instruction", "observation/natural_language_instruction")
-
-#: RT-1 style action dictionaries, concatenated in this order into the 7-D EEF action.
-RT1_ACTION_KEYS = ("world_vector", "rotation_delta", "gripper_closedness_action")
+#: Where datasets keep the instruction, first match wins (fractal and kuka keep it in the observation,
+#: language_table as Unicode code points padded with zeros).
+INSTRUCTION_KEYS = ("language_instruction", "observation/natural_language_instruction", "observation/instruction")
 
 MISSING_EXTRA = (
     "reading Open-X-Embodiment (RLDS TFRecord) needs TensorFlow and tensorflow-datasets; "
@@ -55,7 +63,12 @@ def import_tfds():
 
 @dataclass(frozen=True, eq=False)
 class RobotEpisode:
-    """One RLDS episode: where it is, what it asks for, and what the robot did at each step."""
+    """One RLDS episode: where it is, what it asks for, and what the robot did at each step.
+
+    ``actions`` are after the dataset's standardisation, which may drop steps (Bridge drops its
+    first and last): ``steps`` maps each of them to its step in the RLDS episode, where its
+    frame is.
+    """
 
     episode_id: str  # "<dataset>/<split>/<index:06d>", unique and stable within the source
     dataset: str
@@ -64,8 +77,9 @@ class RobotEpisode:
     episode_index: int  # position in the split, as tfds slicing ("train[i:i+1]") counts it
     instruction: str
     image_key: str  # observation key of the camera to track
-    num_steps: int
-    actions: np.ndarray = field(repr=False)  # float32 [num_steps, 7]: xyz delta, rotation delta, gripper
+    num_steps: int  # standardised steps
+    actions: np.ndarray = field(repr=False)  # float32 [num_steps, 7]: xyz delta, rotation delta, gripper (1 open)
+    steps: np.ndarray = field(repr=False)  # int64 [num_steps]: each one's step in the RLDS episode
     image_size: tuple[int, int] | None = None  # (height, width) from the features, when fixed
     tom: bool = True  # False where Magma skips SoM/ToM (berkeley_cable_routing, kuka)
 
@@ -81,33 +95,39 @@ def _lookup(nested: Mapping, path: str):
 class OpenXSource:
     """RLDS episodes of the Open-X datasets under ``root``; see the module docstring."""
 
-    name = "oxe"
-
     def __init__(
         self,
         root: Path,
+        name: str,
         datasets: Sequence[str] = (),
         splits: Sequence[str] = ("train",),
         image_keys: Mapping[str, str] = PRIMARY_IMAGE_KEYS,
         default_image_key: str = "image",
         no_tom_datasets: Sequence[str] = ("berkeley_cable_routing", "kuka"),
+        standard_datasets: Sequence[str] = (),
         max_episodes: int | None = None,
     ):
         """
         Args:
             root: folder of ``<dataset>/<version>/`` folders, or one such version folder.
+            name: the source's name (its manifest's); it begins every unit id.
             datasets: dataset folder names to read; empty = every dataset found.
             splits: RLDS splits to read, when the dataset has them.
             image_keys: camera to track per dataset; ``default_image_key`` for the rest.
             no_tom_datasets: datasets whose episodes get the action turn only (as in Magma).
-            max_episodes: read at most this many episodes per dataset and split (quick looks).
+            standard_datasets: datasets outside OpenVLA's registry whose actions already follow its
+                convention (7-D EEF deltas, gripper 1 = open, 0 = closed), taken as they are.
+            max_episodes: read at most this many episodes per dataset and split (quick looks); the
+                action statistics still cover every episode.
         """
         self.root = Path(root).resolve()
+        self.name = name
         self.datasets = tuple(datasets)
         self.splits = tuple(splits)
         self.image_keys = dict(image_keys)
         self.default_image_key = default_image_key
         self.no_tom_datasets = set(no_tom_datasets)
+        self.standard_datasets = frozenset(standard_datasets)
         self.max_episodes = max_episodes
         if not self.root.is_dir():
             raise FileNotFoundError(f"--root {self.root} is not a directory; point it at the Open-X download")
@@ -152,6 +172,11 @@ class OpenXSource:
     def _dataset_episodes(self, tfds, name: str, folder: Path) -> Iterator[RobotEpisode | ClipProblem]:
         unit = f"{self.name}/{name}"
         try:
+            standardization(name, self.standard_datasets)
+        except ValueError as error:
+            yield ClipProblem(unit, "DatasetNotSupported", str(error), str(folder))
+            return
+        try:
             builder = tfds.builder_from_directory(str(folder))
             steps = builder.info.features["steps"]
         except Exception as error:  # a broken or partial download must not stop the other datasets
@@ -169,39 +194,75 @@ class OpenXSource:
             return
         shape = cameras[image_key].shape
         image_size = (int(shape[0]), int(shape[1])) if shape[0] and shape[1] else None
-        skip_images = {
-            "steps": {"observation": {k: tfds.decode.SkipDecoding() for k, f in cameras.items()
-                                      if isinstance(f, tfds.features.Image)}}
-        }
-        for split in self.splits:
-            if split not in builder.info.splits:
-                continue
-            selection = split if self.max_episodes is None else f"{split}[:{self.max_episodes}]"
-            dataset = builder.as_dataset(split=selection, shuffle_files=False, decoders=skip_images)
-            for index, episode in enumerate(dataset):
-                yield self._episode(name, folder, split, index, episode["steps"], image_key, image_size)
+        for split, index, steps in _episode_steps(tfds, builder, self.splits, self.max_episodes):
+            yield self._episode(name, folder, split, index, steps, image_key, image_size)
 
-    def _episode(self, name, folder, split, index, steps_dataset, image_key, image_size):
+    def _episode(self, name, folder, split, index, steps, image_key, image_size):
         episode_id = f"{name}/{split}/{index:06d}"
         unit = f"{self.name}/{episode_id}"
-        steps = all_steps(steps_dataset)
         if steps is None:
             return ClipProblem(unit, "EmptyEpisode", f"episode {episode_id} has no steps", str(folder))
-        actions = _actions(steps.get("action"))
-        if actions is None or actions.ndim != 2 or actions.shape[1] != 7:
-            layout = getattr(actions, "shape", None) if actions is not None else type(steps.get("action")).__name__
-            return ClipProblem(unit, "ActionNot7D",
-                               f"{name} actions are {layout}; Magma's action turn needs 7-D EEF actions "
-                               "(xyz delta, rotation delta, gripper); leave the dataset out with the reader "
-                               "option datasets", str(folder))
+        try:
+            standardized = standardize(name, steps, self.standard_datasets)
+        except ActionLayoutError as error:
+            return ClipProblem(unit, "ActionLayout",
+                               f"{name}: {error}; OpenVLA's standardisation of {name} cannot read this episode "
+                               "(is the dataset the mixture's version?)", str(folder))
+        if not len(standardized.actions):
+            return ClipProblem(unit, "EmptyEpisode", f"episode {episode_id} has no step left after {name}'s "
+                                                     "standardisation", str(folder))
         instruction, problem = _instruction(steps, unit, str(folder))
         if problem:
             return problem
         return RobotEpisode(
             episode_id=episode_id, dataset=name, builder_dir=str(folder), split=split, episode_index=index,
-            instruction=instruction, image_key=image_key, num_steps=len(actions), actions=actions,
-            image_size=image_size, tom=name not in self.no_tom_datasets,
+            instruction=instruction, image_key=image_key, num_steps=len(standardized.actions),
+            actions=standardized.actions, steps=standardized.steps, image_size=image_size,
+            tom=name not in self.no_tom_datasets,
         )
+
+    def builder_dir(self, dataset: str) -> Path:
+        """The version folder the reader takes ``dataset`` from."""
+        folders = {name: folder for name, folder in self.builder_dirs() if not isinstance(folder, ClipProblem)}
+        if dataset not in folders:
+            raise FileNotFoundError(f"no RLDS dataset {dataset!r} under {self.root}")
+        return folders[dataset]
+
+    def dataset_statistics(self, dataset: str) -> DatasetStatistics:
+        """Action statistics over every episode of every split of ``dataset``, as OpenVLA computes them:
+        after standardisation, episodes without instruction included, ``max_episodes`` ignored."""
+        tfds = import_tfds()
+        folder = self.builder_dir(dataset)
+        builder = tfds.builder_from_directory(str(folder))
+        episodes = []
+        for _, _, steps in _episode_steps(tfds, builder, tuple(builder.info.splits), None):
+            if steps is None:
+                continue
+            try:
+                episodes.append(standardize(dataset, steps, self.standard_datasets).actions)
+            except ActionLayoutError:  # its windows are error rows; it has no actions to count
+                continue
+        episodes = [actions for actions in episodes if len(actions)]
+        if not episodes:
+            raise ValueError(f"{dataset} has no episode with actions; nothing to compute its statistics from")
+        return DatasetStatistics.of(episodes, self.fingerprint(dataset))
+
+    def fingerprint(self, dataset: str) -> str:
+        return rlds_fingerprint(self.builder_dir(dataset))
+
+
+def _episode_steps(tfds, builder, splits, max_episodes: int | None):
+    """(split, index, steps as NumPy arrays or None when empty) of each episode, images left encoded."""
+    cameras = builder.info.features["steps"]["observation"]
+    skip_images = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k, f in cameras.items()
+                                             if isinstance(f, tfds.features.Image)}}}
+    for split in splits:
+        if split not in builder.info.splits:
+            continue
+        selection = split if max_episodes is None else f"{split}[:{max_episodes}]"
+        dataset = builder.as_dataset(split=selection, shuffle_files=False, decoders=skip_images)
+        for index, episode in enumerate(dataset):
+            yield split, index, all_steps(episode["steps"])
 
 
 def all_steps(steps_dataset) -> dict | None:
@@ -215,24 +276,16 @@ def all_steps(steps_dataset) -> dict | None:
     return tf.nest.map_structure(lambda tensor: tensor.numpy(), batched)
 
 
-def _actions(action) -> np.ndarray | None:
-    if action is None:
-        return None
-    if isinstance(action, Mapping):
-        if not all(key in action for key in RT1_ACTION_KEYS):
-            return None
-        parts = [np.asarray(action[key]).reshape(len(np.asarray(action[key])), -1) for key in RT1_ACTION_KEYS]
-        return np.concatenate(parts, axis=1).astype(np.float32)
-    return np.asarray(action, dtype=np.float32)
-
-
 def _instruction(steps, unit: str, where: str) -> tuple[str, ClipProblem | None]:
     """The episode's first non-empty instruction; a problem when there is none or it is not UTF-8."""
     for key in INSTRUCTION_KEYS:
         values = _lookup(steps, key)
         if values is None:
             continue
-        for raw in np.asarray(values).reshape(-1):
+        values = np.asarray(values)
+        if np.issubdtype(values.dtype, np.integer):  # code points, zero-padded (language_table)
+            values = np.array([_from_code_points(row) for row in values.reshape(len(values), -1)], dtype=object)
+        for raw in values.reshape(-1):
             raw = raw if isinstance(raw, bytes) else bytes(raw)
             if not raw.strip():
                 continue
@@ -244,6 +297,11 @@ def _instruction(steps, unit: str, where: str) -> tuple[str, ClipProblem | None]
     return "", ClipProblem(unit, "EpisodeWithoutInstruction",
                            f"no step has a non-empty {' or '.join(INSTRUCTION_KEYS)}; Magma skips unlabeled "
                            "episodes (skip_unlabeled)", where)
+
+
+def _from_code_points(points: np.ndarray) -> bytes:
+    ends = np.flatnonzero(points == 0)
+    return "".join(chr(int(c)) for c in points[: ends[0] if len(ends) else len(points)]).encode()
 
 
 def _version_key(name: str) -> tuple:

@@ -186,12 +186,11 @@ def default_cache_dir() -> Path:
 
 
 class SampleSource:
-    """Synthetic clips for the demo; ``root`` is where the rendered videos are cached."""
+    """Synthetic clips for the demo; ``root`` is where the rendered videos are cached, ``name`` the manifest's."""
 
-    name = "sample"
-
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None, name: str):
         self.root = Path(root) if root else default_cache_dir()
+        self.name = name
 
     def clips(self) -> Iterator[Clip | ClipProblem]:
         for clip_id, task, spec in SAMPLE_SCENES:

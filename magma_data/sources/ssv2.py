@@ -7,6 +7,9 @@ Layout (``--root`` = the folder the archives were unpacked into)::
     something-something-v2-train.json         [{id, label, template, placeholders}]
     something-something-v2-validation.json
 
+or, as Qualcomm's download package unpacks the label files, ``labels/labels.json``,
+``labels/train.json`` and ``labels/validation.json`` (the manifest's second layout).
+
 The task is the template with its bracketed slots ("[something]", "[something in it]", ...) filled,
 in order, by ``placeholders``, the instruction Magma trained on. The test split has no labels and is
 not read by default.
@@ -45,11 +48,10 @@ def template_key(template: str) -> str:
 class SomethingSomethingV2Source:
     """Clips from SSv2's labelled splits; see the module docstring for the layout."""
 
-    name = "ssv2"
-
     def __init__(
         self,
         root: Path,
+        name: str,
         annotations: Sequence[str] = ("something-something-v2-train.json", "something-something-v2-validation.json"),
         labels: str | None = "something-something-v2-labels.json",
         videos: str = "20bn-something-something-v2",
@@ -58,12 +60,14 @@ class SomethingSomethingV2Source:
         """
         Args:
             root: folder holding the videos folder and the label files.
+            name: the source's name (its manifest's); it begins every unit id.
             annotations: split files relative to ``root``, read in this order.
             labels: the template -> class id file; templates absent from it are reported. None skips
                 the check.
             videos: folder of ``<id><suffix>`` relative to ``root``.
         """
         self.root = Path(root).resolve()
+        self.name = name
         self.annotation_paths = [metadata_file(self.root, name, "annotations") for name in annotations]
         self.labels_path = metadata_file(self.root, labels, "labels") if labels else None
         self.videos = videos

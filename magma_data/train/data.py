@@ -53,8 +53,8 @@ from magma_data.magma_text import (
     IMAGE_PLACEHOLDER,
     IMAGE_TOKEN,
     SYSTEM_PROMPT,
-    asks_about_marks,
     blank_turn,
+    turn_images,
 )
 from magma_data.stages.action_tokens import ActionConfig, ActionTokensStage, action_token_ids
 from magma_data.stages.base import StageError
@@ -174,14 +174,9 @@ def _open_magma(spec: DataSpec, cache_dir: Path | None) -> list[DataSource]:
             "som_image", datasets.Image(decode=False)
         )
         config_file = spec.path / ".magma" / folder.name / "config.json"
-        run_config = _run_config(json.loads(config_file.read_text())) if config_file.is_file() else None
+        run_config = RunConfig.from_dict(json.loads(config_file.read_text())) if config_file.is_file() else None
         sources.append(DataSource(folder.name, "magma", rows, spec.weight, run_config=run_config))
     return sources
-
-
-def _run_config(saved: dict[str, Any]) -> RunConfig:
-    sections = {name: saved[name] for name in ("marks", "render", "action") if name in saved}
-    return RunConfig(pipeline=saved["pipeline"], source=saved["source"], seed=saved["seed"]).with_overrides(sections)
 
 
 def _open_llava(spec: DataSpec, cache_dir: Path | None) -> DataSource:
@@ -350,12 +345,8 @@ class SampleMaker:
     def magma_content(self, row: dict[str, Any]) -> tuple[list[dict], list[Image.Image], int]:
         """A magma-data row's turns and, per ``<image>``, ``som_image`` (SoM / ToM turns) or ``image``."""
         turns = list(row["conversations"])
-        images = []
-        for turn in turns:
-            if turn["from"] in ROLES:
-                shown = "som_image" if asks_about_marks(turn["value"]) else "image"
-                images += [_decode(row[shown])] * turn["value"].count(IMAGE_TOKEN)
-        return turns, images, 1  # video and robot samples use one crop (magma.md §4, §5)
+        decoded = {column: _decode(row[column]) for column in set(turn_images(turns))}
+        return turns, [decoded[column] for column in turn_images(turns)], 1  # one crop (magma.md §4, §5)
 
     def llava_content(self, row: dict[str, Any], image_folder: Path | None) -> tuple[list[dict], list[Image.Image], int | None]:
         """Magma's image branch: ``<image>`` moved to the turn's start (``preprocess_multimodal``),

@@ -1,5 +1,8 @@
 """CoTracker3 point tracking: checkpoint loading, the predictor, and the pipeline's tracker.
 
+This module is the ``cotracker3`` entry of the tracker registry (``magma_data.stages.track``):
+``find_weights``, ``weights_missing`` and ``point_tracker`` are what the registry calls.
+
 ``load_cotracker3`` builds our own CoTracker3 network (``magma_data.models.cotracker3``) from the
 released checkpoints and wraps it in :class:`CoTracker3Predictor`, which has the reference
 predictor's semantics: resize to the model resolution (384x512) and back, grid or user queries,
@@ -23,17 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online
-
-__all__ = [
-    "CoTracker3Offline",
-    "CoTracker3Online",
-    "CoTracker3PointTracker",
-    "CoTracker3Predictor",
-    "find_checkpoint",
-    "get_points_on_a_grid",
-    "load_cotracker3",
-]
+from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online, batch_size_for_memory
+from magma_data.stages.track import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER_CALL, TrackConfig, grid_points
 
 CHECKPOINT_ENV = "MAGMA_COTRACKER3_CHECKPOINT"
 HUB_REPO = "facebook/cotracker3"
@@ -69,6 +63,11 @@ def _where_to_get(variant: str) -> str:
     )
 
 
+def checkpoint_missing(variant: str) -> str:
+    """What to tell the user when no checkpoint is named and the hub cache has none."""
+    return f"no CoTracker3 checkpoint found; {_where_to_get(variant)}"
+
+
 def find_checkpoint(explicit: str | os.PathLike | None, variant: str = "offline") -> Path | None:
     """The checkpoint to load: ``explicit``, else ``$MAGMA_COTRACKER3_CHECKPOINT``, else the torch
     hub cache (``torch.hub.get_dir()/checkpoints/scaled_<variant>.pth``, which follows TORCH_HOME).
@@ -87,10 +86,44 @@ def find_checkpoint(explicit: str | os.PathLike | None, variant: str = "offline"
     return cached if cached.is_file() else None
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state_dict or a training checkpoint ``{"model": state_dict, ...}``; tensors only."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["model"] if "model" in state else state
+class UnusableWeights(ValueError):
+    """A file that is not the weights of the CoTracker3 variant asked for: damaged, not a checkpoint,
+    or another network's."""
+
+
+def read_weights(path: Path, variant: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (a plain state_dict or a training checkpoint ``{"model": ...}``; tensors
+    only), checked tensor by tensor against the ``variant`` network's names and shapes."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+        raise UnusableWeights(f"{path} cannot be read as a PyTorch checkpoint ({type(error).__name__}: {reason}); it "
+                              f"is damaged or not a checkpoint: {_where_to_get(variant)}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UnusableWeights(f"{path} holds no state dict of tensors; {_where_to_get(variant)}")
+    with torch.device("meta"):  # names and shapes, no memory
+        wanted = {name: tensor.shape for name, tensor in MODELS[variant]().state_dict().items()}
+    time_emb = state.get("time_emb")
+    if time_emb is not None and time_emb.ndim == 3 and time_emb.shape[1] != WINDOW_LEN[variant]:
+        other = next(name for name, frames in WINDOW_LEN.items() if name != variant)
+        raise UnusableWeights(
+            f"{path} has a {time_emb.shape[1]}-frame time_emb but the {variant} model needs "
+            f"{WINDOW_LEN[variant]} (offline checkpoints have 60, online 16): it is the {other} variant's; pass "
+            f"--set track.variant={other} to use it, or {_where_to_get(variant)}"
+        )
+    missing = sorted(wanted.keys() - state.keys())
+    unexpected = sorted(state.keys() - wanted.keys())
+    reshaped = sorted(name for name in wanted.keys() & state.keys() if state[name].shape != wanted[name])
+    if missing or unexpected or reshaped:
+        found = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                 for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+                 if names]
+        raise UnusableWeights(f"{path} is not a CoTracker3 {variant} checkpoint: tensors {'; '.join(found)}; "
+                              f"{_where_to_get(variant)}")
+    return state
 
 
 def load_cotracker3(
@@ -108,31 +141,16 @@ def load_cotracker3(
     _check_variant(variant)
     path = find_checkpoint(checkpoint_path, variant)
     if path is None:
-        raise FileNotFoundError(f"no CoTracker3 checkpoint found; {_where_to_get(variant)}")
-    state = _read_state_dict(path)
+        raise FileNotFoundError(checkpoint_missing(variant))
     model = MODELS[variant]()
-    time_emb = state.get("time_emb")
-    if time_emb is not None and time_emb.ndim == 3 and time_emb.shape[1] != WINDOW_LEN[variant]:
-        raise ValueError(
-            f"{path} has a {time_emb.shape[1]}-frame time_emb but the {variant} model needs "
-            f"{WINDOW_LEN[variant]} (offline checkpoints have 60, online 16); "
-            f"use {CHECKPOINT_FILES[variant]} for variant={variant!r}"
-        )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(read_weights(path, variant), strict=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return CoTracker3Predictor(model, dtype=dtype).to(device)
 
 
-def get_points_on_a_grid(size: int, extent: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
-    """A size x size grid [1, size^2, 2] of (x, y), row-major, inset by a margin of W/64 on both axes."""
-    height, width = extent
-    if size == 1:
-        return torch.tensor([[[width / 2, height / 2]]], device=device)
-    margin = width / 64
-    ys = torch.linspace(margin, height - margin, size, device=device)
-    xs = torch.linspace(margin, width - margin, size, device=device)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x, grid_y], dim=-1).reshape(1, -1, 2)
+def _query_grid(size: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """The pipeline's query grid (``grid_points``) at the model resolution, [1, size^2, 2] (x, y)."""
+    return torch.from_numpy(grid_points(size, height, width)).to(device)[None]
 
 
 def _visible_offline(vis: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
@@ -242,7 +260,7 @@ class CoTracker3Predictor(nn.Module):
         if queries is not None:
             queries = torch.cat([queries[..., :1], queries[..., 1:] * to_model], dim=-1).float()
         else:
-            grid = get_points_on_a_grid(grid_size, (h, w), device=video.device)  # 1 N 2
+            grid = _query_grid(grid_size, h, w, video.device)  # 1 N 2
             if segm_mask is not None:
                 mask = F.interpolate(segm_mask.float(), (h, w), mode="nearest")[0, 0]
                 grid_cpu = grid[0].round().long().cpu()
@@ -250,7 +268,7 @@ class CoTracker3Predictor(nn.Module):
             queries = F.pad(grid, (1, 0), value=float(grid_query_frame)).expand(B, -1, -1)
         num_queries = queries.shape[1]
         if add_support_grid:
-            support = F.pad(get_points_on_a_grid(SUPPORT_GRID_SIZE, (h, w), device=video.device), (1, 0))
+            support = F.pad(_query_grid(SUPPORT_GRID_SIZE, h, w, video.device), (1, 0))
             queries = torch.cat([queries, support.expand(B, -1, -1)], dim=1)
 
         tracks, vis, conf = self._run_model(video, queries)
@@ -301,9 +319,43 @@ class CoTracker3PointTracker:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.grid_size = grid_size
         self.predictor = load_cotracker3(checkpoint, variant, device=self.device, dtype=dtypes[precision])
+        self._batch_sizes: dict[tuple[int, int, int], int] = {}
+
+    def batch_size(self, frames: int, height: int, width: int) -> int:
+        """On a GPU, the most windows of this shape its free memory holds (``batch_size_for_memory``,
+        measured per shape once, after the model is loaded); elsewhere ``DEFAULT_BATCH_SIZE``."""
+        if self.device.type != "cuda":
+            return DEFAULT_BATCH_SIZE
+        shape = (frames, height, width)
+        if shape not in self._batch_sizes:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            self._batch_sizes[shape] = batch_size_for_memory(
+                free, frames, self.grid_size**2, max_batch=MAX_WINDOWS_PER_CALL,
+                resolution=tuple(self.predictor.interp_shape), input_size=(height, width),
+            )
+        return self._batch_sizes[shape]
 
     def track(self, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """video uint8 [B, T, 3, H, W] RGB -> tracks float32 [B, T, N, 2] (x, y) input pixels, visibility bool [B, T, N]."""
         frames = torch.from_numpy(np.ascontiguousarray(video)).to(self.device).float()
         tracks, visible = self.predictor(frames, grid_size=self.grid_size, grid_query_frame=0)
         return tracks.cpu().numpy().astype(np.float32), visible.cpu().numpy()
+
+
+def find_weights(config: TrackConfig) -> Path | None:
+    """The registry's weight lookup: ``config.checkpoint``, else the environment, else the hub cache."""
+    return find_checkpoint(config.checkpoint, variant=config.variant)
+
+
+def weights_missing(config: TrackConfig) -> str:
+    return checkpoint_missing(config.variant)
+
+
+def check_weights(config: TrackConfig, weights: Path) -> None:
+    """The registry's check, on the driver before any work: ``weights`` are the variant network's."""
+    read_weights(weights, config.variant)
+
+
+def point_tracker(config: TrackConfig, weights: Path | None) -> CoTracker3PointTracker:
+    return CoTracker3PointTracker(weights, variant=config.variant, grid_size=config.grid_size, device=config.device,
+                                  precision=config.precision)

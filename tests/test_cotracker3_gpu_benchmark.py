@@ -1,0 +1,40 @@
+"""The GPU benchmark's dry run: the whole script on a tiny shape, beside the official code.
+
+It needs a co-tracker checkout in .official/co-tracker (git-ignored, never committed); without one
+the test is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL = REPO / ".official" / "co-tracker"
+
+
+@pytest.mark.skipif(not (OFFICIAL / "cotracker" / "predictor.py").is_file(), reason=f"no co-tracker checkout in {OFFICIAL}")
+def test_dry_run_tracks_like_the_official_code_and_times_every_case(tmp_path, shared_videos):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/tracker_gpu.py", str(tmp_path), "--tiny", "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "tracker_gpu.json").read_text())
+    parity = report["accuracy"][0]
+    assert (parity["run"], parity["against"]) == ("ours fp32", "official fp32")
+    assert parity["within_budget"] and parity["max_px"] <= 0.05 and parity["visibility_agreement"] > 0.99
+    assert parity["reference_motion_px"] > 1  # the random weights move points, so the comparison means something
+    assert {(row["run"], row["against"]) for row in report["accuracy"][1:]} == {
+        ("ours bf16", "ours fp32"), ("official bf16", "official fp32"), ("ours bf16", "official bf16")
+    }
+    cases = {(c["precision"], c["mode"], c["batch"]): c for c in report["cases"]}
+    assert set(cases) == {(p, "eager", b) for p in ("fp32", "bf16") for b in (1, 2)}
+    assert all(c["ours_s"] > 0 for c in cases.values())
+    assert cases[("fp32", "eager", 1)]["official_s"] > 0 and cases[("bf16", "eager", 1)]["official_s"] > 0
+    table = (tmp_path / "tracker_gpu.md").read_text()
+    assert "| ours fp32 | official fp32 |" in table and "| fp32 | eager | 2 |" in table
