@@ -106,7 +106,13 @@ def test_robot_actions_are_retokenised_with_the_tokenizers_own_base_vocabulary(p
     assert supervised == expected + [processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")]
     assert sample.input_ids[sample.labels != IGNORE_INDEX].tolist()[:7] == expected
     # with Llama-3's base vocabulary the same rule gives the ids magma-data stored
-    assert action_token_ids(normalized, ActionConfig(vocab_size=128000)).tolist() == [127999, 127936, 127872, 127840, 127808, 127745, 127744]
+    llama3_ids = action_token_ids(normalized, ActionConfig(vocab_size=128000)).tolist()
+    assert llama3_ids == [127999, 127936, 127872, 127840, 127808, 127745, 127744]
+    # a LLaVA export carries only the stored ids: used when they are this tokenizer's, else the row is refused
+    exported = {key: value for key, value in row.items() if key != "action_normalized"}
+    assert SampleMaker(processor)(dict(exported, action_token_ids=expected), _magma_source([row])).labels.tolist() == sample.labels.tolist()
+    with pytest.raises(BadRow, match="do not fit this tokenizer"):
+        SampleMaker(processor)(dict(exported, action_token_ids=llama3_ids), _magma_source([row]))
 
 
 def test_collator_pads_like_magmas(processor):

@@ -403,11 +403,27 @@ class SampleMaker:
         placeholders = input_ids == self.action_token_id
         if int(placeholders.sum()) != ACTION_DIMENSIONS or int((labels == self.action_token_id).sum()) != ACTION_DIMENSIONS:
             raise BadRow("text does not fit", f"{int(placeholders.sum())} of the {ACTION_DIMENSIONS} <action> tokens are left")
-        if row.get("action_normalized") is None:
-            raise BadRow("no action", "the row has <action> placeholders but no action_normalized column")
-        ids = torch.from_numpy(action_token_ids(np.asarray(row["action_normalized"]), self.action_config).astype(np.int64))
+        ids = torch.from_numpy(self.action_ids(row))
         input_ids[placeholders] = ids
         labels[labels == self.action_token_id] = ids
+
+    def action_ids(self, row: dict[str, Any]) -> np.ndarray:
+        """From ``action_normalized`` (shards); else the stored ``action_token_ids`` (a LLaVA export),
+        when they are this tokenizer's action ids."""
+        config = self.action_config
+        if row.get("action_normalized") is not None:
+            return action_token_ids(np.asarray(row["action_normalized"]), config).astype(np.int64)
+        if row.get("action_token_ids") is None:
+            raise BadRow("no action", "the row has <action> placeholders but neither action_normalized nor action_token_ids")
+        ids = np.asarray(row["action_token_ids"], np.int64)
+        first = config.vocab_size - config.bins
+        if not ((first <= ids) & (ids < config.vocab_size)).all():
+            raise BadRow(
+                "actions do not fit this tokenizer",
+                f"action_token_ids {ids.tolist()} are not among its action ids [{first}, {config.vocab_size}); "
+                "train on the magma-data folder, whose actions are re-tokenised for any tokenizer",
+            )
+        return ids
 
 
 def chat_headers(tokenizer) -> tuple[str, str]:
