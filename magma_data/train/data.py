@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,10 +571,6 @@ class Collator:
             "image_sizes": pad([s.image_sizes for s in samples], batch_first=True, padding_value=0),
         }
         return Batch(inputs, [s.source for s in samples], skipped)
-
-
-def count_skipped(skipped: Sequence[Skipped]) -> Counter[str]:
-    return Counter(item.reason for item in skipped)
 
 
 def _is_number(text: str) -> bool:
