@@ -119,6 +119,22 @@ def test_rows_that_cannot_be_read_are_counted_and_training_goes_on(tmp_path_fact
     assert sum(entry["samples"] for entry in log) == 7 and all(entry["loss"] == entry["loss"] for entry in log)
 
 
+def test_each_step_is_logged_to_the_jsonl_log_and_tensorboard(tmp_path_factory, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _config(tmp_path_factory, tmp_path / "run", max_steps=3, train=("projector",))
+    train(config)
+    log = list(read_log(config.output))
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert all({"loss", "lr", "samples", "tokens", "grad_norm"} <= entry.keys() for entry in log)
+    events = EventAccumulator(str(config.output / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s"} <= set(
+        events.Tags()["scalars"])
+    losses = [(event.step, event.value) for event in events.Scalars("train/loss")]
+    assert losses == [(entry["step"], pytest.approx(entry["loss"])) for entry in log]
+
+
 def test_gradient_checkpointing_recomputes_the_same_losses(tmp_path_factory, tmp_path):
     losses = []
     for checkpointing in (False, True):

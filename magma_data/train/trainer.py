@@ -612,7 +612,7 @@ def _open_log(output: Path, start_step: int):
 
 
 def _tensorboard(output: Path):
-    """A SummaryWriter when TensorBoard is installed (it is optional)."""
+    """A SummaryWriter; TensorBoard comes with the ``train`` extra, and a run without it logs to log.jsonl only."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
