@@ -80,6 +80,13 @@ class RowResult:
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Score the model on the split; returns (and, on the main process, writes) the results."""
     processes = Processes.start()
+    try:
+        return _evaluate(config, processes)
+    finally:
+        processes.end()
+
+
+def _evaluate(config: EvalConfig, processes: Processes) -> dict[str, Any]:
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     model = MagmaForCausalLM.from_pretrained(config.model, dtype=dtype).to(processes.device).eval()
     processor = MagmaProcessor.from_pretrained(config.model)

@@ -149,6 +149,8 @@ class Processes:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    #: this process made the process group (torchrun); under Ray Train, Ray owns it
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -159,7 +161,8 @@ class Processes:
         """One process, or the group torchrun / Ray Train describe in the environment (RANK,
         WORLD_SIZE, LOCAL_RANK, MASTER_ADDR); NCCL on GPUs, gloo on CPUs."""
         cuda = torch.cuda.is_available()
-        if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        owns_group = not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if owns_group:
             dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
         if not dist.is_initialized():
             return cls(device=torch.device("cuda", 0) if cuda else torch.device("cpu"))
@@ -167,7 +170,13 @@ class Processes:
         device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
-        return cls(dist.get_rank(), dist.get_world_size(), device)
+        return cls(dist.get_rank(), dist.get_world_size(), device, owns_group)
+
+    def end(self) -> None:
+        """Destroy the process group ``start`` made. Left to the interpreter's exit, gloo's threads can
+        abort the process ("terminate called without an active exception") after the work is done."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
 
     def sum(self, value: float | torch.Tensor) -> float:
         total = torch.as_tensor(value, dtype=torch.float64, device=self._reduce_device).clone()
@@ -198,6 +207,13 @@ def train(config: TrainConfig) -> Path:
     """Train and write the final model to ``config.output``; returns that folder."""
     config = config.resolved()
     processes = Processes.start()
+    try:
+        return _train(config, processes)
+    finally:
+        processes.end()
+
+
+def _train(config: TrainConfig, processes: Processes) -> Path:
     checkpoint = _checkpoint_to_resume(config)
     if processes.is_main:
         config.output.mkdir(parents=True, exist_ok=True)
