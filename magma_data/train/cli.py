@@ -17,6 +17,10 @@ DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 @click.group()
 def main() -> None:
     """Train Magma on magma-data shards; models load and save in the Magma-8B layout."""
+    from transformers.utils import logging as transformers_logging
+
+    # transformers draws a bar for every weights load and checkpoint save; the commands show their own progress
+    transformers_logging.disable_progress_bar()
 
 
 @main.command()

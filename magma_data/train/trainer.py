@@ -36,7 +36,9 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
+import types
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -628,7 +630,13 @@ def _open_log(output: Path, start_step: int):
 
 
 def _tensorboard(output: Path):
-    """A SummaryWriter; TensorBoard comes with the ``train`` extra, and a run without it logs to log.jsonl only."""
+    """A SummaryWriter; TensorBoard comes with the ``train`` extra, and a run without it logs to log.jsonl only.
+
+    TensorBoard imports TensorFlow when it finds it (the ``oxe`` extra installs it) and falls back to
+    its own stub otherwise; its ``tensorboard.compat.notf`` marker asks for the stub outright, which
+    writes the same event files without TensorFlow's seconds of import and its log lines.
+    """
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
