@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from magma_parity import max_diff
 from results_file import git_commit, replace_section
 
 from magma_data.magma_text import asks_about_marks
@@ -128,10 +129,6 @@ def write_llava(work: Path) -> Path:
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / name)
     (folder / "llava.json").write_text(json.dumps(LLAVA_ROWS))
     return folder / "llava.json"
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
 
 
 def compare(ours: dict, theirs: dict, names: list[str], batches: dict, collate, image_token_id: int) -> dict:
