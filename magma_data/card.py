@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from magma_data.outputs import SourceOutput, source_outputs
+from magma_data.parquet_writer import DATA, table_files
 from magma_data.pipelines import load_pipeline, shard_columns
 from magma_data.schema import column_table
 from magma_data.stages.track import TRACKERS
@@ -45,7 +46,7 @@ def write_dataset_card(root: Path, license: str | None = None) -> Path:
 
 def dataset_card(root: Path, license: str) -> str:
     outputs = source_outputs(root)
-    with_rows = [o.source for o in outputs if any((root / "data" / o.source).glob("train-*.parquet"))]
+    with_rows = [o.source for o in outputs if table_files(root, o.source, DATA)]
     front = {
         "license": license,
         "configs": [{"config_name": "default", "default": True,

@@ -55,6 +55,7 @@ from magma_data.magma_text import (
     blank_turn,
     turn_images,
 )
+from magma_data.parquet_writer import DATA, table_files
 from magma_data.stages.action_tokens import ActionConfig, ActionTokensStage, action_token_ids
 from magma_data.stages.base import StageError
 from magma_data.stages.marks import MarksStage
@@ -155,26 +156,27 @@ def open_data(specs: Sequence[DataSpec], cache_dir: Path | None = None) -> list[
 
 
 def _open_magma(spec: DataSpec, cache_dir: Path | None) -> list[DataSource]:
-    """``<folder>/data/<source>/*.parquet``: one source each; the run config from ``.magma/<source>/``."""
-    folders = sorted(path for path in (spec.path / "data").glob("*") if any(path.glob("*.parquet")))
-    if not folders:
+    """``<folder>/data/<source>/train-*.parquet``: one source each; the run config from ``.magma/<source>/``."""
+    shards = {folder.name: table_files(spec.path, folder.name, DATA) for folder in sorted((spec.path / "data").glob("*"))}
+    shards = {source: files for source, files in shards.items() if files}
+    if not shards:
         raise FileNotFoundError(
             f"--data {spec.path}: no data/<source>/*.parquet in it; pass the --output folder of `magma-data run`"
         )
     sources = []
-    for folder in folders:
+    for source, files in shards.items():
         # Explicit file lists: datasets' cache then tracks each file's modification time (a folder
         # loaded by its dataset card is cached by the card's patterns and can come back stale).
         rows = datasets.load_dataset(
-            "parquet", data_files=[str(path) for path in sorted(folder.glob("*.parquet"))], split="train",
+            "parquet", data_files=[str(path) for path in files], split="train",
             cache_dir=str(cache_dir) if cache_dir else None,
         )
         rows = rows.cast_column("image", datasets.Image(decode=False)).cast_column(
             "som_image", datasets.Image(decode=False)
         )
-        config_file = spec.path / ".magma" / folder.name / "config.json"
+        config_file = spec.path / ".magma" / source / "config.json"
         run_config = RunConfig.from_dict(json.loads(config_file.read_text())) if config_file.is_file() else None
-        sources.append(DataSource(folder.name, "magma", rows, spec.weight, run_config=run_config))
+        sources.append(DataSource(source, "magma", rows, spec.weight, run_config=run_config))
     return sources
 
 
