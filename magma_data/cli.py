@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import click
@@ -12,7 +13,8 @@ import click
 from magma_data.config import ConfigValueError, RunConfig, parse_assignments
 from magma_data.pipelines import PIPELINES
 from magma_data.sources import available_sources, load_manifest
-from magma_data.stages.track import TRACKERS, TrackerUnavailable
+from magma_data.export import FORMATS as EXPORT_FORMATS
+from magma_data.stages.track import TrackConfig, TrackerName, TrackerUnavailable
 
 #: Exit status of a run that finished but turned some units into error rows (see errors/).
 EXIT_SOME_UNITS_FAILED = 3
@@ -46,10 +48,11 @@ def main(verbose: bool) -> None:
               help="Folders of your own videos (--input magma_video_tom: the videos the released traces were "
                    "made from; repeatable).")
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
-@click.option("--tracker", type=click.Choice(["auto", *TRACKERS]),
+@click.option("--tracker", type=click.Choice(typing.get_args(TrackerName)),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="CoTracker3 weights (scaled_offline.pth).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="Tracker precision on GPU (default fp32).")
+@click.option("--precision", type=click.Choice(typing.get_args(typing.get_type_hints(TrackConfig)["precision"])),
+              help="Tracker precision on GPU (default fp32).")
 @click.option("--grid-size", type=int, help="Query grid is N x N points (default 15).")
 @click.option("--window-len", type=int, help="Frames per window (default 16).")
 @click.option("--window-stride", type=int, help="Frames between window starts (default 16; the source may set it).")
@@ -220,7 +223,7 @@ def show(output, count, sheet, as_json):
 
 @main.command()
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", required=True, type=click.Choice(["magma-video-tom", "llava"]),
+@click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS),
               help="magma-video-tom: Magma-Video-ToM's schema (datasets.load_from_disk); llava: JSON + images.")
 @click.option("--output", "destination", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the export to.")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from magma_data.config import RunConfig
+from magma_data.parquet_writer import DATA, table_files
 from magma_data.sink import is_temporary
 
 STATE = ".magma"
@@ -97,4 +98,4 @@ def finished_sources(root: Path, sources: tuple[str, ...] = ()) -> list[SourceOu
 
 def data_shards(root: Path, source: str) -> dict[int, Path]:
     """Shard index -> its data file, for the shards that have rows."""
-    return {int(path.name.split("-")[1]): path for path in sorted((Path(root) / "data" / source).glob("train-*.parquet"))}
+    return {int(path.name.split("-")[1]): path for path in table_files(root, source, DATA)}
