@@ -168,7 +168,7 @@ def test_an_export_format_defined_in_a_test_exports_a_real_run(tracked_by_the_to
 
     again = CliRunner().invoke(export_command, [str(tracked_by_the_toy), "--format", toy_export,
                                                 "--output", str(tmp_path / "cli")])
-    assert again.exit_code == 0, again.output  # the CLI offers the formats registered when it parses
+    assert again.exit_code == 0, again.output  # the CLI offers the formats registered when it parses a value
 
 
 # -- a pipeline ------------------------------------------------------------------------------------
