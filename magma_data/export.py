@@ -43,7 +43,7 @@ from datasets import Dataset, DatasetInfo, Features, List, Value
 
 from magma_data.magma_text import turn_images
 from magma_data.outputs import SourceOutput, data_shards, finished_sources
-from magma_data.pipelines import load_pipeline
+from magma_data.pipelines import PIPELINES
 from magma_data.sink import OutputFolder, ShardContent, ShardWriter, WrittenShard, is_temporary, temporary_path
 from magma_data.stages.camera import raw_tracks
 from magma_data.stages.released_traces import MAGMA_TRACE_HEIGHT
@@ -118,7 +118,9 @@ def _writer(fmt: str, destination: Path, source: SourceOutput) -> ExportWriter:
     """The format's writer for ``source``, or ``ExportRefused`` saying why the format cannot hold its rows."""
     export_format = EXPORT_FORMATS[fmt]
     pipeline = source.config.pipeline
-    refused = load_pipeline(pipeline).refused_exports.get(fmt)
+    if pipeline not in PIPELINES:
+        raise ExportRefused(f"{source.source} was made by the pipeline {pipeline!r}, which is not registered here")
+    refused = PIPELINES[pipeline].refused_exports.get(fmt)
     reason = f"{source.source} holds {pipeline} rows; {refused}" if refused else export_format.refusal(source)
     if reason:
         raise ExportRefused(reason)
