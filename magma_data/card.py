@@ -84,9 +84,9 @@ def dataset_card(root: Path, license: str) -> str:
               "## Citation", "", "Magma, whose SoM/ToM recipe this data follows:", "", "```bibtex", MAGMA_CITATION,
               "```", ""]
     for name in sorted({o.config.track.tracker for o in outputs}):
-        spec = TRACKERS.get(name)
-        if spec is not None and spec.citation:
-            lines += [f"The tracker ({spec.label}):", "", "```bibtex", spec.citation, "```", ""]
+        tracker = TRACKERS.get(name)
+        if tracker is not None and tracker.citation:
+            lines += [f"The tracker ({tracker.label}):", "", "```bibtex", tracker.citation, "```", ""]
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ import pydantic
 
 from magma_data.sink import SinkConfig
 from magma_data.stages.action_tokens import ActionConfig
+from magma_data.stages.base import OneOf
 from magma_data.stages.camera import CameraConfig
 from magma_data.stages.decode import DecodeConfig
 from magma_data.stages.marks import MarksConfig
@@ -142,6 +143,9 @@ def expected(hint: Any) -> str:
     """What a field takes, in words: ``an integer >= 2``, ``true or false``, ``one of fp32, bf16``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
+        choices = next((rule for rule in hint.__metadata__ if isinstance(rule, OneOf)), None)
+        if choices is not None:
+            return "one of " + ", ".join(choices.choices())
         size = next((rule for rule in hint.__metadata__ if isinstance(rule, annotated_types.Len)), None)
         words = _list_words(args[0], size.min_length) if size else expected(args[0])
         return "".join([words, *(_limit(rule) for rule in hint.__metadata__ if rule is not size)])

@@ -5,14 +5,18 @@ a folder walk). It never decodes frames; it only says which span of which video 
 what text goes with it. Anything it cannot turn into a clip comes out as a ``ClipProblem`` so the
 run records it instead of losing it: in the errors table, or in the filtered table when a rule of
 the recipe (Magma's Ego4D verb filter) dropped it on purpose.
+
+A reader subclasses the protocol of what it supplies, so the pipelines and ``magma-data check``
+ask its type, never probe its attributes: ``Source`` (video clips), ``TracesSource`` (windows
+that come with their tracks) or ``RobotSource`` (episodes: ``magma_data.sources.robot``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from magma_data.dropped import ERROR, Dropped, dropped_unit
 
@@ -54,10 +58,39 @@ class ClipProblem:
 
 
 class Source(Protocol):
-    name: str  # the manifest's name, given to the reader by ``open_source``
+    """A dataset read in place: every unit in a stable order, and where its videos may lie."""
 
-    def clips(self) -> Iterator[Clip | ClipProblem]:
-        """Every unit of the source, in a stable order."""
+    name: str  # the manifest's name, given to the reader by ``open_source``
+    #: what ``magma-data check`` calls the units
+    unit_kind: ClassVar[str] = "clips"
+
+    def clips(self) -> Iterator[Any]:
+        """Every unit of the source, in a stable order: ``Clip`` (or the unit its protocol names) or ``ClipProblem``."""
+        ...
+
+    def video_roots(self, root: Path) -> list[Path]:
+        """The folders the source's videos must lie in: ``--root``, unless the source reads them elsewhere."""
+        return [root]
+
+
+@dataclass
+class Coverage:
+    """Of a dataset's records read so far: how many, how many found their video, the videos missing."""
+
+    records: int = 0
+    found: int = 0
+    missing_videos: set[str] = field(default_factory=set)
+
+
+@runtime_checkable
+class TracesSource(Source, Protocol):
+    """A source whose windows come with their tracks (Magma's released traces): the pipeline reads
+    them instead of tracking, and ``check`` reports how many records found their video."""
+
+    unit_kind: ClassVar[str] = "records"
+
+    def coverage(self) -> Mapping[str, Coverage]:
+        """Per dataset of the records read so far (``clips`` fills it as it goes)."""
         ...
 
 
@@ -78,12 +111,6 @@ def resolve_inside(root: Path, relative: str | Path) -> Path:
             "fix the metadata or pass the right --root"
         )
     return candidate
-
-
-def video_roots(source: Source, root: Path) -> list[Path]:
-    """The folders a source's videos must lie in: ``--root``, or the source's own (``video_roots``,
-    e.g. the ``--videos`` folders of Magma's released traces)."""
-    return [Path(r) for r in getattr(source, "video_roots", None) or [root]]
 
 
 def refuse_paths_outside(units: list[dict], roots: list[Path]) -> list[dict]:

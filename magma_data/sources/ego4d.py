@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from magma_data.dropped import FILTERED
-from magma_data.sources.base import Clip, ClipProblem
+from magma_data.sources.base import Clip, ClipProblem, Source
 from magma_data.sources.metadata import load_json_lenient, metadata_file, text_problem, video_file
 
 #: Magma's ego4d filter (data/ego4d/data_utils.py), matched as whole words with inflections.
@@ -64,7 +64,7 @@ def clean_narration(text: str) -> str:
     return " ".join(text.split())
 
 
-class Ego4DSource:
+class Ego4DSource(Source):
     """Clips around Ego4D narrations; see the module docstring for the layout it reads."""
 
     def __init__(

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from magma_data.sources.base import Clip, ClipProblem, PathEscapesRoot, resolve_inside
+from magma_data.sources.base import Clip, ClipProblem, PathEscapesRoot, Source, resolve_inside
 from magma_data.sources.metadata import metadata_file, read_text_lenient, text_problem, video_file
 
 _TIMESTAMP = re.compile(r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)$")
@@ -37,7 +37,7 @@ def parse_timestamp(text: str) -> float | None:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-class EpicKitchensSource:
+class EpicKitchensSource(Source):
     """Clips from the EPIC-KITCHENS-100 action segments; see the module docstring for the layout."""
 
     def __init__(

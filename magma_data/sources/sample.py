@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from magma_data.sources.base import Clip, ClipProblem
+from magma_data.sources.base import Clip, ClipProblem, Source
 
 GENERATOR_VERSION = 1  # bump when the rendered pixels change, so caches are rebuilt
 
@@ -185,7 +185,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "magma-data" / f"sample-v{GENERATOR_VERSION}"
 
 
-class SampleSource:
+class SampleSource(Source):
     """Synthetic clips for the demo; ``root`` is where the rendered videos are cached, ``name`` the manifest's."""
 
     def __init__(self, root: Path | None, name: str):

@@ -56,10 +56,9 @@ from magma_data.magma_text import (
     turn_images,
 )
 from magma_data.parquet_writer import DATA, table_files
-from magma_data.stages.action_tokens import ActionConfig, ActionTokensStage, action_token_ids
+from magma_data.pipelines import load_pipeline
+from magma_data.stages.action_tokens import ActionConfig, action_token_ids
 from magma_data.stages.base import StageError
-from magma_data.stages.marks import MarksStage
-from magma_data.stages.render import RenderStage
 
 from .processor import MagmaProcessor
 
@@ -243,9 +242,7 @@ def redraw_marks(
     The stages take NumPy arrays, as the pipeline hands them: ``features`` says which columns are.
     """
     stage_seed = int.from_bytes(hashlib.sha256(f"redraw\x00{seed}\x00{epoch}".encode()).digest()[:4], "little")
-    stages = [MarksStage(config.marks, seed=stage_seed), RenderStage(config.render)]
-    if config.pipeline == "oxe_tom":
-        stages.append(ActionTokensStage(config.action))  # the action turn goes first again
+    stages = load_pipeline(config.pipeline).redraw_stages(config, stage_seed)  # robot: the action turn goes first again
     redrawn = dict(row, frame0=np.asarray(_decode(row["image"])))
     redrawn.update({name: np.asarray(row[name]) for name in array_columns(features) if name in row})
     for stage in stages:
