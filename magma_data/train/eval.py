@@ -147,6 +147,7 @@ def evaluate_row(
         labels=sample.labels[None].to(device),
         pixel_values=sample.pixel_values[None].to(device, model.dtype),
         image_sizes=sample.image_sizes[None].to(device),
+        logits_to_keep=1,  # the loss only
     )
     result.loss_tokens = int((sample.labels[1:] != IGNORE_INDEX).sum())
     result.loss_sum = float(output.loss) * result.loss_tokens

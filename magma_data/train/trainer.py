@@ -323,7 +323,7 @@ def training_step(
         last = index == len(micro_batches) - 1
         sync = model.no_sync() if isinstance(model, torch.nn.parallel.DistributedDataParallel) and not last else nullcontext()
         with sync, _autocast(config, processes):
-            output = model(**inputs)
+            output = model(**inputs, logits_to_keep=1)  # the loss only: no [batch, length, vocabulary] logits
             weight = tokens * processes.world_size / max(total_tokens, 1)
             (output.loss * weight).backward()
         loss_sum += float(output.loss.detach()) * tokens
