@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from train_fixtures import batch_of_one, chat, picture, redraw_weights, tiny_magma
 
 from magma_data.train import MagmaForCausalLM, MagmaProcessor
-from magma_data.train.checkpoint import checkpoint_shapes, tower_structure
+from magma_data.train.weights import checkpoint_shapes, tower_structure
 from magma_data.train.config import TOWER_STRUCTURE_KEYS
 
 

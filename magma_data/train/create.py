@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForC
 
 from magma_data.magma_text import IMAGE_TOKEN, MAGMA_ADDED_TOKENS, PAD_TOKEN
 
-from .checkpoint import load_open_clip_visual, tower_structure
+from .weights import load_open_clip_visual, tower_structure
 from .config import CONVNEXT_XXLARGE, MAGMA_VISION_SETTINGS, XXLARGE_BACKBONE, MagmaConfig, VisionSpec
 from .model import MagmaForCausalLM, MagmaProjector
 from .processor import MagmaImageProcessor, MagmaProcessor

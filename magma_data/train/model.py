@@ -33,7 +33,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from magma_data.magma_text import IGNORE_INDEX
 
-from .checkpoint import complete_vision_config, raise_on_key_mismatch
+from .weights import complete_vision_config, raise_on_key_mismatch
 from .config import MagmaConfig, VisionSpec
 from .vision_tower import LAYER_SCALE_INIT, ConvNeXtBlock, MagmaVisionTower
 
