@@ -12,7 +12,7 @@ from train_fixtures import tiny_magma, tom_shards
 from magma_data.magma_text import tom_turn
 from magma_data.train.cli import main
 from magma_data.train.eval import RowResult, score_tom_answer, summarize
-from magma_data.train.trainer import read_log
+from magma_data.train.training_log import read_log
 
 TARGET_IDS = [3, 7]
 TARGETS = [[[100, 100], [104, 100], [108, 100]], [[20, 200], [20, 196]]]
