@@ -142,6 +142,10 @@ def _training_command(default_recipe: str):
         values = _given(values)
         try:
             config = TrainConfig.from_recipe(values.pop("recipe", default_recipe), **values)
+            if not config.ray_address:  # Ray's workers check the machine they run on
+                import torch
+
+                config.resolved(torch.cuda.is_available())
         except ValueError as error:
             raise click.UsageError(str(error)) from error
         if config.ray_address:

@@ -53,12 +53,8 @@ def add_adapters(model: MagmaForCausalLM, rank: int, alpha: float, dropout: floa
 
 
 def quantization(bits: int, compute_dtype: torch.dtype) -> dict[str, Any]:
-    """``from_pretrained`` arguments for a 4- or 8-bit language model (train.py's BitsAndBytesConfig)."""
-    if not torch.cuda.is_available():
-        raise ValueError(
-            f"--bits {bits} (QLoRA) needs a CUDA GPU: bitsandbytes' {bits}-bit layers run on CUDA only. "
-            "On this machine train LoRA on 16-bit weights (--bits 16)"
-        )
+    """``from_pretrained`` arguments for a 4- or 8-bit language model (train.py's BitsAndBytesConfig;
+    ``TrainConfig.resolved`` has refused it on a machine without CUDA)."""
     from transformers import BitsAndBytesConfig
 
     config = BitsAndBytesConfig(

@@ -117,6 +117,11 @@ class ModelData:
         record = self.model / TRAINING_RECORD
         if fraction is None:
             fraction = json.loads(record.read_text())["config"]["validation_fraction"] if record.is_file() else None
+        if getattr(self, "bits", 16) != 16 and not cuda:
+            raise ValueError(
+                f"--bits {self.bits} (QLoRA) needs a CUDA GPU: bitsandbytes' {self.bits}-bit layers run on CUDA only; "
+                "on this machine train LoRA on 16-bit weights (--bits 16)"
+            )
         return dataclasses.replace(
             self, precision=self.precision or ("bf16" if cuda else "fp32"),
             validation_fraction=VALIDATION_FRACTION if fraction is None else fraction,

@@ -233,6 +233,8 @@ def load_for_training(
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if config.lora:
-        model = lora.add_adapters(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        with torch.random.fork_rng(devices=[]):  # the adapters' start is drawn from the run's seed
+            torch.manual_seed(_step_seed(config.seed, -1, 0))
+            model = lora.add_adapters(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     model.train()
     return parallel.wrap(model, processes, config.strategy, config.precision, frozen_as_stored=config.lora), added
