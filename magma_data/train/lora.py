@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ def add_adapters(model: MagmaForCausalLM, rank: int, alpha: float, dropout: floa
     """The model with fresh adapters (peft's initialisation: A random, B zero, so it starts as the base)."""
     from peft import get_peft_model
 
-    adapted = get_peft_model(model, lora_config(rank, alpha, dropout, target_modules))
+    with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        adapted = get_peft_model(model, lora_config(rank, alpha, dropout, target_modules))
     if not any("lora_" in name for name, _ in adapted.named_parameters()):
         raise ValueError(f"--lora-target-modules {','.join(target_modules)} names no layer of the language model")
     return adapted
