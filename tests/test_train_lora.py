@@ -61,7 +61,7 @@ def test_lora_trains_only_the_adapters_and_saves_them_merged_or_alone(tmp_path_f
     assert merged.keys() == start.keys()
     adapted = set()
     for key, value in start.items():
-        layer = key.removeprefix("").removesuffix(".weight")
+        layer = key.removesuffix(".weight")
         lora_a = adapter.get(f"base_model.model.{layer}.lora_A.weight")
         if lora_a is None:
             assert torch.equal(merged[key], value), key
