@@ -5,7 +5,7 @@ The file holds a Llama ``text_config``, a free-form ``vision_config`` dict and
 ``vision_config``; we add the ConvNeXt structure (``convnext_depths``, ``convnext_dims``,
 ``clip_embed_dim``) so a checkpoint describes its own tower. When a folder lacks them (Magma-8B's
 does), ``MagmaForCausalLM.from_pretrained`` reads them from the checkpoint's tensor shapes
-(``checkpoint.tower_structure``), never from the backbone's name.
+(``weights.tower_structure``), never from the backbone's name.
 """
 
 from __future__ import annotations
