@@ -203,7 +203,7 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
     probes = VideoProbes()
     units = pipeline.plan(reader, config) if robot else pipeline.plan(reader, config, probes=probes)
     if root is not None:
-        units = refuse_paths_outside(units, video_roots(reader.source, Path(root)))
+        units = refuse_paths_outside(units, video_roots(reader.source))
     tally = _Tally(report)
     usable: set[str] = set()
     for unit in units:

@@ -13,7 +13,6 @@ shards' commits: committed shards stay, and the same command resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from magma_data.pipelines import column_dims, load_pipeline, shard_columns
 from magma_data.schema import features
 from magma_data.sink import OutputFolder, ShardCollector, ShardPlan
 from magma_data.sources import load_manifest, open_source
-from magma_data.sources.base import refuse_paths_outside, video_roots
+from magma_data.sources.base import refuse_paths_outside, relative_video_paths, video_roots
 from magma_data.stages.track import TRACKERS, resolve_tracker
 from magma_data.summary import RunSummary, write_summary
 
@@ -67,9 +66,10 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     pipeline = load_pipeline(config.pipeline)
     source = open_source(load_manifest(config.source), options.root, notify=options.notify or log.info,
                          **options.source_options)
-    units = pipeline.plan(source, config, options.output)
-    if options.root is not None:
-        units = refuse_paths_outside(units, video_roots(source, Path(options.root)))
+    roots = video_roots(source)
+    config = dataclasses.replace(config, root=str(source.root),
+                                 videos=tuple(str(folder) for folder in getattr(source, "video_roots", ())))
+    units = relative_video_paths(refuse_paths_outside(pipeline.plan(source, config, options.output), roots), roots)
     if not units:
         raise RuntimeError(f"source {config.source!r} planned no units under {options.root}; "
                            f"run `magma-data check --input {config.source} --root ...` to see why")
@@ -125,8 +125,8 @@ def open_sink(pipeline, config: RunConfig, units: list[dict], root: Path, overwr
     columns = shard_columns(pipeline, config)
     writer = ParquetShardWriter(root, config.source, features(columns, column_dims(config)), config.sink)
     shards = ShardPlan(units, config.sink.rows_per_shard)
-    output = OutputFolder(root, config.source, config.hash(), json.dumps(config.to_dict(), indent=2, sort_keys=True),
-                          shards.digest, len(units), writer, overwrite=overwrite)
+    output = OutputFolder(root, config.source, config.hash(), config.to_json(), shards.digest, len(units), writer,
+                          overwrite=overwrite)
     committed = output.committed_shards()
     todo = shards.todo(committed)
     collector = ShardCollector(output, shards, todo, (column.name for column in columns if not column.written))

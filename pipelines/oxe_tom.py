@@ -44,7 +44,7 @@ def plan(source: Source, config: RunConfig, output: Path | None = None) -> list[
 
 
 def stages(config: RunConfig) -> list[Stage]:
-    return [RldsFramesStage(config.decode), TrackStage(config.track), CameraStage(config.camera),
+    return [RldsFramesStage(config.decode, config.video_roots()), TrackStage(config.track), CameraStage(config.camera),
             MarksStage(config.marks, seed=config.seed), RenderStage(config.render), ActionTokensStage(config.action)]
 
 

@@ -48,9 +48,10 @@ def plan(source: Source, config: RunConfig, output: Path | None = None, probes: 
 
 def stages(config: RunConfig) -> list[Stage]:
     if tracks_from_source(config.track):
-        frames_and_tracks = [ReleasedTracesStage(config.decode, config.released, config.track.grid_size**2)]
+        frames_and_tracks = [ReleasedTracesStage(config.decode, config.released, config.track.grid_size**2,
+                                                 config.video_roots())]
     else:
-        frames_and_tracks = [DecodeStage(config.decode), TrackStage(config.track)]
+        frames_and_tracks = [DecodeStage(config.decode, config.video_roots()), TrackStage(config.track)]
     return [*frames_and_tracks, CameraStage(config.camera), MarksStage(config.marks, seed=config.seed),
             RenderStage(config.render)]
 

@@ -9,9 +9,12 @@ of one episode arrive together, so the last episode read is kept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
+from magma_data.sources.base import video_file
 from magma_data.sources.oxe import all_steps, import_tfds
 from magma_data.stages.base import Row, Stage, StageError
 from magma_data.stages.decode import FRAMES, IMAGE_HEIGHT, IMAGE_WIDTH, DecodeConfig
@@ -27,8 +30,9 @@ class RldsFramesStage(Stage):
     name = "rlds_frames"
     columns = (FRAMES, IMAGE_WIDTH, IMAGE_HEIGHT)
 
-    def __init__(self, config: DecodeConfig):
-        self.config = config
+    def __init__(self, config: DecodeConfig, roots: Sequence[str] = ()):
+        """``roots``: the folder a row's relative ``video_path`` (its RLDS dataset folder) is under."""
+        self.config, self.roots = config, tuple(roots)
         self._builders: dict[str, object] = {}
         self._episode: tuple[tuple, np.ndarray] | None = None  # (address, encoded images [T])
 
@@ -52,7 +56,7 @@ class RldsFramesStage(Stage):
     def _read_episode(self, builder_dir: str, split: str, index: int, image_key: str) -> np.ndarray:
         tfds = import_tfds()
         if builder_dir not in self._builders:
-            self._builders[builder_dir] = tfds.builder_from_directory(builder_dir)
+            self._builders[builder_dir] = tfds.builder_from_directory(str(video_file(builder_dir, self.roots)))
         builder = self._builders[builder_dir]
         cameras = builder.info.features["steps"]["observation"]
         skip = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k, f in cameras.items()

@@ -9,7 +9,8 @@ the recipe (Magma's Ego4D verb filter) dropped it on purpose.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -25,7 +26,7 @@ class Clip:
 
     clip_id: str  # unique and stable within the source; part of every window's unit id
     video_uid: str  # the source's own id for the whole video
-    video_path: str  # absolute path, already checked to lie inside the source root
+    video_path: str  # absolute path inside the source root (rows store it relative to the root)
     task: str = ""  # narration / label / instruction; "" when the source has none
     start_sec: float | None = None  # span inside the video; None = from the start
     end_sec: float | None = None  # None = to the end
@@ -55,6 +56,7 @@ class ClipProblem:
 
 class Source(Protocol):
     name: str  # the manifest's name, given to the reader by ``open_source``
+    root: Path  # the folder it reads (absolute); its videos lie inside it, unless it has ``video_roots``
 
     def clips(self) -> Iterator[Clip | ClipProblem]:
         """Every unit of the source, in a stable order."""
@@ -80,10 +82,41 @@ def resolve_inside(root: Path, relative: str | Path) -> Path:
     return candidate
 
 
-def video_roots(source: Source, root: Path) -> list[Path]:
-    """The folders a source's videos must lie in: ``--root``, or the source's own (``video_roots``,
-    e.g. the ``--videos`` folders of Magma's released traces)."""
-    return [Path(r) for r in getattr(source, "video_roots", None) or [root]]
+def video_roots(source: Source) -> list[Path]:
+    """The folders a source's videos must lie in, and rows name them relative to: the folder it
+    reads, or its own (``video_roots``, e.g. the ``--videos`` folders of Magma's released traces)."""
+    return [Path(r) for r in getattr(source, "video_roots", None) or [source.root]]
+
+
+def relative_video_paths(units: list[dict], roots: list[Path]) -> list[dict]:
+    """The units with each ``video_path`` relative to the first of ``roots`` that holds it, as rows
+    store it: a dataset pushed to the Hub names no folder of the machine that made it, and the same
+    data read from another folder makes the same rows. Messages name those files the same way."""
+    prefixes = [(Path(root).resolve(), f"{Path(root).resolve()}{os.sep}") for root in roots]
+    relative = []
+    for unit in units:
+        path, message = unit.get("video_path") or "", unit.get("drop_message") or ""
+        changed = {}
+        for root, prefix in prefixes:
+            if path and Path(path).is_absolute() and Path(path).is_relative_to(root):
+                changed["video_path"] = Path(path).relative_to(root).as_posix()
+                break
+        for _, prefix in prefixes:
+            if prefix in message:
+                message = changed["drop_message"] = message.replace(prefix, "")
+        relative.append({**unit, **changed} if changed else unit)
+    return relative
+
+
+def video_file(video_path: str, roots: Sequence[str | Path]) -> Path:
+    """The file a row's ``video_path`` names: a relative one under the first of ``roots`` that holds
+    it (the first root when none does, so an error says where it was looked for); an absolute one,
+    as rows made before paths were relative hold, as it is."""
+    path = Path(video_path)
+    if path.is_absolute() or not roots:
+        return path
+    candidates = [Path(root) / path for root in roots]
+    return next((candidate for candidate in candidates if candidate.exists()), candidates[0])
 
 
 def refuse_paths_outside(units: list[dict], roots: list[Path]) -> list[dict]:
