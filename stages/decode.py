@@ -1,7 +1,7 @@
 """Decode: read only the frames a window needs and resize them to the working height.
 
 decord seeks straight to the window's frames; PyAV is the fallback for files decord cannot open
-(AV1, some webm). Both return frames in display orientation: a phone video stored sideways with
+(AV1, some webm; docs/environment.md §Video decoding and encoding). Both return frames in display orientation: a phone video stored sideways with
 a rotation in its container comes out upright, as a player shows it. Frames are resized to
 ``height`` pixels, aspect kept, with area averaging when shrinking. Decoded frames live only
 until the track stage; rows downstream carry small things. Transient I/O errors are raised as

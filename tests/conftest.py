@@ -13,7 +13,8 @@ import av  # noqa: F401  (before decord: see below)
 import pytest
 
 # PyAV must load its FFmpeg before decord loads the copy it bundles: with decord first, PyAV's
-# libvpx encoder fails to open, and the SSv2 miniatures are VP9 .webm files the tests write.
+# libvpx encoder fails to open, and the SSv2 miniatures are VP9 .webm files the tests write
+# (docs/environment.md §Video decoding and encoding).
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"

@@ -6,7 +6,8 @@ Layout of a local copy (``hf download MagmaAI/Magma-Video-ToM --repo-type datase
         data-00000-of-00015.arrow ...   records: dataset_name, video_name, task_string,
         dataset_info.json, state.json   trace, trace_visibility, frame_index
 
-What is established about the records, and from where (the card documents the field names only):
+What is established about the records, and from where (the card documents the field names only;
+the release as a whole: docs/magma-data-format.md §Magma-Video-ToM):
 
 - ``trace`` / ``trace_visibility`` are CoTracker's raw output for one window (no camera
   compensation, no foreground/background split): Magma's maintainer in microsoft/Magma#66, who

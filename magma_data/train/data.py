@@ -309,7 +309,7 @@ class SampleMaker:
         self.user_header, self.assistant_header = chat_headers(tokenizer)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.action_token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
-        # Actions are the last 256 ids of this tokenizer's own base vocabulary (magma.md §9.4):
+        # Actions are the last 256 ids of this tokenizer's own base vocabulary (docs/magma-text.md §Action tokens):
         # for Llama-3 (128000) these are the ids magma-data stored; for any other, they differ.
         self.action_config = ActionConfig(vocab_size=tokenizer.vocab_size)
         if tokenizer.pad_token_id is None:
@@ -347,7 +347,7 @@ class SampleMaker:
         """A magma-data row's turns and, per ``<image>``, ``som_image`` (SoM / ToM turns) or ``image``."""
         turns = list(row["conversations"])
         decoded = {column: _decode(row[column]) for column in set(turn_images(turns))}
-        return turns, [decoded[column] for column in turn_images(turns)], 1  # one crop (magma.md §4, §5)
+        return turns, [decoded[column] for column in turn_images(turns)], 1  # one crop (docs/magma-som-tom.md §Video loader, §Robot loader)
 
     def llava_content(self, row: dict[str, Any], image_folder: Path | None) -> tuple[list[dict], list[Image.Image], int | None]:
         """Magma's image branch: ``<image>`` moved to the turn's start (``preprocess_multimodal``),

@@ -77,7 +77,7 @@ from .processor import MagmaProcessor
 
 #: The model's parts, as ``--train`` names them.
 PARTS = {"vision": "vision_tower", "projector": "multi_modal_projector", "llm": "language_model"}
-#: The paper's settings per mode (magma.md §13): AdamW at 1e-5 for both; pretraining 3 epochs
+#: The paper's settings per mode (docs/magma-model.md §Training settings): AdamW at 1e-5 for both; pretraining 3 epochs
 #: at a constant rate, fine-tuning 1 epoch with cosine decay after a 3 % warm-up (Magma's scripts).
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {"lr": 1e-5, "schedule": "constant", "warmup_ratio": 0.0, "epochs": 3},
