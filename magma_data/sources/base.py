@@ -92,16 +92,15 @@ def relative_video_paths(units: list[dict], roots: list[Path]) -> list[dict]:
     """The units with each ``video_path`` relative to the first of ``roots`` that holds it, as rows
     store it: a dataset pushed to the Hub names no folder of the machine that made it, and the same
     data read from another folder makes the same rows. Messages name those files the same way."""
-    prefixes = [(Path(root).resolve(), f"{Path(root).resolve()}{os.sep}") for root in roots]
+    folders = [form for root in roots for form in dict.fromkeys((Path(root), Path(root).resolve()))]
     relative = []
     for unit in units:
         path, message = unit.get("video_path") or "", unit.get("drop_message") or ""
         changed = {}
-        for root, prefix in prefixes:
-            if path and Path(path).is_absolute() and Path(path).is_relative_to(root):
-                changed["video_path"] = Path(path).relative_to(root).as_posix()
-                break
-        for _, prefix in prefixes:
+        folder = next((f for f in folders if path and Path(path).is_absolute() and Path(path).is_relative_to(f)), None)
+        if folder is not None:
+            changed["video_path"] = Path(path).relative_to(folder).as_posix()
+        for prefix in (f"{folder}{os.sep}" for folder in folders):
             if prefix in message:
                 message = changed["drop_message"] = message.replace(prefix, "")
         relative.append({**unit, **changed} if changed else unit)
