@@ -17,7 +17,8 @@ OUTSIDE = re.compile(r"(?<![\w/-])(magma\.md|cotracker3\.md|DESIGN\.md|ENVIRONME
 
 def tracked_text_files() -> list[Path]:
     names = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    files = [REPO / name for name in names if not name.startswith("docs/") and (REPO / name).is_file()]
+    files = [REPO / name for name in names  # docs/ itself, and this file's patterns, are not citations
+             if not name.startswith("docs/") and REPO / name != Path(__file__).resolve() and (REPO / name).is_file()]
     return [path for path in files if path.suffix in {".py", ".md", ".txt", ".toml", ".yaml", ".sh", ""}]
 
 
