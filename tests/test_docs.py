@@ -3,8 +3,8 @@ README) and a section it has, and no citation points outside the repository."""
 
 from __future__ import annotations
 
+import os
 import re
-import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,11 +15,18 @@ OUTSIDE = re.compile(r"(?<![\w/-])(magma\.md|cotracker3\.md|DESIGN\.md|ENVIRONME
                      r"|shared/reference|\.\./shared/(ENVIRONMENT|DESIGN|STYLE|reference|scripts)")
 
 
-def tracked_text_files() -> list[Path]:
-    names = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    files = [REPO / name for name in names  # docs/ itself, and this file's patterns, are not citations
-             if not name.startswith("docs/") and REPO / name != Path(__file__).resolve() and (REPO / name).is_file()]
-    return [path for path in files if path.suffix in {".py", ".md", ".txt", ".toml", ".yaml", ".sh", ""}]
+#: Folders that are no part of the repository's text (what .gitignore keeps out), and docs/ itself.
+SKIPPED = {".git", ".venv", "__pycache__", ".pytest_cache", "out", "build", ".official", "docs"}
+TEXT = {".py", ".md", ".txt", ".toml", ".yaml", ".sh", ""}
+
+
+def repository_text_files() -> list[Path]:
+    """The repository's own text files (a copy without .git too), but this one, whose patterns are no citations."""
+    found = []
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [name for name in subfolders if name not in SKIPPED and not name.endswith(".egg-info")]
+        found += [Path(folder) / name for name in files if Path(name).suffix in TEXT]
+    return sorted(path for path in found if path != Path(__file__).resolve())
 
 
 def headings(doc: Path) -> list[str]:
@@ -30,7 +37,7 @@ def test_every_citation_names_a_docs_file_and_a_section_it_has():
     sections = {f"docs/{doc.name}": headings(doc) for doc in (REPO / "docs").glob("*.md")}
     sections["README.md"] = headings(REPO / "README.md")
     problems = []
-    for path in tracked_text_files():
+    for path in repository_text_files():
         text = path.read_text(encoding="utf-8", errors="replace")
         cited = CITED.findall(text)
         for name in cited:
@@ -47,7 +54,7 @@ def test_every_citation_names_a_docs_file_and_a_section_it_has():
 
 
 def test_no_citation_points_outside_the_repository():
-    found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}" for path in tracked_text_files()
+    found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}" for path in repository_text_files()
              for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
              if OUTSIDE.search(line)]
     assert not found, "\n".join(found)
