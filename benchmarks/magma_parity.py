@@ -5,7 +5,7 @@
 
 ``--official-path`` is a checkout of Magma's source (microsoft/Magma @ e373780; the public fork
 phuongthao0515/Magma holds that commit) and ``--official-python`` a venv where it imports
-(``../shared/scripts/official-magma-venv.sh``: torchvision, timm 0.9, open_clip, transformers 4.48).
+(``scripts/official-magma-venv.sh``: torchvision, timm 0.9, open_clip, transformers 4.48).
 For each small config, the official code builds the model from a seed and saves it
 (``benchmarks/magma_parity_official.py``, run in that venv); ours loads the saved folder and must give
 the official processor outputs, fp32 logits within 1e-4 at every position the official model attends

@@ -122,7 +122,7 @@ def redraw_weights(model: torch.nn.Module, seed: int) -> None:
 
 
 def collate(samples: list[dict], pad_id: int, side: str, bool_mask: bool) -> dict:
-    """Magma's collator (data/data_collator.py, magma.md §12), padding on ``side``."""
+    """Magma's collator (data/data_collator.py, docs/magma-model.md §Collation), padding on ``side``."""
     length = max(len(sample["input_ids"]) for sample in samples)
     max_crops = max(len(sample["pixel_values"]) for sample in samples)
     max_images = max(len(sample["image_sizes"]) for sample in samples)

@@ -185,7 +185,7 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
     context = PlanContext(seen=[])
     units = pipeline.plan(reader, config, context)
     if root is not None:
-        units = refuse_paths_outside(units, reader.video_roots(Path(root)))
+        units = refuse_paths_outside(units, reader.video_roots())
     tally = _Tally(report)
     usable: set[str] = set()
     for unit in units:

@@ -204,10 +204,8 @@ def source_options(videos: tuple[Path, ...]) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of a table.")
 def show(output, count, sheet, as_json):
     """Statistics of a run's output and a contact sheet of SoM images with their moving traces."""
-    from rich.table import Table
-
     from magma_data.progress import console
-    from magma_data.show import contact_sheet, dataset_stats, output_sources, stats_json
+    from magma_data.show import contact_sheet, dataset_stats, output_sources, stats_json, stats_tables
 
     if not output_sources(output):
         raise RefusedUsage(f"{output} holds no magma-data output (no .magma/ or data/ folder); point it at the "
@@ -216,17 +214,8 @@ def show(output, count, sheet, as_json):
     if as_json:
         click.echo(stats_json(stats))
     else:
-        table = Table(title=str(output))
-        for column in ("source", "rows", "errors", "filtered", "camera comp.", "H ok", "inliers", "marks", "moving",
-                       "ToM", "tracker"):
-            table.add_column(column, justify="left" if column in ("source", "errors", "filtered", "tracker") else "right")
-        for s in stats:
-            errors = ", ".join(f"{name} {n}" for name, n in sorted(s.errors.items())) or "-"
-            filtered = ", ".join(f"{name} {n}" for name, n in sorted(s.filtered.items())) or "-"
-            table.add_row(s.source, str(s.rows), errors, filtered, f"{s.camera_motion:.0%}", f"{s.homography_ok:.0%}",
-                          f"{s.inlier_ratio:.2f}", f"{s.marks_per_row:.1f}", f"{s.moving_marks_per_row:.1f}",
-                          f"{s.tom_rows:.0%}", ", ".join(s.trackers))
-        console.print(table)
+        for table in stats_tables(stats, str(output)):
+            console.print(table)
     if not any(s.rows for s in stats):
         click.echo("contact sheet: none, no unit became a row (see the errors above and errors/)", err=True)
         return

@@ -13,7 +13,6 @@ shards' commits: committed shards stay, and the same command resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from magma_data.pipelines.base import PlanContext
 from magma_data.schema import features
 from magma_data.sink import OutputFolder, ShardCollector, ShardPlan
 from magma_data.sources import load_manifest, open_source
-from magma_data.sources.base import Source, refuse_paths_outside
+from magma_data.sources.base import Source, refuse_paths_outside, relative_video_paths
 from magma_data.stages.track import resolve_tracker
 from magma_data.summary import RunSummary, write_summary
 
@@ -68,10 +67,11 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     pipeline = load_pipeline(config.pipeline)
     source = open_source(load_manifest(config.source), options.root, notify=options.notify or log.info,
                          **options.source_options)
+    roots = source.video_roots()
+    config = dataclasses.replace(config, root=str(source.root),
+                                 videos=tuple(str(folder) for folder in roots if folder != Path(source.root)))
     context = PlanContext(output=options.output, connect_ray=lambda: init_ray(options.ray_address, options.num_cpus))
-    units = pipeline.plan(source, config, context)
-    if options.root is not None:
-        units = refuse_paths_outside(units, source.video_roots(Path(options.root)))
+    units = relative_video_paths(refuse_paths_outside(pipeline.plan(source, config, context), roots), roots)
     if not units:
         raise RuntimeError(f"source {config.source!r} planned no units under {options.root}; "
                            f"run `magma-data check --input {config.source} --root ...` to see why")
@@ -127,8 +127,8 @@ def open_sink(pipeline, config: RunConfig, units: list[dict], root: Path, overwr
     columns = shard_columns(pipeline, config)
     writer = ParquetShardWriter(root, config.source, features(columns, column_dims(config)), config.sink)
     shards = ShardPlan(units, config.sink.rows_per_shard)
-    output = OutputFolder(root, config.source, config.hash(), json.dumps(config.to_dict(), indent=2, sort_keys=True),
-                          shards.digest, len(units), writer, overwrite=overwrite)
+    output = OutputFolder(root, config.source, config.hash(), config.to_json(), shards.digest, len(units), writer,
+                          overwrite=overwrite)
     committed = output.committed_shards()
     todo = shards.todo(committed)
     collector = ShardCollector(output, shards, todo, (column.name for column in columns if not column.written))

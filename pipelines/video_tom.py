@@ -44,12 +44,12 @@ class VideoTom(Pipeline):
         # every time ends as error rows instead of looping forever.
         if tracks_from_source(config.track):  # reads the traces, decodes one frame a window
             frames_and_tracks = [StageSpec(ReleasedTracesStage(config.decode, config.released,
-                                                               config.track.grid_size**2), batch_size=16)]
+                                                               config.track.grid_size**2, config.video_roots()), batch_size=16)]
         else:
             track = TrackStage(config.track)
             frames_and_tracks = [
                 # Decoded frames (~20 MB a window at 512x768) exist only between decode and track: small batches.
-                StageSpec(DecodeStage(config.decode), batch_size=2),
+                StageSpec(DecodeStage(config.decode, config.video_roots()), batch_size=2),
                 # GPU actors (CoTracker3), or tasks fused with the frame reader (Lucas-Kanade): the tracker's say
                 StageSpec(track, batch_size=track.batch_size, placement=track.placement),
             ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from magma_data.sources.base import video_file
 from magma_data.sources.robot import EpisodeAddress, RobotSource
 from magma_data.stages.base import Row, Stage
 from magma_data.stages.decode import FRAMES, IMAGE_HEIGHT, IMAGE_WIDTH, DecodeConfig
@@ -30,8 +31,9 @@ class RobotFramesStage(Stage):
         if self.source is None:
             raise RuntimeError("the robot frames stage was made without its source; pass the RobotSource the windows "
                                "were planned from")
-        episode = EpisodeAddress(str(row["video_path"]), str(row["split"]), int(row["episode_index"]),
-                                 str(row["image_key"]))
+        # rows name the dataset folder relative to the source's root (video_path)
+        dataset_path = str(video_file(str(row["video_path"]), self.source.video_roots()))
+        episode = EpisodeAddress(dataset_path, str(row["split"]), int(row["episode_index"]), str(row["image_key"]))
         size = self.config.height
         frames = np.stack([_square(frame, size) for frame in self.source.frames(episode, np.asarray(row["frame_indices"]))])
         return {"frames": frames, "image_width": np.int32(size), "image_height": np.int32(size)}

@@ -200,7 +200,7 @@ class FirstWindows(Pipeline):
     def stage_specs(self, config: RunConfig, source: Source | None = None) -> list[StageSpec]:
         track = TrackStage(config.track)
         return [
-            StageSpec(DecodeStage(config.decode), batch_size=2),
+            StageSpec(DecodeStage(config.decode, config.video_roots()), batch_size=2),
             StageSpec(FirstWindowOnly(), batch_size=8),
             StageSpec(track, batch_size=track.batch_size, placement=track.placement),
             StageSpec(CameraStage(config.camera), batch_size=8),

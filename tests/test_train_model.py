@@ -49,7 +49,7 @@ def magma_8b_on_meta(vocab_size: int = 128258) -> MagmaForCausalLM:
 
 
 def expected_8b_table(vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """magma.md §11.2, written out key by key."""
+    """docs/magma-model.md §Checkpoint keys, written out key by key."""
     table = {
         TOWER + "trunk.stem.0.weight": (384, 3, 4, 4), TOWER + "trunk.stem.0.bias": (384,),
         TOWER + "trunk.stem.1.weight": (384,), TOWER + "trunk.stem.1.bias": (384,),

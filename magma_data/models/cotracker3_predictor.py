@@ -11,7 +11,7 @@ backward tracking, query pinning, and the variant's visibility rule. Unlike the 
 batch of videos goes through one forward.
 
 Checkpoints (CC-BY-NC-4.0) are on the Hugging Face Hub, repository ``facebook/cotracker3``:
-``scaled_offline.pth`` and ``scaled_online.pth``.
+``scaled_offline.pth`` and ``scaled_online.pth`` (docs/cotracker3.md §Checkpoints, §Predictor).
 """
 
 from __future__ import annotations

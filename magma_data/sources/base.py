@@ -13,7 +13,8 @@ that come with their tracks) or ``RobotSource`` (episodes: ``magma_data.sources.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -29,7 +30,7 @@ class Clip:
 
     clip_id: str  # unique and stable within the source; part of every window's unit id
     video_uid: str  # the source's own id for the whole video
-    video_path: str  # absolute path, already checked to lie inside the source root
+    video_path: str  # absolute path inside the source root (rows store it relative to the root)
     task: str = ""  # narration / label / instruction; "" when the source has none
     start_sec: float | None = None  # span inside the video; None = from the start
     end_sec: float | None = None  # None = to the end
@@ -61,6 +62,7 @@ class Source(Protocol):
     """A dataset read in place: every unit in a stable order, and where its videos may lie."""
 
     name: str  # the manifest's name, given to the reader by ``open_source``
+    root: Path  # the folder it reads (absolute); its videos lie inside it, unless ``video_roots`` says otherwise
     #: what ``magma-data check`` calls the units
     unit_kind: ClassVar[str] = "clips"
 
@@ -68,9 +70,10 @@ class Source(Protocol):
         """Every unit of the source, in a stable order: ``Clip`` (or the unit its protocol names) or ``ClipProblem``."""
         ...
 
-    def video_roots(self, root: Path) -> list[Path]:
-        """The folders the source's videos must lie in: ``--root``, unless the source reads them elsewhere."""
-        return [root]
+    def video_roots(self) -> list[Path]:
+        """The folders the source's videos must lie in, and rows name them relative to: its root, unless
+        the source reads them elsewhere."""
+        return [self.root]
 
 
 @dataclass
@@ -111,6 +114,36 @@ def resolve_inside(root: Path, relative: str | Path) -> Path:
             "fix the metadata or pass the right --root"
         )
     return candidate
+
+
+def relative_video_paths(units: list[dict], roots: list[Path]) -> list[dict]:
+    """The units with each ``video_path`` relative to the first of ``roots`` that holds it, as rows
+    store it: a dataset pushed to the Hub names no folder of the machine that made it, and the same
+    data read from another folder makes the same rows. Messages name those files the same way."""
+    folders = [form for root in roots for form in dict.fromkeys((Path(root), Path(root).resolve()))]
+    relative = []
+    for unit in units:
+        path, message = unit.get("video_path") or "", unit.get("drop_message") or ""
+        changed = {}
+        folder = next((f for f in folders if path and Path(path).is_absolute() and Path(path).is_relative_to(f)), None)
+        if folder is not None:
+            changed["video_path"] = Path(path).relative_to(folder).as_posix()
+        for prefix in (f"{folder}{os.sep}" for folder in folders):
+            if prefix in message:
+                message = changed["drop_message"] = message.replace(prefix, "")
+        relative.append({**unit, **changed} if changed else unit)
+    return relative
+
+
+def video_file(video_path: str, roots: Sequence[str | Path]) -> Path:
+    """The file a row's ``video_path`` names: a relative one under the first of ``roots`` that holds
+    it (the first root when none does, so an error says where it was looked for); an absolute one,
+    as rows made before paths were relative hold, as it is."""
+    path = Path(video_path)
+    if path.is_absolute() or not roots:
+        return path
+    candidates = [Path(root) / path for root in roots]
+    return next((candidate for candidate in candidates if candidate.exists()), candidates[0])
 
 
 def refuse_paths_outside(units: list[dict], roots: list[Path]) -> list[dict]:

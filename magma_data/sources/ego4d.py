@@ -11,7 +11,8 @@ Narrations are point timestamps. Each becomes the span from its timestamp to the
 the same pass, at most ``max_duration_sec`` long, as Magma's narration-derived segments are.
 Magma's filters apply (segments of at least 1 s, no idle verbs such as "walk"; the narrations they
 drop go to the filtered table, not the errors), but verbs match whole words: "sidewalk" and
-"understand" no longer drop a narration (magma.md §17.12). Empty text is an error row.
+"understand" no longer drop a narration (docs/magma-som-tom.md §Defects 6). Empty text is an error row.
+The release's layout and metadata: docs/sources.md §Ego4D.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Layout (``--root`` holds the downloader's output and a clone of the annotations 
 
 Spans come from ``start_timestamp``/``stop_timestamp``, never ``start_frame``/``stop_frame``: the
 frame columns count the released ~60 fps RGB dumps, not the native frames of 50, 59.94, 29.97 or
-90 fps videos (datasets-and-peers.md §2).
+90 fps videos (docs/sources.md §EPIC-KITCHENS-100).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Layout of a local copy (``hf download MagmaAI/Magma-Video-ToM --repo-type datase
         data-00000-of-00015.arrow ...   records: dataset_name, video_name, task_string,
         dataset_info.json, state.json   trace, trace_visibility, frame_index
 
-What is established about the records, and from where (the card documents the field names only):
+What is established about the records, and from where (the card documents the field names only;
+the release as a whole: docs/magma-data-format.md §Magma-Video-ToM):
 
 - ``trace`` / ``trace_visibility`` are CoTracker's raw output for one window (no camera
   compensation, no foreground/background split): Magma's maintainer in microsoft/Magma#66, who
@@ -136,7 +137,7 @@ class MagmaVideoTomSource(TracesSource):
         self.index = VideoIndex([Path(v) for v in videos], tuple(s.lower() for s in suffixes))
         self._coverage: dict[str, Coverage] = defaultdict(Coverage)
 
-    def video_roots(self, root: Path) -> list[Path]:
+    def video_roots(self) -> list[Path]:
         """The ``--videos`` folders: the videos lie there, not in the release."""
         return self.index.roots
 

@@ -1,4 +1,5 @@
-"""Open-X-Embodiment read in place: RLDS episodes, each a unit of (dataset, episode, step) windows.
+"""Open-X-Embodiment read in place: RLDS episodes, each a unit of (dataset, episode, step) windows
+(docs/sources.md §Open-X-Embodiment).
 
 Layout (as ``gsutil -m cp -r gs://gresearch/robotics/<dataset>`` leaves it; ``--root`` holds the
 dataset folders, or is one dataset's version folder)::
@@ -31,7 +32,7 @@ from magma_data.sources.openvla import (
 )
 from magma_data.sources.robot import EpisodeAddress, EpisodeUnreadable, RobotEpisode, RobotSource
 
-#: Magma's primary camera per dataset of the oxe_magic_soup mixture (magma.md §12); others use "image".
+#: Magma's primary camera per dataset of the oxe_magic_soup mixture (docs/magma-data-format.md §Open-X mixture); others use "image".
 PRIMARY_IMAGE_KEYS = {
     "bridge_orig": "image_0",
     "bridge_dataset": "image_0",

@@ -12,7 +12,7 @@ or, as Qualcomm's download package unpacks the label files, ``labels/labels.json
 
 The task is the template with its bracketed slots ("[something]", "[something in it]", ...) filled,
 in order, by ``placeholders``, the instruction Magma trained on. The test split has no labels and is
-not read by default.
+not read by default. The release's files: docs/sources.md §Something-Something v2.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def create_from_components(
     The tokenizer gains ``MAGMA_ADDED_TOKENS`` in order (``<pad>`` only when it has none); each new
     embedding row, input and output, is the mean of the rows before it. The projector is drawn
     from ``seed`` (normal, std = ``initializer_range``; zero biases and row separator). Unlike the
-    official loader (``strict=False``, magma.md §17.20), every tower tensor must be present.
+    official loader (``strict=False``, docs/magma-model.md §Defects 6), every tower tensor must be present.
     """
     tokenizer = AutoTokenizer.from_pretrained(str(llm))
     visual = load_open_clip_visual(vision)
@@ -103,7 +103,7 @@ def _magma_config(text: LlamaConfig, tower: dict, tokenizer: PreTrainedTokenizer
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        # train.py records the base vocabulary for its action-accuracy metric (magma.md §9.4)
+        # train.py records the base vocabulary for its action-accuracy metric (docs/magma-text.md §Action tokens)
         tokenizer_vocab_size=tokenizer.vocab_size,
     )
 

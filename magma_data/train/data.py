@@ -304,7 +304,7 @@ class SampleMaker:
         vocabulary = tokenizer.get_vocab()
         self.image_token_id = vocabulary.get(IMAGE_TOKEN)
         self.action_token_id = vocabulary.get(ACTION_TOKEN)
-        # Actions are the last 256 ids of this tokenizer's own base vocabulary (magma.md §9.4):
+        # Actions are the last 256 ids of this tokenizer's own base vocabulary (docs/magma-text.md §Action tokens):
         # for Llama-3 (128000) these are the ids magma-data stored; for any other, they differ.
         self.action_config = ActionConfig(vocab_size=tokenizer.vocab_size)
 
@@ -349,7 +349,7 @@ class SampleMaker:
         """A magma-data row's turns and, per ``<image>``, ``som_image`` (SoM / ToM turns) or ``image``."""
         turns = _turns(row)
         decoded = {column: _decode(row.get(column)) for column in set(turn_images(turns))}
-        return turns, [decoded[column] for column in turn_images(turns)], 1  # one crop (magma.md §4, §5)
+        return turns, [decoded[column] for column in turn_images(turns)], 1  # one crop (docs/magma-som-tom.md §Video loader, §Robot loader)
 
     def llava_content(self, row: dict[str, Any], image_folder: Path | None) -> tuple[list[dict], list[Image.Image], int | None]:
         """Magma's image branch: ``<image>`` moved to the turn's start (``preprocess_multimodal``),

@@ -2,7 +2,7 @@
 
 Computes what Magma's official ``MagmaForCausalLM`` (microsoft/Magma @ e373780,
 ``magma/modeling_magma.py``) computes on the same weights; ``benchmarks/magma_parity.py`` runs
-the two side by side. Checkpoint keys are the official ones (magma.md §11.2):
+the two side by side. Checkpoint keys are the official ones (docs/magma-model.md §Checkpoint keys):
 ``vision_tower.clip_vision_model.*``, ``multi_modal_projector.*``, ``language_model.*``.
 
 The forward, as the official one:

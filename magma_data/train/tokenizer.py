@@ -4,7 +4,7 @@ Byte-level BPE in Llama-3's style (its pre-tokenizer regex, digits in groups of 
 ``<|begin_of_text|>`` prepended by the post-processor), trained on text made from Magma's own
 templates, so prompts and answers tokenize into few ids. Llama-3's chat tokens and Magma's added
 tokens come after the base vocabulary, as in Llama-3 (base 128000, special tokens above), so the
-last ``ACTION_BINS`` base ids are ordinary tokens that actions can take over (magma.md §9.4).
+last ``ACTION_BINS`` base ids are ordinary tokens that actions can take over (docs/magma-text.md §Action tokens).
 """
 
 from __future__ import annotations
