@@ -44,6 +44,7 @@ from datasets import Dataset, DatasetInfo, Features, List, Value
 from magma_data.magma_text import turn_images
 from magma_data.outputs import SourceOutput, data_shards, finished_sources
 from magma_data.pipelines import PIPELINES
+from magma_data.registry import Registry
 from magma_data.sink import OutputFolder, ShardContent, ShardWriter, WrittenShard, is_temporary, temporary_path
 from magma_data.stages.camera import raw_tracks
 from magma_data.stages.released_traces import MAGMA_TRACE_HEIGHT
@@ -86,13 +87,9 @@ class ExportFormat(Protocol):
 
 
 #: Every export format, by the name ``--format`` takes.
-EXPORT_FORMATS: dict[str, ExportFormat] = {}
-
-
-def register_export(export_format: type[ExportFormat]) -> type[ExportFormat]:
-    """Class decorator: ``export_format`` becomes ``magma-data export --format <its name>``."""
-    EXPORT_FORMATS[export_format.name] = export_format()
-    return export_format
+EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format")
+#: Class decorator: the format becomes ``magma-data export --format <its name>``.
+register_export = EXPORT_FORMATS.register
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from magma_data.config import RunConfig
 from magma_data.execution import map_stage
+from magma_data.registry import Registry
 from magma_data.sources.base import Source
 from magma_data.stages.base import Column, Placement, Stage
 from magma_data.stages.plan import VideoProbes
@@ -114,13 +115,6 @@ class Pipeline(ABC):
 
 #: Every pipeline, by the name ``magma-data run`` takes (filled by ``register_pipeline``; complete once
 #: ``magma_data.pipelines`` is imported).
-PIPELINES: dict[str, Pipeline] = {}
-
-
-def register_pipeline(pipeline: type[Pipeline]) -> type[Pipeline]:
-    """Class decorator: ``pipeline`` becomes ``magma-data run <its name>``."""
-    known = PIPELINES.get(pipeline.name)
-    if known is not None and type(known) is not pipeline:
-        raise ValueError(f"pipeline {pipeline.name!r} is registered twice ({type(known).__name__}, {pipeline.__name__})")
-    PIPELINES[pipeline.name] = pipeline()
-    return pipeline
+PIPELINES: Registry[Pipeline] = Registry("pipeline")
+#: Class decorator: the pipeline becomes ``magma-data run <its name>``.
+register_pipeline = PIPELINES.register

@@ -27,6 +27,7 @@ import numpy as np
 from annotated_types import Ge
 
 from magma_data.models.point_tracking import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER_CALL, grid_points
+from magma_data.registry import Registry
 from magma_data.stages.base import Column, OneOf, Placement, Row, Stage
 from magma_data.stages.decode import FRAMES
 
@@ -144,16 +145,9 @@ class Tracker(Protocol):
 
 
 #: Every tracker the pipelines can run, by name; ``auto`` prefers, in this order, one whose weights are found.
-TRACKERS: dict[str, Tracker] = {}
-
-
-def register_tracker(tracker: type[Tracker]) -> type[Tracker]:
-    """Class decorator: ``tracker`` becomes ``--tracker <its name>``."""
-    known = TRACKERS.get(tracker.name)
-    if known is not None and type(known) is not tracker:
-        raise ValueError(f"tracker {tracker.name!r} is registered twice ({type(known).__name__}, {tracker.__name__})")
-    TRACKERS[tracker.name] = tracker()
-    return tracker
+TRACKERS: Registry[Tracker] = Registry("tracker")
+#: Class decorator: the tracker becomes ``--tracker <its name>``.
+register_tracker = TRACKERS.register
 
 
 #: What ``TrackConfig.tracker`` takes: auto or a registered tracker (asked when a value is checked,

@@ -22,8 +22,8 @@ FOLDERS = {"magma_data": REPO / "magma_data", "magma_data.stages": REPO / "stage
 
 #: Lowest first. A name covers the module and everything below it (``magma_data.sources`` covers its readers).
 LAYERS = (
-    # what every layer may use: the record of a dropped unit, Magma's text and tokens, fault injection
-    ("core", ("magma_data.dropped", "magma_data.magma_text", "magma_data.faults")),
+    # what every layer may use: the record of a dropped unit, Magma's text and tokens, fault injection, registries
+    ("core", ("magma_data.dropped", "magma_data.magma_text", "magma_data.faults", "magma_data.registry")),
     # network code (CoTracker3) and the point-tracking conventions it shares with the track stage
     ("models", ("magma_data.models",)),
     # datasets read in place, the source protocols, the manifest registry

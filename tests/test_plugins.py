@@ -233,3 +233,14 @@ def test_a_pipeline_defined_in_a_test_runs_and_its_filter_fills_the_filtered_tab
     with pytest.raises(ExportRefused, match="sample holds first_windows rows; a test's rows"):
         export(output, "magma-video-tom", tmp_path / "export")
     assert [stage.name for stage in PIPELINES[toy_pipeline].redraw_stages(config, seed=3)] == ["marks", "render"]
+
+
+def test_a_name_taken_by_another_class_is_refused_and_the_same_class_registers_once():
+    for registry in (PIPELINES, TRACKERS, EXPORT_FORMATS):
+        name, known = next(iter(registry.items()))
+        impostor = type("Impostor", (), {"name": name})
+        with pytest.raises(ValueError, match=f"{registry.kind} '{name}' is registered twice"):
+            registry.register(impostor)
+        assert registry[name] is known
+        registry.register(type(known))  # a module imported again: nothing changes
+        assert registry[name] is known
