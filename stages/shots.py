@@ -121,7 +121,7 @@ class ShotDetector:
         for backend in backends:
             reader = DecodeStage(replace(self.decode, backend=backend))
             try:
-                return find_cuts(_span_frames(reader, video_path, start, end), fps, self.config, first_frame=start)
+                return find_cuts(span_frames(reader, video_path, start, end), fps, self.config, first_frame=start)
             except TRANSIENT_ERRORS:
                 raise  # the file may be fine and its storage briefly not
             except Exception as error:  # the next backend reads the span again from its start
@@ -133,7 +133,7 @@ class ShotDetector:
             "check the file, or turn shot detection off (--set shots.enabled=false)")
 
 
-def _span_frames(reader: DecodeStage, video_path: str, start: int, end: int) -> Iterator[np.ndarray]:
+def span_frames(reader: DecodeStage, video_path: str, start: int, end: int) -> Iterator[np.ndarray]:
     """Every frame of ``[start, end)`` at native size, read ``DECODE_CHUNK`` at a time."""
     for first in range(start, end, DECODE_CHUNK):
         yield from reader.read(video_path, np.arange(first, min(first + DECODE_CHUNK, end)))
