@@ -162,7 +162,8 @@ def main() -> None:
              "Seconds per minute of video (one process; the pipeline's decode: every 16-frame window resized to "
              "height 512; whole read: every frame at native size, as detection reads it; shots: read + 256 px "
              "downscale + ContentDetector):", "",
-             "| video | pipeline decode s/min | whole read s/min | shots s/min | shots / pipeline decode | cuts found |",
+             "| video | pipeline decode s/min | whole read s/min | shots s/min | shots / pipeline decode "
+             "| cuts found |",
              "|---|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as folder:
         for label, names in MINUTES:

@@ -148,7 +148,8 @@ def plan_windows(clip: Clip, info: VideoInfo, source: str, config: PlanConfig,
         if shot_samples < config.window_len:
             short_shots.append(_short_shot(clip, source, shot_start, shot_end, shot_samples, config))
             continue
-        starts += [(shot_start, first) for first in range(0, shot_samples - config.window_len + 1, config.window_stride)]
+        firsts = range(0, shot_samples - config.window_len + 1, config.window_stride)
+        starts += [(shot_start, first) for first in firsts]
     if config.max_windows_per_clip and len(starts) > config.max_windows_per_clip:
         keep = np.linspace(0, len(starts) - 1, config.max_windows_per_clip).round().astype(int)
         starts = [starts[i] for i in keep]

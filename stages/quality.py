@@ -51,7 +51,8 @@ class QualityConfig:
     @property
     def enabled(self) -> bool:
         """Any rule is on (a pipeline runs the stage only then, so rows of other runs keep their columns)."""
-        return self.min_mean_motion_px is not None or self.max_invisible_fraction is not None or self.drop_camera_fallback
+        return (self.min_mean_motion_px is not None or self.max_invisible_fraction is not None
+                or self.drop_camera_fallback)
 
 
 MEAN_MOTION = Column("mean_motion_px", "float32", group="quality",

@@ -1,4 +1,4 @@
-"""Text alignment: CLIP scores a window's frames against its text, and a window that matches nothing is dropped before tracking.
+"""Text alignment: CLIP scores a window's frames against its text; a window that matches nothing is dropped.
 
 Magma kept a 16-frame trace window when the best of 4 of its frames (``linspace`` over the
 window) reached a cosine similarity of 0.25 with the segment's text under CLIP ViT-L/14@336px
@@ -221,7 +221,8 @@ class TextAlignmentStage(Stage):
         images = []
         for frames in windows:
             if np.ndim(frames) != 4 or np.shape(frames)[-1] != 3:
-                raise StageError(f"frames must be [T, H, W, 3] RGB, got shape {np.shape(frames)}; check the decode stage")
+                raise StageError(f"frames must be [T, H, W, 3] RGB, got shape {np.shape(frames)}; "
+                                 "check the decode stage")
             images += [frames[p] for p in frame_positions(len(frames))]  # views: the frames stay where decode put them
         padding = size - len(windows)
         images += images[-FRAMES_PER_WINDOW:] * padding
