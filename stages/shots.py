@@ -61,12 +61,26 @@ class ShotDetectionFailed(StageError):
     pass
 
 
+class ShotsUnavailable(ImportError):
+    """scenedetect is not installed (it comes with the curate extra)."""
+
+
+def require_scenedetect() -> None:
+    """Raise ``ShotsUnavailable`` saying how to install scenedetect; a run calls it before any work."""
+    try:
+        import scenedetect  # noqa: F401
+    except ImportError as error:
+        raise ShotsUnavailable(f"shot detection needs PySceneDetect ({error}): pip install 'magma-data[curate]', "
+                               "or turn shots off (--set shots.enabled=false)") from None
+
+
 def find_cuts(frames: Iterable[np.ndarray], fps: float, config: ShotsConfig, first_frame: int = 0) -> list[int]:
     """The frame numbers at which a new shot starts, in ascending order, from RGB frames in display order.
 
     The first frame is numbered ``first_frame``; a cut is the number of the first frame of its
     new shot, so ``[start, cut)`` and ``[cut, end)`` are the shots on either side.
     """
+    require_scenedetect()
     from scenedetect import ContentDetector, FrameTimecode
     from scenedetect.scene_manager import compute_downscale_factor
 
@@ -122,8 +136,8 @@ class ShotDetector:
             reader = DecodeStage(replace(self.decode, backend=backend))
             try:
                 return find_cuts(span_frames(reader, video_path, start, end), fps, self.config, first_frame=start)
-            except TRANSIENT_ERRORS:
-                raise  # the file may be fine and its storage briefly not
+            except (*TRANSIENT_ERRORS, ShotsUnavailable):
+                raise  # the file may be fine and its storage briefly not; or no detector is installed
             except Exception as error:  # the next backend reads the span again from its start
                 errors.append(f"{type(error).__name__}: {error}")
             finally:

@@ -90,7 +90,13 @@ def frame_positions(window_len: int) -> np.ndarray:
 
 
 def check_checkpoint(checkpoint: str | Path) -> Path:
-    """The folder, checked before any work: a CLIP config, its weights, a tokenizer and an image processor."""
+    """The folder, checked before any work: transformers installed, a CLIP config, its weights, a tokenizer
+    and an image processor."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as error:
+        raise AlignmentUnavailable(f"text alignment needs transformers ({error}): pip install 'magma-data[curate]', "
+                                   "or leave alignment.checkpoint out") from None
     folder = Path(checkpoint).expanduser()
     where = ("pass the folder of a CLIP model saved by transformers (config.json, model.safetensors, the "
              "tokenizer and preprocessor files), e.g. openai/clip-vit-large-patch14-336 as "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from pathlib import Path
 
 import av
@@ -14,9 +15,17 @@ from magma_data.dropped import FILTERED, Dropped, record
 from magma_data.sources.base import Clip
 from magma_data.sources.sample import write_video
 from magma_data.stages.decode import DecodeConfig
-from magma_data.stages.plan import PlanConfig, VideoInfo, plan_source, plan_windows, probe_video
 from magma_data.stages import shots as shots_module
-from magma_data.stages.shots import ShotCache, ShotDetector, ShotsConfig, find_cuts, shot_spans
+from magma_data.stages.plan import PlanConfig, VideoInfo, plan_source, plan_windows, probe_video
+from magma_data.stages.shots import (
+    ShotCache,
+    ShotDetector,
+    ShotsConfig,
+    ShotsUnavailable,
+    find_cuts,
+    require_scenedetect,
+    shot_spans,
+)
 
 #: The frame at which the second video starts in the joined clip.
 CUT = 50
@@ -202,3 +211,11 @@ def test_plan_source_plans_every_clip_inside_its_shots(cut_video):
     for unit in units:
         by_clip.setdefault(unit["clip_id"], []).append(unit["frame_index"])
     assert by_clip == {"joined": [0, 16, 32, 50, 66, 82, 98], "middle": [30, 50, 66]}
+
+
+def test_without_scenedetect_detection_says_how_to_install_it(monkeypatch, cut_video):
+    monkeypatch.setitem(sys.modules, "scenedetect", None)  # as if the curate extra were not installed
+    with pytest.raises(ShotsUnavailable, match=r"pip install 'magma-data\[curate\]'"):
+        require_scenedetect()
+    with pytest.raises(ShotsUnavailable):
+        ShotDetector(ShotsConfig())(str(cut_video), 0, 60, 30.0)

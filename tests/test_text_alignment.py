@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -12,9 +13,9 @@ import torch
 from clip_fixtures import save_tiny_clip
 from magma_data.dropped import FILTERED, Dropped, record
 from magma_data.execution import batch_to_rows, new_unit_row, rows_to_batch, run_stage
+from magma_data.sources.base import Clip
 from magma_data.stages.decode import DecodeConfig, DecodeStage
 from magma_data.stages.plan import PlanConfig, VideoInfo, plan_windows
-from magma_data.sources.base import Clip
 from magma_data.stages.text_alignment import (
     AlignmentConfig,
     AlignmentUnavailable,
@@ -163,3 +164,9 @@ def test_the_run_says_whether_alignment_is_on():
     assert alignment_note(AlignmentConfig()).startswith("text alignment: off")
     assert "scores >= 0.25" in alignment_note(AlignmentConfig(checkpoint="/ckpt"))
     assert math.isclose(AlignmentConfig().threshold, 0.25)
+
+
+def test_without_transformers_the_checkpoint_check_says_how_to_install_it(monkeypatch, tiny_clip):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if the curate extra were not installed
+    with pytest.raises(AlignmentUnavailable, match=r"pip install 'magma-data\[curate\]'"):
+        check_checkpoint(tiny_clip)
