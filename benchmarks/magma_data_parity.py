@@ -4,7 +4,7 @@
         --official-python /work/official/magma-venv/bin/python [--data out/sample] [--golden FILE]
 
 ``--official-path`` is a checkout of Magma's source (microsoft/Magma @ e373780) and
-``--official-python`` a venv where it imports (``../shared/scripts/official-magma-venv.sh``).
+``--official-python`` a venv where it imports (``scripts/official-magma-venv.sh``).
 Without ``--data``, a sample-source run is made first (``magma-data run video_tom --input sample``
 with settings that give ToM rows). Every row of it, robot rows made from some of them by the
 action stage, and LLaVA rows (an image with ``<image>`` after the text, two images, none) become

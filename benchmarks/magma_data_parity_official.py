@@ -13,7 +13,7 @@ What the official code needs and this script supplies, without changing it:
 - ``data/__init__.py`` imports every loader (cv2, decord, TensorFlow, pandas, deepspeed): the
   ``data`` package is registered without running it, and the modules ``dataset.py`` imports but
   these paths never call (deepspeed, cv2, pandas, the data-item reader) are empty stand-ins;
-- ``pdb.set_trace()`` at the top of the image branch (magma.md §17.1) does nothing;
+- ``pdb.set_trace()`` at the top of the image branch (docs/magma-model.md §Defects 1) does nothing;
 - video items: Magma draws marks from raw traces in its conversation constructor; ours come from
   the shards, so the constructor for the item's tag hands back the row's frozen conversation and
   images (raw frame and marked frame, 1 crop), which the rest of ``__getitem__`` then processes.

@@ -9,6 +9,10 @@ official ``save_pretrained``, runs the official processor on the cases in ``WORK
 collates the batches as Magma's collator does, and records eval logits, training-mode loss and
 logits, and greedy generations. ``reload`` loads the folder our model saved back into the
 official model and records its eval logits. Everything goes to ``WORK/<config>/*.pt``.
+With ``"add_action": true`` in the config, ``build`` also runs train.py's own
+``smart_tokenizer_and_embedding_resize(["<action>"])`` on the model it saved (train.py L481-486)
+and records the rows it makes; ``reload --folder NAME`` reads another folder ours wrote (a trained one)
+and records its tokenizer's ``<action>`` id too.
 
 What the official code needs and this script supplies, without changing it:
 - its tower is fetched from the Hub (``hf-hub:laion/CLIP-convnext_xxlarge-...``); the Hub lookup is
@@ -16,6 +20,8 @@ What the official code needs and this script supplies, without changing it:
   the same block design (registered here with timm), and a 1-layer text tower (unused by Magma);
 - ``wandb`` (imported by modeling_magma.py, not installed): a stub that records nothing;
 - a one-process gloo group, which its training-mode forward requires;
+- train.py imports deepspeed and its trainer / data packages at the top: stand-ins, so that its
+  ``smart_tokenizer_and_embedding_resize`` can be called as it is;
 - Magma's README rule for stock transformers 4.48: checkpoint keys under ``clip_vision_model``
   are not renamed (``gamma`` would become ``weight`` and the layer scales would be dropped).
 """
@@ -43,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--official-path", required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--config", required=True)
+    parser.add_argument("--folder", default="our_checkpoint", help="reload: the folder under WORK/<config>/")
     return parser.parse_args()
 
 
@@ -115,7 +122,7 @@ def redraw_weights(model: torch.nn.Module, seed: int) -> None:
 
 
 def collate(samples: list[dict], pad_id: int, side: str, bool_mask: bool) -> dict:
-    """Magma's collator (data/data_collator.py, magma.md §12), padding on ``side``."""
+    """Magma's collator (data/data_collator.py, docs/magma-model.md §Collation), padding on ``side``."""
     length = max(len(sample["input_ids"]) for sample in samples)
     max_crops = max(len(sample["pixel_values"]) for sample in samples)
     max_images = max(len(sample["image_sizes"]) for sample in samples)
@@ -189,7 +196,7 @@ def build(args: argparse.Namespace) -> None:
     from PIL import Image
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(work / spec.get("tokenizer", "tokenizer"))
     image_processor = image_processing_magma.MagmaImageProcessor(**spec["processor"])
     processor = processing_magma.MagmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
@@ -243,10 +250,30 @@ def build(args: argparse.Namespace) -> None:
         for stage in model.vision_tower.clip_vision_model.trunk.stages
         for block in stage.blocks
     ]
-    torch.save(
-        {"processed": processed, "results": results, "generations": generations, "drop_path_rates": drop_rates},
-        out / "official.pt",
-    )
+    recorded = {"processed": processed, "results": results, "generations": generations, "drop_path_rates": drop_rates}
+    if spec.get("add_action"):
+        recorded["action"] = add_action_as_train_py_does(args.official_path, model, tokenizer)
+    torch.save(recorded, out / "official.pt")
+
+
+def add_action_as_train_py_does(official_path: str, model, tokenizer) -> dict:
+    """train.py's own ``smart_tokenizer_and_embedding_resize(["<action>"], ...)``, imported with stand-ins."""
+    sys.modules.setdefault("deepspeed", types.ModuleType("deepspeed"))
+    sys.modules.setdefault("trainer", types.SimpleNamespace(MagmaTrainer=object))
+    sys.modules.setdefault("data", types.ModuleType("data"))
+    sys.path.insert(0, official_path)
+    import train as magma_train
+
+    before = len(tokenizer)
+    magma_train.smart_tokenizer_and_embedding_resize(special_tokens_dict=["<action>"], tokenizer=tokenizer, model=model)
+    return {
+        "id": tokenizer.convert_tokens_to_ids("<action>"),
+        "length": len(tokenizer),
+        "before": before,
+        "vocab_size": model.config.text_config.vocab_size,
+        "input_row": model.get_input_embeddings().weight[-1].detach().clone(),
+        "output_row": model.get_output_embeddings().weight[-1].detach().clone(),
+    }
 
 
 def reload(args: argparse.Namespace) -> None:
@@ -254,7 +281,12 @@ def reload(args: argparse.Namespace) -> None:
     spec = json.loads((work / f"{args.config}.json").read_text())
     _, _, modeling_magma, _ = install_official(args.official_path, spec)
     out = work / args.config
-    model, info = modeling_magma.MagmaForCausalLM.from_pretrained(out / "our_checkpoint", output_loading_info=True)
+    model, info = modeling_magma.MagmaForCausalLM.from_pretrained(out / args.folder, output_loading_info=True)
+    from transformers import PreTrainedTokenizerFast
+
+    # the class tokenizer_config.json names (AutoTokenizer would need the remote-code config registered)
+    has_tokenizer = (out / args.folder / "tokenizer.json").is_file()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(out / args.folder) if has_tokenizer else None
     problems = {key: value for key, value in info.items() if value}
     cases = json.loads((work / "cases.json").read_text())
     recorded = torch.load(out / "official.pt", weights_only=True)
@@ -264,7 +296,12 @@ def reload(args: argparse.Namespace) -> None:
             batch = recorded["results"][case["name"]]["batch"]
             inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
             logits[case["name"]] = model.eval()(**inputs).logits
-    torch.save({"eval_logits": logits, "loading_problems": json.dumps(problems, default=str)}, out / "official_reload.pt")
+    torch.save(
+        {"eval_logits": logits, "loading_problems": json.dumps(problems, default=str),
+         "action_id": tokenizer.convert_tokens_to_ids("<action>") if tokenizer else None,
+         "tokenizer_length": len(tokenizer) if tokenizer else None},
+        out / ("official_reload.pt" if args.folder == "our_checkpoint" else f"official_reload_{args.folder}.pt"),
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ windows per second per GPU needs about 500 windows/s from it.
 
 The rows are real: the video_tom stages run in this process (decode, Lucas-Kanade, camera,
 marks, render; default config: 16 frames at height 512, grid 15) on windows of the clips in
-``../shared/videos``; the benchmark then feeds copies of them, each under its own unit id, to the
+``--videos`` (``clips.find_videos``); the benchmark then feeds copies of them, each under its own unit id, to the
 same sink a run uses, and times each part. It also times the other half of the driver's work:
 taking the same rows out of Ray's object store as a run's ``finished_rows`` does (local Ray, so
 no network). Results go to benchmarks/RESULTS.md.
@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from clips import find_videos, shown
 from results_file import git_commit, replace_section
 
 from magma_data import parquet_writer, schema
@@ -35,13 +36,12 @@ from magma_data.sources import load_manifest, open_source
 
 TITLE = "Driver throughput: the sink on real rows (CPU)"
 TARGET_WINDOWS_PER_S = 500  # 64 GPUs x ~8 windows/s
-SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 PIPELINE = load_pipeline("video_tom")
 
 
-def real_rows(config: RunConfig, count: int) -> list[dict]:
-    """``count`` finished rows of the real clips, as the driver receives them from Ray."""
-    units = PIPELINE.plan(open_source(load_manifest("folder"), SHARED_VIDEOS), config)
+def real_rows(config: RunConfig, count: int, videos: Path) -> list[dict]:
+    """``count`` finished rows of the clips in ``videos``, as the driver receives them from Ray."""
+    units = PIPELINE.plan(open_source(load_manifest("folder"), videos), config)
     rows = [new_unit_row(unit) for unit in units if not unit.get("drop_kind")][:count]
     for stage in PIPELINE.stages(config):
         apply_stage(rows, stage)
@@ -124,9 +124,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=768, help="windows fed to the sink (3 shards of 256 by default)")
     parser.add_argument("--distinct", type=int, default=16, help="real windows made, then repeated")
+    parser.add_argument("--videos", type=Path, help="folder of the clips (default: clips.VIDEO_DIRS)")
     args = parser.parse_args()
+    videos = find_videos(args.videos)
     config = RunConfig(source="folder").with_overrides({"track": {"tracker": "lk"}})
-    rows = real_rows(config, args.distinct)
+    rows = real_rows(config, args.distinct, videos)
     row_bytes = sum(payload_bytes(row) for row in rows) / len(rows)
     jpeg_bytes = sum(len(row["image"]) + len(row["som_image"]) for row in rows) / len(rows)
     with tempfile.TemporaryDirectory() as scratch:
@@ -138,7 +140,7 @@ def main() -> None:
     body = "\n".join([
         f"{datetime.date.today()} · commit {git_commit()} · {platform.machine()}, one driver process, no GPU · "
         f"{args.rows} windows ({result['shards']} shards of {config.sink.rows_per_shard}), copies of "
-        f"{len(rows)} real windows of ../shared/videos (16 frames, height 512, grid 15)",
+        f"{len(rows)} real windows of {shown(videos)} (16 frames, height 512, grid 15)",
         "",
         f"A window weighs {row_bytes / 1e3:.0f} kB in the driver ({jpeg_bytes / 1e3:.0f} kB of it the two JPEGs) and "
         f"{result['written'] / args.rows / 1e3:.0f} kB in Parquet.",

@@ -19,12 +19,10 @@ from pathlib import Path
 import decord
 import numpy as np
 import torch
+from clips import find_videos
 from results_file import git_commit, replace_section
 
 from magma_data.models.cotracker3_predictor import CoTracker3Offline, CoTracker3PointTracker
-
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
-
 
 def random_checkpoint(path: Path) -> Path:
     """Seeded random weights with the update heads scaled so tracks move tens of pixels."""
@@ -49,14 +47,16 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=10)
     parser.add_argument("--clips", default="apple.mp4,bear.mp4,paragliding.mp4")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--videos", type=Path, help="folder of the clips (default: clips.VIDEO_DIRS)")
     args = parser.parse_args()
+    videos = find_videos(args.videos)
     checkpoint = args.checkpoint or random_checkpoint(Path("/tmp/magma-data-bf16-random.pth"))
     trackers = {p: CoTracker3PointTracker(checkpoint, grid_size=args.grid, device=args.device, precision=p)
                 for p in ("fp32", "bf16")}
     device = trackers["fp32"].device
     rows = []
     for name in args.clips.split(","):
-        video = window(VIDEOS / name, args.frames)
+        video = window(videos / name, args.frames)
         (t32, v32), (t16, v16) = (trackers[p].track(video) for p in ("fp32", "bf16"))
         distance = np.linalg.norm(t32 - t16, axis=-1)[:, 1:]  # every point after the query frame
         motion = np.linalg.norm(t32[:, -1] - t32[:, 0], axis=-1).mean()

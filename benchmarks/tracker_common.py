@@ -4,8 +4,7 @@ seeded random weights, real clip windows and interleaved timing.
 Only torch, numpy and OpenCV are imported here, so the benchmarks that use this module also run
 on a GPU machine's own Python (no Ray, decord or PyAV there). The official code is a checkout of
 facebookresearch/co-tracker kept where git ignores it (``.official/co-tracker`` by default) and never
-committed; the clips are ``../shared/videos`` beside the repository, or ``.official/videos`` where
-only the repository travels (a GPU machine).
+committed; the clips are found as ``clips.find_videos`` says (``--videos``).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_DIR = REPO / ".official" / "co-tracker"
-VIDEO_DIRS = (REPO.parent / "shared" / "videos", REPO / ".official" / "videos")
 CLIPS = ("apple.mp4", "bear.mp4", "paragliding.mp4", "cat.mp4")
 #: folders the installed distribution maps into ``magma_data`` (pyproject's package-dir)
 MAPPED_PACKAGES = {"magma_data.stages": "stages"}
@@ -55,17 +53,6 @@ from magma_data.stages.track import TrackConfig  # noqa: E402
 
 #: Magma's query grid: grid x grid points on each window's first frame
 GRID_SIZE = TrackConfig().grid_size
-
-
-def find_videos() -> Path:
-    """The sample clips: beside the repository, or carried inside it."""
-    for folder in VIDEO_DIRS:
-        if folder.is_dir():
-            return folder
-    raise FileNotFoundError(
-        f"no sample clips in {' or '.join(map(str, VIDEO_DIRS))}; on a machine without ../shared, "
-        f"copy ../shared/videos to {VIDEO_DIRS[1]} and carry it"
-    )
 
 
 def import_official(path: Path = OFFICIAL_DIR):

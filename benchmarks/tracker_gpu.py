@@ -16,7 +16,7 @@ frame 0, offline model, 6 iterations), in this order, so that the figures that m
 
 The run stops starting new timings after ``--budget-s`` seconds and writes what it has. It imports only
 torch, numpy and OpenCV (a GPU machine's own Python has no Ray, decord or PyAV) and finds the official
-code in ``.official/co-tracker`` and the clips in ``../shared/videos`` or ``.official/videos``. Output:
+code in ``.official/co-tracker`` and the clips in ``--videos`` (``clips.find_videos``). Output:
 ``tracker_gpu.json`` and ``tracker_gpu.md`` in the folder given.
 
     python benchmarks/tracker_gpu.py out/tracker-gpu            # the whole matrix (< 8 min on one H200)
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from clips import find_videos
 from results_file import git_commit
 from tracker_common import (
     CLIPS,
@@ -45,7 +46,6 @@ from tracker_common import (
     RESOLUTION,
     clip_windows,
     device_name,
-    find_videos,
     official_predictor,
     random_state,
     synchronize,
@@ -412,6 +412,7 @@ def main() -> None:
     parser.add_argument("--official", type=Path, default=OFFICIAL_DIR, help="co-tracker checkout")
     parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse, where git is)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--videos", type=Path, help="folder of the clips (default: clips.VIDEO_DIRS)")
     args = parser.parse_args()
     shape = TINY if args.tiny else FULL
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -440,7 +441,7 @@ def main() -> None:
     network = CoTracker3Offline(model_resolution=shape.resolution)
     network.load_state_dict(state, strict=True)
     network = network.eval().to(device)
-    windows = torch.from_numpy(clip_windows(find_videos(), shape.frames, shape.resolution, clips)).to(device).float()
+    windows = torch.from_numpy(clip_windows(find_videos(args.videos), shape.frames, shape.resolution, clips)).to(device).float()
 
     def save() -> None:
         """Write both files now, so that a run stopped from outside still leaves its figures."""

@@ -20,12 +20,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from clips import find_videos
 from tracker_common import (
     OFFICIAL_DIR,
     REPO,
     clip_windows,
     device_name,
-    find_videos,
     official_predictor,
     random_state,
     time_interleaved,
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--official", type=Path, default=OFFICIAL_DIR)
+    parser.add_argument("--videos", type=Path, help="folder of the clips (default: clips.VIDEO_DIRS)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,7 +77,7 @@ def main() -> None:
             network.load_state_dict(state, strict=True)
             ours[revision] = CoTracker3Predictor(network).to(device)
 
-    windows = torch.from_numpy(clip_windows(find_videos(), args.frames)).float().to(device)
+    windows = torch.from_numpy(clip_windows(find_videos(args.videos), args.frames)).float().to(device)
     video = windows[torch.arange(args.batch) % len(windows)]
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 

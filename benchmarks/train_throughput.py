@@ -68,7 +68,7 @@ def training_step(model_dir: Path, sources, processor, batch_size: int, steps: i
     rates = []
     for index, batch in enumerate(batches):
         start = time.perf_counter()
-        output = model(**batch)
+        output = model(**batch, logits_to_keep=1)  # the loss only, as the trainer asks
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -69,11 +69,12 @@ def dataset_card(root: Path, license: str) -> str:
              "|---|---:|---:|---:|---|---|---|---|"]
     lines += [_source_row(o) for o in outputs]
     lines += ["", "## Configuration of each source", "",
-              "The resolved config of each source's run (`.magma/<source>/config.json`; its hash is every row's "
-              "`config_hash`):", ""]
+              "The resolved config of each source's run, the part its hash covers (every row's `config_hash`; "
+              "where the input lay and how fast it ran are only in `.magma/<source>/config.json`, which is not "
+              "published):", ""]
     for output in outputs:
         lines += [f"<details><summary><code>{output.source}</code></summary>", "", "```json",
-                  json.dumps(output.config.to_dict(), indent=2, sort_keys=True), "```", "", "</details>", ""]
+                  json.dumps(output.config.hashed(), indent=2, sort_keys=True), "```", "", "</details>", ""]
     for pipeline in pipelines:
         config = next(o.config for o in outputs if o.config.pipeline == pipeline)
         lines += [f"## Columns ({pipeline})", "", column_table(shard_columns(load_pipeline(pipeline), config)), ""]
@@ -84,9 +85,9 @@ def dataset_card(root: Path, license: str) -> str:
               "## Citation", "", "Magma, whose SoM/ToM recipe this data follows:", "", "```bibtex", MAGMA_CITATION,
               "```", ""]
     for name in sorted({o.config.track.tracker for o in outputs}):
-        spec = TRACKERS.get(name)
-        if spec is not None and spec.citation:
-            lines += [f"The tracker ({spec.label}):", "", "```bibtex", spec.citation, "```", ""]
+        tracker = TRACKERS.get(name)
+        if tracker is not None and tracker.citation:
+            lines += [f"The tracker ({tracker.label}):", "", "```bibtex", tracker.citation, "```", ""]
     return "\n".join(lines)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,8 +24,10 @@ from rich.table import Table
 from magma_data.config import RunConfig
 from magma_data.dropped import FILTERED, Dropped
 from magma_data.pipelines import load_pipeline
+from magma_data.pipelines.base import PlanContext
 from magma_data.sources import load_manifest, open_source
-from magma_data.sources.base import Clip, ClipProblem, Source, refuse_paths_outside, video_roots
+from magma_data.sources.base import Clip, ClipProblem, TracesSource, refuse_paths_outside
+from magma_data.sources.robot import RobotSource
 from magma_data.stages.plan import VideoInfo, VideoProbes
 
 #: A video whose rate is this far (relative) from the source's median is listed as an outlier.
@@ -43,7 +44,7 @@ class CheckReport:
     source: str
     root: str
     window_len: int
-    unit_kind: str = "clips"  # "episodes" for robot sources
+    unit_kind: str = "clips"  # the source's (Source.unit_kind): clips, episodes (robot), records (released)
     units: int = 0  # clips or episodes the source read, plus its problem rows
     clips: int = 0  # clips or episodes (without problem rows)
     videos: int = 0  # distinct video files (or RLDS datasets) the clips use
@@ -162,23 +163,6 @@ class _Tally:
         self.report.examples = dict(sorted(self.examples.items()))
 
 
-class _Recording:
-    """The source as the planner reads it, keeping every clip or episode it hands over; anything
-    else the planner asks of the source (a robot dataset's statistics) goes to the source."""
-
-    def __init__(self, source: Source):
-        self.name, self.source = source.name, source
-        self.units: list = []
-
-    def __getattr__(self, name: str):
-        return getattr(self.source, name)
-
-    def clips(self) -> Iterator:
-        for unit in self.source.clips():
-            self.units.append(unit)
-            yield unit
-
-
 def run_check(source: str, root: Path | None, window_len: int = 16, report_path: Path | None = None,
               threads: int = 16, source_options: dict | None = None, notify=None) -> CheckReport:
     """Plan ``source`` under ``root`` as a run would and report what it would plan and what it would not.
@@ -196,14 +180,12 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
     pipeline = load_pipeline(manifest.pipeline)
     config = RunConfig(pipeline=manifest.pipeline, source=source).with_overrides(manifest.defaults)
     config = config.with_overrides({"plan": {"window_len": window_len}})
-    reader = _Recording(open_source(manifest, root, notify=notify, **(source_options or {})))
-    robot = manifest.pipeline == "oxe_tom"
-    report = CheckReport(source=source, root=str(root), window_len=window_len,
-                         unit_kind="episodes" if robot else "clips")
-    probes = VideoProbes()
-    units = pipeline.plan(reader, config) if robot else pipeline.plan(reader, config, probes=probes)
+    reader = open_source(manifest, root, notify=notify, **(source_options or {}))
+    report = CheckReport(source=source, root=str(root), window_len=window_len, unit_kind=reader.unit_kind)
+    context = PlanContext(seen=[])
+    units = pipeline.plan(reader, config, context)
     if root is not None:
-        units = refuse_paths_outside(units, video_roots(reader.source, Path(root)))
+        units = refuse_paths_outside(units, reader.video_roots())
     tally = _Tally(report)
     usable: set[str] = set()
     for unit in units:
@@ -214,18 +196,18 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
             report.windows += 1
             usable.add(unit["clip_id"])
     tally.close()
-    report.units = len(reader.units)
-    taken = [unit for unit in reader.units if not isinstance(unit, ClipProblem)]
+    report.units = len(context.seen)
+    taken = [unit for unit in context.seen if not isinstance(unit, ClipProblem)]
     report.clips, report.usable = len(taken), len(usable)
-    if robot:
+    if isinstance(reader, RobotSource):
         report.videos = len({episode.dataset for episode in taken})
         report.short_episodes = sum(episode.num_steps < window_len for episode in taken)
     else:
         report.videos = len({clip.video_path for clip in taken})
         report.empty_text = sum(not clip.task.strip() for clip in taken if clip.clip_id in usable)
-        _frame_rates(taken, probes, threads, report)
-    if getattr(reader.source, "supplies_traces", False):
-        _released(reader.source, units, config, report)
+        _frame_rates(taken, context.probes, threads, report)
+    if isinstance(reader, TracesSource):
+        _released(reader, units, config, report)
     if report_path is not None:
         report.write(report_path)
     return report
@@ -235,21 +217,20 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
 TRACE_SAMPLE = 64
 
 
-def _released(source, units: list[dict], config: RunConfig, report: CheckReport) -> None:
+def _released(source: TracesSource, units: list[dict], config: RunConfig, report: CheckReport) -> None:
     """Coverage of Magma's released records by the user's videos, and how far a sample of traces
     reaches in the frame ``released.trace_height`` assumes (near 1: the assumption holds; far
     beyond 1: the traces are in other pixels)."""
     from magma_data.stages.released_traces import trace_reach
 
-    report.unit_kind = "records"
     windows = [unit for unit in units if Dropped.of_row(unit) is None]
     report.usable = len(windows)
     planned = Counter(unit["clip_id"].split("/", 1)[0] for unit in windows)
     report.coverage = {
-        dataset: {"records": source.records[dataset], "video_found": source.found[dataset],
-                  "windows": planned[dataset], "missing_videos": len(source.missing_videos[dataset]),
-                  "missing_examples": sorted(source.missing_videos[dataset])[:EXAMPLES_PER_CLASS]}
-        for dataset in sorted(source.records)
+        dataset: {"records": found.records, "video_found": found.found, "windows": planned[dataset],
+                  "missing_videos": len(found.missing_videos),
+                  "missing_examples": sorted(found.missing_videos)[:EXAMPLES_PER_CLASS]}
+        for dataset, found in sorted(source.coverage().items())
     }
     step = max(1, len(windows) // TRACE_SAMPLE)
     report.trace_reach = trace_reach(windows[::step][:TRACE_SAMPLE], config.released)

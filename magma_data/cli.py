@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import sys
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -13,8 +14,8 @@ import click
 from magma_data.config import ConfigValueError, RunConfig, parse_assignments
 from magma_data.pipelines import PIPELINES
 from magma_data.sources import available_sources, load_manifest
-from magma_data.export import FORMATS as EXPORT_FORMATS
-from magma_data.stages.track import TrackConfig, TrackerName, TrackerUnavailable
+from magma_data.export import EXPORT_FORMATS
+from magma_data.stages.track import TRACKERS, TrackConfig, TrackerUnavailable
 
 #: Exit status of a run that finished but turned some units into error rows (see errors/).
 EXIT_SOME_UNITS_FAILED = 3
@@ -23,6 +24,18 @@ EXIT_INTERRUPTED = 130
 
 #: ``--root``: an existing folder, or a usage error before anything else happens.
 ROOT = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+class Registered(click.Choice):
+    """A choice among a registry's names (and ``extra`` ones), read when the value is parsed: an entry
+    registered after this module was imported (a plug-in's, a test's) is offered too."""
+
+    def __init__(self, registry: Mapping[str, object], *extra: str):
+        self.registry, self.extra, self.case_sensitive = registry, extra, True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return (*self.extra, *self.registry)
 
 
 class RefusedUsage(click.UsageError):
@@ -40,7 +53,7 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.argument("pipeline", type=click.Choice(PIPELINES))
+@click.argument("pipeline", type=Registered(PIPELINES))
 @click.option("--input", "source", required=True, help=f"Source: {', '.join(available_sources())}.")
 @click.option("--root", type=ROOT, help="Where the source's data lies (read in place); the release folder is "
               "found inside it when the official downloader nested it.")
@@ -48,7 +61,7 @@ def main(verbose: bool) -> None:
               help="Folders of your own videos (--input magma_video_tom: the videos the released traces were "
                    "made from; repeatable).")
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
-@click.option("--tracker", type=click.Choice(typing.get_args(TrackerName)),
+@click.option("--tracker", type=Registered(TRACKERS, "auto"),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="CoTracker3 weights (scaled_offline.pth).")
 @click.option("--precision", type=click.Choice(typing.get_args(typing.get_type_hints(TrackConfig)["precision"])),
@@ -191,10 +204,8 @@ def source_options(videos: tuple[Path, ...]) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of a table.")
 def show(output, count, sheet, as_json):
     """Statistics of a run's output and a contact sheet of SoM images with their moving traces."""
-    from rich.table import Table
-
     from magma_data.progress import console
-    from magma_data.show import contact_sheet, dataset_stats, output_sources, stats_json
+    from magma_data.show import contact_sheet, dataset_stats, output_sources, stats_json, stats_tables
 
     if not output_sources(output):
         raise RefusedUsage(f"{output} holds no magma-data output (no .magma/ or data/ folder); point it at the "
@@ -203,17 +214,8 @@ def show(output, count, sheet, as_json):
     if as_json:
         click.echo(stats_json(stats))
     else:
-        table = Table(title=str(output))
-        for column in ("source", "rows", "errors", "filtered", "camera comp.", "H ok", "inliers", "marks", "moving",
-                       "ToM", "tracker"):
-            table.add_column(column, justify="left" if column in ("source", "errors", "filtered", "tracker") else "right")
-        for s in stats:
-            errors = ", ".join(f"{name} {n}" for name, n in sorted(s.errors.items())) or "-"
-            filtered = ", ".join(f"{name} {n}" for name, n in sorted(s.filtered.items())) or "-"
-            table.add_row(s.source, str(s.rows), errors, filtered, f"{s.camera_motion:.0%}", f"{s.homography_ok:.0%}",
-                          f"{s.inlier_ratio:.2f}", f"{s.marks_per_row:.1f}", f"{s.moving_marks_per_row:.1f}",
-                          f"{s.tom_rows:.0%}", ", ".join(s.trackers))
-        console.print(table)
+        for table in stats_tables(stats, str(output)):
+            console.print(table)
     if not any(s.rows for s in stats):
         click.echo("contact sheet: none, no unit became a row (see the errors above and errors/)", err=True)
         return
@@ -223,8 +225,8 @@ def show(output, count, sheet, as_json):
 
 @main.command()
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS),
-              help="magma-video-tom: Magma-Video-ToM's schema (datasets.load_from_disk); llava: JSON + images.")
+@click.option("--format", "fmt", required=True, type=Registered(EXPORT_FORMATS),
+              help="; ".join(f"{name}: {fmt.help}" for name, fmt in EXPORT_FORMATS.items()) + ".")
 @click.option("--output", "destination", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the export to.")
 @click.option("--source", "sources", multiple=True, help="Export only this source (repeatable; default: all).")

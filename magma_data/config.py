@@ -2,8 +2,16 @@
 
 Precedence: stage defaults (Magma's video setting) < the source manifest's ``defaults`` < CLI
 options. The hash covers everything that changes the bytes of the output and nothing that does
-not (batch sizes, devices, addresses), so a resumed run on other hardware continues the same
-dataset while a run with other settings is refused in the same folder.
+not (batch sizes, devices, addresses, where the input lies), so a resumed run on other hardware,
+or on the same data in another folder, continues the same dataset while a run with other
+settings is refused in the same folder.
+
+``.magma/<source>/config.json`` records the config with its format (``CONFIG_FORMAT``), as
+LeRobot's ``meta/info.json`` records its ``codebase_version``. A field added later is registered
+in ``ADDED`` with the value that makes the rows older configs made: a config.json written before
+the field existed loads with that value, and a config holding that value hashes as it did before
+the field existed, so its output folders stay resumable (a new stage's section whose default is
+"off" changes no existing run's hash).
 
 Every field declares its type and allowed range once, beside its default in the stage's config
 (``window_len: Annotated[int, Ge(2)] = 16``). A ``RunConfig`` checks every field when it is
@@ -14,6 +22,7 @@ before any work, by the CLI's options, ``--set``, a manifest and a Python caller
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -28,6 +37,7 @@ import pydantic
 
 from magma_data.sink import SinkConfig
 from magma_data.stages.action_tokens import ActionConfig
+from magma_data.stages.base import OneOf
 from magma_data.stages.camera import CameraConfig
 from magma_data.stages.decode import DecodeConfig
 from magma_data.stages.marks import MarksConfig
@@ -36,8 +46,28 @@ from magma_data.stages.released_traces import ReleasedConfig
 from magma_data.stages.render import RenderConfig
 from magma_data.stages.track import TrackConfig, tracks_from_source
 
-#: Fields that change how fast a run goes, not what it writes.
-NOT_HASHED = {"track": {"batch_size", "device", "checkpoint"}}
+#: Fields that change how fast a run goes or where its input lies, not what it writes.
+NOT_HASHED = ("track.batch_size", "track.device", "track.checkpoint", "root", "videos")
+
+#: The format ``to_json`` writes. A config.json without ``format_version`` is format 1 (before
+#: ``root`` and ``videos`` were recorded); ``migrated`` reads every format up to this one.
+CONFIG_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Added:
+    """A config field added after format 1: ``name`` is ``section.field``, a top-level field or a
+    whole section; ``before`` is its value that makes the rows the configs before it made (for a
+    section, that section's config object, e.g. one whose feature is off)."""
+
+    name: str
+    format: int  # the first config.json format that has it
+    before: Any
+
+
+#: Fields added since format 1, oldest first; a new field whose ``before`` value is not its
+#: default still loads old folders right: their config.json lacks it and gets ``before``.
+ADDED: tuple[Added, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +87,12 @@ class RunConfig:
     released: ReleasedConfig = field(default_factory=ReleasedConfig)  # Magma's released traces only
     sink: SinkConfig = field(default_factory=SinkConfig)
     tracker_weights: str = ""  # digest of the tracker's weights (stages.track.resolve_tracker), when it has any
+    #: the folder the source was read from (``--root``, or the release found inside it); rows name
+    #: their video relative to it (``video_file``). Set by the run, not hashed.
+    root: str | None = None
+    #: the folders of the user's videos (``--videos``) when the source takes them: rows name their
+    #: video relative to the first of them that holds it. Set by the run, not hashed.
+    videos: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check_fields(self, "")
@@ -76,21 +112,77 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_json(self) -> str:
+        """``.magma/<source>/config.json``: every field, and the format it is written in."""
+        return json.dumps({"format_version": CONFIG_FORMAT, **self.to_dict()}, indent=2, sort_keys=True)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """The config ``to_dict`` gave (``.magma/<source>/config.json``)."""
-        top = {name: value for name, value in data.items() if not isinstance(value, dict)}
+        """The config ``to_dict`` or ``to_json`` gave, of any format up to ``CONFIG_FORMAT``."""
+        data = migrated(data)
+        hints = _hints(cls)
+        top = {name: _validated(hints[name], value, name) if name in hints else value
+               for name, value in data.items() if not isinstance(value, dict)}
         return cls(**top).with_overrides({name: value for name, value in data.items() if isinstance(value, dict)})
 
-    def hash(self) -> str:
+    def hashed(self) -> dict[str, Any]:
+        """What the hash covers: every field that changes what the run writes, as it was written
+        before later fields were added (an ``ADDED`` field at its ``before`` value is left out)."""
         data = self.to_dict()
-        for section, names in NOT_HASHED.items():
-            for name in names:
-                data[section].pop(name, None)
+        for name in NOT_HASHED:
+            _pop(data, name)
         if not tracks_from_source(self.track):  # only runs on released traces read the section
             data.pop("released")
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        for added in ADDED:
+            if _get(data, added.name) == _plain(added.before):
+                _pop(data, added.name)
+        return data
+
+    def hash(self) -> str:
+        canonical = json.dumps(self.hashed(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def video_roots(self) -> tuple[str, ...]:
+        """The folders a row's relative ``video_path`` is under, in the order they are tried."""
+        return self.videos or ((self.root,) if self.root else ())
+
+
+def migrated(data: dict[str, Any]) -> dict[str, Any]:
+    """A config.json's content in the current format: the fields added since its format take the
+    value that makes the rows it made (``ADDED``)."""
+    data = copy.deepcopy(data)
+    version = data.pop("format_version", 1)
+    if not isinstance(version, int) or version > CONFIG_FORMAT:
+        raise ValueError(f"the config is format {version!r}, newer than this magma-data reads ({CONFIG_FORMAT}); "
+                         "upgrade magma-data to read it")
+    for added in ADDED:
+        if added.format > version and _get(data, added.name) is _MISSING:
+            _set(data, added.name, _plain(added.before))
+    return data
+
+
+_MISSING = object()
+
+
+def _get(data: dict[str, Any], name: str) -> Any:
+    section, _, key = name.rpartition(".")
+    holder = data.get(section, {}) if section else data
+    return holder.get(key, _MISSING) if isinstance(holder, dict) else _MISSING
+
+
+def _set(data: dict[str, Any], name: str, value: Any) -> None:
+    section, _, key = name.rpartition(".")
+    (data.setdefault(section, {}) if section else data)[key] = value
+
+
+def _pop(data: dict[str, Any], name: str) -> None:
+    section, _, key = name.rpartition(".")
+    (data.get(section, {}) if section else data).pop(key, None)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as ``to_dict`` holds it: a config section as a dict."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def _sections() -> list[str]:
@@ -142,6 +234,9 @@ def expected(hint: Any) -> str:
     """What a field takes, in words: ``an integer >= 2``, ``true or false``, ``one of fp32, bf16``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
+        choices = next((rule for rule in hint.__metadata__ if isinstance(rule, OneOf)), None)
+        if choices is not None:
+            return "one of " + ", ".join(choices.choices())
         size = next((rule for rule in hint.__metadata__ if isinstance(rule, annotated_types.Len)), None)
         words = _list_words(args[0], size.min_length) if size else expected(args[0])
         return "".join([words, *(_limit(rule) for rule in hint.__metadata__ if rule is not size)])

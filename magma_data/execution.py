@@ -3,8 +3,9 @@
 Stages take and return rows (dicts); Ray hands over a batch (a dict of NumPy columns). These
 adapters convert between the two, keep every row in the stream — a row that fails gets its
 drop recorded, placeholder columns, and passes through the remaining stages untouched — and
-retry transient errors a bounded number of times. Pipelines call ``cpu_stage`` and ``StageActor``
-from their ``build``; the runner starts Ray and streams the finished rows with ``finished_rows``.
+retry transient errors a bounded number of times. ``map_stage`` is the one Ray Data call of a
+stage, placed as its pipeline's spec says (``Pipeline.build``); the runner starts Ray and streams
+the finished rows with ``finished_rows``.
 
 A task holds many windows, and Ray fuses the CPU steps into one task, so a video that kills its
 worker every time takes the task's other windows down with it. ``finished_rows(..., alone=True)``
@@ -19,15 +20,13 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from magma_data.dropped import NOT_DROPPED, Dropped
+from magma_data.dropped import FILTERED, NOT_DROPPED, Dropped
 from magma_data.faults import crash_on_clips, crash_once
-from magma_data.stages.base import TRANSIENT_ERRORS, Row, Stage
-from magma_data.stages.track import TrackerSpec
+from magma_data.stages.base import TRANSIENT_ERRORS, Filtered, Placement, Row, Stage
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ RETRY_BACKOFF_S = 0.5
 #: decoder, a lost node). Ray Data's default is unbounded, which turns a video that crashes its
 #: decoder every time into an endless loop; bounded, its units end as WorkerLost error rows.
 #: Tracker actors may themselves restart without limit: on preemptible machines they die for
-#: reasons no unit caused. Pipelines pass these to ``map_batches``.
+#: reasons no unit caused. ``map_stage`` passes these to ``map_batches``.
 TASK_RETRIES = 3
 CPU_TASK_ARGS = {"max_retries": TASK_RETRIES}
 ACTOR_ARGS = {"max_restarts": -1, "max_task_retries": TASK_RETRIES}
@@ -50,29 +49,6 @@ _ONE_WINDOW_PER_TASK = contextvars.ContextVar("one_window_per_task", default=Fal
 def task_batch_size(batch_size: int) -> int:
     """The batch size of a pipeline step: its own, or 1 while windows run one per task."""
     return 1 if _ONE_WINDOW_PER_TASK.get() else batch_size
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where the tracker runs: inside the CPU tasks (weight-free trackers), or in actors (one per GPU,
-    or one on CPU when the cluster has no GPU)."""
-
-    in_tasks: bool = False
-    actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-
-
-def placement_for(tracker: TrackerSpec) -> Placement:
-    """The registry's placement on the cluster Ray is connected to."""
-    import ray
-
-    if tracker.placement == "tasks":
-        return Placement(in_tasks=True)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus > 0:
-        return Placement(actors=gpus, gpus_per_actor=1.0, cpus_per_actor=1.0)
-    return Placement()
 
 
 def batch_to_rows(batch: dict[str, np.ndarray]) -> list[Row]:
@@ -101,7 +77,8 @@ def rows_to_batch(rows: list[Row]) -> dict[str, np.ndarray]:
 
 
 def apply_stage(rows: list[Row], stage: Stage) -> None:
-    """Run ``stage`` on the healthy ``rows`` in place; failures become the row's drop.
+    """Run ``stage`` on the healthy ``rows`` in place; failures become the row's drop, and so does a
+    ``Filtered`` answer (a rule of the recipe dropped the row: the filtered table).
 
     Transient errors (``TRANSIENT_ERRORS``) are retried, the rows that hit them together, up to
     ``MAX_ATTEMPTS`` tries; ``drop_attempt`` says how many tries the stage had. Rows that failed,
@@ -111,7 +88,9 @@ def apply_stage(rows: list[Row], stage: Stage) -> None:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         retry = []
         for row, result in zip(pending, stage.process(pending) if pending else []):
-            if not isinstance(result, BaseException):
+            if isinstance(result, Filtered):
+                row.update(Dropped(FILTERED, stage.name, result.rule, result.message).columns())
+            elif not isinstance(result, BaseException):
                 row.update(result)
             elif isinstance(result, TRANSIENT_ERRORS) and attempt < MAX_ATTEMPTS:
                 retry.append(row)
@@ -151,10 +130,25 @@ class StageActor:
         return run_stage(batch, self.stage)
 
 
-def cpu_stage(windows, stage: Stage, batch_size: int):
-    """``stage`` as plain Ray tasks of one CPU, with bounded retries: the pipelines' CPU step."""
-    return windows.map_batches(run_stage, fn_args=(stage,), batch_size=task_batch_size(batch_size), num_cpus=1,
-                               **CPU_TASK_ARGS)
+def map_stage(windows, stage: Stage, batch_size: int, placement: Placement, num_cpus: float = 1.0):
+    """``stage`` over ``windows`` as one ``map_batches``, with bounded retries: the one place a placement
+    becomes Ray's resources.
+
+    "tasks": plain Ray tasks, which Ray fuses with the neighbouring task steps. "actors": a pool of
+    ``StageActor``, each loading the stage's model once: one actor per GPU, each holding one, on a
+    cluster with GPUs; one actor on CPU otherwise.
+    """
+    import ray
+
+    if placement == "tasks":
+        return windows.map_batches(run_stage, fn_args=(stage,), batch_size=task_batch_size(batch_size),
+                                   num_cpus=num_cpus, **CPU_TASK_ARGS)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return windows.map_batches(
+        StageActor, fn_constructor_args=(stage,), batch_size=task_batch_size(batch_size),
+        num_gpus=1.0 if gpus else 0.0, num_cpus=num_cpus, compute=ray.data.ActorPoolStrategy(size=max(gpus, 1)),
+        **ACTOR_ARGS,
+    )
 
 
 def new_unit_row(plan_row: dict[str, Any]) -> Row:
@@ -191,9 +185,10 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
-def finished_rows(pipeline, config, windows: list[Row], placement: Placement, alone: bool = False) -> Iterator[Row]:
+def finished_rows(pipeline, config, windows: list[Row], source=None, alone: bool = False) -> Iterator[Row]:
     """Run the pipeline's Ray Data graph over the planned windows and yield every finished row.
 
+    ``source``: the reader the windows were planned from (stages that read through it get it).
     ``alone``: every window in a task of its own, so a window whose task dies takes no other down.
     """
     import ray
@@ -211,7 +206,7 @@ def finished_rows(pipeline, config, windows: list[Row], placement: Placement, al
             # Ray 2.60 deprecates passing max_retries / max_restarts to map_batches but offers no named
             # parameter for them yet; the bounded retries matter more than the warning.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            finished = pipeline.build(dataset, config, placement)
+            finished = pipeline.build(dataset, config, source)
     finally:
         _ONE_WINDOW_PER_TASK.reset(one_window_per_task)
     for batch in finished.iter_batches(batch_size=None, batch_format="numpy"):

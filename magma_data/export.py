@@ -4,7 +4,9 @@ Each source's committed data shards are read in order and handed, one shard at a
 format's shard writer, as the run hands its shards to the Parquet writer; the commit layer
 (``magma_data.sink.OutputFolder``) renames the files into place and keeps a ledger in the export
 folder, so an interrupted export resumes. When every shard is in, the writer's ``finish`` writes
-what covers them all. Formats:
+what covers them all. A format is an ``ExportFormat`` class under ``@register_export`` (its name,
+its words for the CLI, what it refuses, its writer); it holds every pipeline's rows except those a
+pipeline names in ``Pipeline.refused_exports``. Formats:
 
 ``magma-video-tom``: Magma-Video-ToM's schema in ``datasets``' ``save_to_disk`` layout, loadable
 with ``datasets.load_from_disk(DIR/<source>)``, so tools written for the released dataset read ours::
@@ -33,7 +35,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -41,12 +43,11 @@ from datasets import Dataset, DatasetInfo, Features, List, Value
 
 from magma_data.magma_text import turn_images
 from magma_data.outputs import SourceOutput, data_shards, finished_sources
+from magma_data.pipelines import PIPELINES
 from magma_data.sink import OutputFolder, ShardContent, ShardWriter, WrittenShard, is_temporary, temporary_path
 from magma_data.stages.camera import raw_tracks
 from magma_data.stages.released_traces import MAGMA_TRACE_HEIGHT
 from magma_data.stages.track import tracks_from_source
-
-FORMATS = ("magma-video-tom", "llava")
 
 #: Magma's names for the datasets our sources read (its loaders' dataset tags).
 MAGMA_DATASET_NAMES = {"ego4d": "ego4d", "ssv2": "sthv2", "epic_kitchens": "epic"}
@@ -69,6 +70,31 @@ class ExportWriter(ShardWriter, Protocol):
         ...
 
 
+class ExportFormat(Protocol):
+    """One format of ``magma-data export``: its name (``--format``), its words for the CLI, and its writer."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+
+    def refusal(self, source: SourceOutput) -> str | None:
+        """Why this format cannot hold ``source``'s rows, beyond its pipeline's ``refused_exports``; None: it can."""
+        return None
+
+    def writer(self, destination: Path, source: SourceOutput) -> ExportWriter:
+        """The shard writer of ``source``'s export under ``destination``."""
+        ...
+
+
+#: Every export format, by the name ``--format`` takes.
+EXPORT_FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_export(export_format: type[ExportFormat]) -> type[ExportFormat]:
+    """Class decorator: ``export_format`` becomes ``magma-data export --format <its name>``."""
+    EXPORT_FORMATS[export_format.name] = export_format()
+    return export_format
+
+
 @dataclass(frozen=True)
 class ExportSummary:
     source: str
@@ -80,8 +106,8 @@ class ExportSummary:
 def export(output: Path, fmt: str, destination: Path, sources: tuple[str, ...] = (),
            overwrite: bool = False) -> list[ExportSummary]:
     """Export every source of ``output`` (or those named) to ``destination`` in ``fmt``."""
-    if fmt not in FORMATS:
-        raise ExportRefused(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise ExportRefused(f"unknown format {fmt!r}; formats: {', '.join(EXPORT_FORMATS)}")
     chosen = finished_sources(Path(output), sources)
     for source in chosen:  # refuse before writing anything
         _writer(fmt, Path(destination), source)
@@ -89,15 +115,16 @@ def export(output: Path, fmt: str, destination: Path, sources: tuple[str, ...] =
 
 
 def _writer(fmt: str, destination: Path, source: SourceOutput) -> ExportWriter:
-    if fmt == "llava":
-        return LlavaWriter(destination, source.source)
-    if source.config.pipeline != "video_tom":
-        raise ExportRefused(f"{source.source} holds {source.config.pipeline} rows; Magma-Video-ToM holds video "
-                            "windows only (Magma-OXE-ToM's record layout is not established): use --format llava")
-    if tracks_from_source(source.config.track) and source.config.released.trace_height is None:
-        raise ExportRefused(f"{source.source} was read with released.trace_height null (native pixels); the rows "
-                            "do not record the videos' native size to write them back")
-    return MagmaVideoTomWriter(destination, source.source)
+    """The format's writer for ``source``, or ``ExportRefused`` saying why the format cannot hold its rows."""
+    export_format = EXPORT_FORMATS[fmt]
+    pipeline = source.config.pipeline
+    if pipeline not in PIPELINES:
+        raise ExportRefused(f"{source.source} was made by the pipeline {pipeline!r}, which is not registered here")
+    refused = PIPELINES[pipeline].refused_exports.get(fmt)
+    reason = f"{source.source} holds {pipeline} rows; {refused}" if refused else export_format.refusal(source)
+    if reason:
+        raise ExportRefused(reason)
+    return export_format.writer(destination, source)
 
 
 def _export_source(output: Path, fmt: str, destination: Path, source: SourceOutput, overwrite: bool) -> ExportSummary:
@@ -163,6 +190,21 @@ def magma_video_tom_record(row: dict) -> dict:
     }
 
 
+@register_export
+class MagmaVideoTom(ExportFormat):
+    name = "magma-video-tom"
+    help = "Magma-Video-ToM's schema (datasets.load_from_disk)"
+
+    def refusal(self, source: SourceOutput) -> str | None:
+        if tracks_from_source(source.config.track) and source.config.released.trace_height is None:
+            return (f"{source.source} was read with released.trace_height null (native pixels); the rows do not "
+                    "record the videos' native size to write them back")
+        return None
+
+    def writer(self, destination: Path, source: SourceOutput) -> MagmaVideoTomWriter:
+        return MagmaVideoTomWriter(destination, source.source)
+
+
 class MagmaVideoTomWriter:
     """``save_to_disk`` shards of Magma-Video-ToM records, and the state files ``load_from_disk`` reads."""
 
@@ -212,6 +254,15 @@ def llava_record(row: dict, image_paths: list[str]) -> dict:
     if row.get("action_token_ids") is not None:  # robot rows: the ids the <action> placeholders stand for
         record["action_token_ids"] = [int(i) for i in row["action_token_ids"]]
     return record
+
+
+@register_export
+class Llava(ExportFormat):
+    name = "llava"
+    help = "JSON + images"
+
+    def writer(self, destination: Path, source: SourceOutput) -> LlavaWriter:
+        return LlavaWriter(destination, source.source)
 
 
 class LlavaWriter:

@@ -1,11 +1,11 @@
 """Magma's text conventions in one place: placeholders, special tokens, the system prompt and the
-SoM / ToM / action templates (reference magma.md §8, §9).
+SoM / ToM / action templates (docs/magma-text.md; the sections cited below are its).
 
 The render and action stages write conversations with these functions; ``magma_data.train``
 reads the same names to build prompts and labels, so a template or a token is declared once.
 ``parse_answer`` reads a generated SoM / ToM answer back into marks and grid traces.
 Token *strings* live here; token *ids* are always read from the tokenizer (Magma-8B's ``<pad>``
-precedes ``<image>``, the reverse of Magma's ``train.py`` order, magma.md §9.1).
+precedes ``<image>``, the reverse of Magma's ``train.py`` order, §Special tokens).
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ SYSTEM_PROMPT = "You are agent that can see, talk and act."
 IGNORE_INDEX = -100
 #: Side of the square grid the SoM / ToM coordinates live on (``spatial_quant_size``).
 GRID_SIZE = 256
-#: How every SoM / ToM question begins after its image (§8.2, §8.3); ``turn_images`` finds them by it.
+#: How every SoM / ToM question begins after its image (§ToM turn, §SoM-only turn); ``turn_images`` finds them by it.
 _SPLIT_INTO = "The image is split into"
-# The ToM answer's fixed phrases (§8.2), shared by tom_turn and parse_tom_answer.
+# The ToM answer's fixed phrases (§ToM turn), shared by tom_turn and parse_tom_answer.
 _MOVED = "should be moved"
 _FUTURE_INTRO = "their future positions are:"
 #: Action ids are the last ``ACTION_BINS`` ids of the base vocabulary (``tokenizer.vocab_size``).
 ACTION_BINS = 256
 
-# Llama-3-Instruct, Magma's language model: its special tokens and chat template (§9.2). Magma
+# Llama-3-Instruct, Magma's language model: its special tokens and chat template (§Chat template). Magma
 # renders every sample with this template, which trims each message, so the templates' trailing
 # newlines do not reach the model.
 BEGIN_OF_TEXT = "<|begin_of_text|>"
@@ -62,7 +62,7 @@ MAGMA_ADDED_TOKENS = (IMAGE_TOKEN, PAD_TOKEN, ACTION_TOKEN)
 
 
 def semantic_turn(task: str) -> list[dict[str, str]]:
-    """§8.1, the ego4d / sthv2 question every video source uses."""
+    """§Semantic turn: the ego4d / sthv2 question every video source uses."""
     return [
         {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat is the person doing in the image?\n"},
         {"from": "gpt", "value": f"{task}\n"},
@@ -77,7 +77,7 @@ def tom_turn(
     targets: list[np.ndarray],
     grid_size: int = GRID_SIZE,
 ) -> list[dict[str, str]]:
-    """§8.2 (video) or §8.5 (robot, with the colon): where the moving marks go next."""
+    """§ToM turn (video) or §Robot ToM turn (with the colon): where the moving marks go next."""
     all_ids = sorted(int(mark_id) for mark_id in ids)
     steps = max(len(target) - 1 for target in targets)
     actor, colon = ("robot", ":") if style == "robot" else ("person", "")
@@ -100,7 +100,7 @@ def tom_turn(
 
 
 def som_turn(ids: np.ndarray, grid_xy: np.ndarray, grid_size: int = GRID_SIZE) -> list[dict[str, str]]:
-    """§8.3: locate every mark, ids ascending."""
+    """§SoM-only turn: locate every mark, ids ascending."""
     question = (
         f"{IMAGE_PLACEHOLDER}\n{_SPLIT_INTO} {grid_size}x{grid_size} grids, and labeled "
         "with numeric marks.\nPlease locate all the numerical marks in the image.\n"
@@ -113,7 +113,7 @@ def som_turn(ids: np.ndarray, grid_xy: np.ndarray, grid_size: int = GRID_SIZE) -
 
 
 def blank_turn() -> list[dict[str, str]]:
-    """§8.1, Magma's turn for a blank or unreadable frame (shown a black image)."""
+    """§Blank frame: Magma's turn for a blank or unreadable frame (shown a black image)."""
     return [
         {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat is in this image?"},
         {"from": "gpt", "value": "This is a blank image."},
@@ -121,7 +121,7 @@ def blank_turn() -> list[dict[str, str]]:
 
 
 def action_turn(instruction: str) -> list[dict[str, str]]:
-    """§8.4: the question with the image, and one action placeholder per dimension as the answer."""
+    """§Action turn: the question with the image, and one action placeholder per dimension as the answer."""
     return [
         {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\nWhat action should the robot take to {instruction}?"},
         {"from": "gpt", "value": ACTION_TOKEN * ACTION_DIMENSIONS},
@@ -174,7 +174,7 @@ def parse_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
 
 
 def parse_som_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
-    """``Mark 1 at [x,y]. Mark 2 at [x,y]`` (§8.3) -> marks."""
+    """``Mark 1 at [x,y]. Mark 2 at [x,y]`` (§SoM-only turn) -> marks."""
     parsed = ParsedAnswer("som")
     leftover = _read_marks(text, parsed, grid_size)
     if leftover.strip(" .,\n"):
@@ -186,7 +186,7 @@ def parse_som_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
 
 def parse_tom_answer(text: str, grid_size: int = GRID_SIZE) -> ParsedAnswer:
     """``Mark a at [x,y], ... should be moved, and their future positions are: "Mark a": "[[x,y],...]"``
-    (§8.2) -> marks (starts) and traces (start + future points)."""
+    (§ToM turn) -> marks (starts) and traces (start + future points)."""
     parsed = ParsedAnswer("tom")
     head, intro, futures_text = text.partition(_FUTURE_INTRO)
     if not intro:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from magma_data.config import RunConfig
 from magma_data.parquet_writer import DATA, table_files
 from magma_data.sink import is_temporary
+from magma_data.sources.base import video_file
 
 STATE = ".magma"
 
@@ -43,6 +45,11 @@ class SourceOutput:
     @property
     def finished(self) -> bool:
         return self.shards is not None and self.committed == self.shards
+
+    def video_file(self, video_path: str, roots: Sequence[str | Path] | None = None) -> Path:
+        """The file a row's ``video_path`` names: under the folders the run read (its root, or its
+        ``--videos``), or under ``roots`` where the videos lie now (another machine)."""
+        return video_file(video_path, self.config.video_roots() if roots is None else roots)
 
 
 def source_outputs(root: Path) -> list[SourceOutput]:

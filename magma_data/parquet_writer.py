@@ -7,7 +7,8 @@ Layout of an output folder (the commit layer, ``magma_data.sink``, adds ``.magma
     filtered/<source>-00000-of-00004.parquet      units a rule of the recipe dropped, and the rule
     summary.json, README.md                       statistics and the dataset card (``magma_data.card``)
 
-A shard with no unit of a kind has no file of that kind.
+A shard with no unit of a kind has no file of that kind. The Hub's naming and the card's configs:
+docs/sources.md §Hugging Face layout.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ shards' commits: committed shards stay, and the same command resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from magma_data.config import RunConfig
-from magma_data.execution import finished_rows, init_ray, new_unit_row, placement_for, worker_lost
+from magma_data.execution import finished_rows, init_ray, new_unit_row, worker_lost
 from magma_data.card import write_dataset_card
 from magma_data.parquet_writer import ParquetShardWriter
 from magma_data.pipelines import column_dims, load_pipeline, shard_columns
+from magma_data.pipelines.base import PlanContext
 from magma_data.schema import features
 from magma_data.sink import OutputFolder, ShardCollector, ShardPlan
 from magma_data.sources import load_manifest, open_source
-from magma_data.sources.base import refuse_paths_outside, video_roots
-from magma_data.stages.track import TRACKERS, resolve_tracker
+from magma_data.sources.base import Source, refuse_paths_outside, relative_video_paths
+from magma_data.stages.track import resolve_tracker
 from magma_data.summary import RunSummary, write_summary
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,11 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
     pipeline = load_pipeline(config.pipeline)
     source = open_source(load_manifest(config.source), options.root, notify=options.notify or log.info,
                          **options.source_options)
-    units = pipeline.plan(source, config, options.output)
-    if options.root is not None:
-        units = refuse_paths_outside(units, video_roots(source, Path(options.root)))
+    roots = source.video_roots()
+    config = dataclasses.replace(config, root=str(source.root),
+                                 videos=tuple(str(folder) for folder in roots if folder != Path(source.root)))
+    context = PlanContext(output=options.output, connect_ray=lambda: init_ray(options.ray_address, options.num_cpus))
+    units = relative_video_paths(refuse_paths_outside(pipeline.plan(source, config, context), roots), roots)
     if not units:
         raise RuntimeError(f"source {config.source!r} planned no units under {options.root}; "
                            f"run `magma-data check --input {config.source} --root ...` to see why")
@@ -88,7 +90,7 @@ def run(config: RunConfig, options: RunOptions) -> RunSummary:
                 if unit.get("drop_kind"):  # dropped at planning: straight to its table
                     collector.add(unit)
             if windows:
-                _stream(pipeline, config, options, windows, collector, summary)
+                _stream(pipeline, config, source, options, windows, collector, summary)
             lost = collector.add_lost(worker_lost())
             if lost:
                 log.info("%d units never came back from Ray; they are error rows of class WorkerLost", lost)
@@ -125,15 +127,16 @@ def open_sink(pipeline, config: RunConfig, units: list[dict], root: Path, overwr
     columns = shard_columns(pipeline, config)
     writer = ParquetShardWriter(root, config.source, features(columns, column_dims(config)), config.sink)
     shards = ShardPlan(units, config.sink.rows_per_shard)
-    output = OutputFolder(root, config.source, config.hash(), json.dumps(config.to_dict(), indent=2, sort_keys=True),
-                          shards.digest, len(units), writer, overwrite=overwrite)
+    output = OutputFolder(root, config.source, config.hash(), config.to_json(), shards.digest, len(units), writer,
+                          overwrite=overwrite)
     committed = output.committed_shards()
     todo = shards.todo(committed)
     collector = ShardCollector(output, shards, todo, (column.name for column in columns if not column.written))
     return Sink(output, shards, committed, todo, collector)
 
 
-def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict], collector, summary) -> None:
+def _stream(pipeline, config: RunConfig, source: Source, options: RunOptions, windows: list[dict], collector,
+            summary) -> None:
     """Hand every row the Ray graph finishes to the collector, as it comes; then run the windows of
     tasks Ray gave up on once more, one window a task.
 
@@ -144,7 +147,6 @@ def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict
     from magma_data.progress import progress_bar
 
     init_ray(options.ray_address, options.num_cpus)
-    placement = placement_for(TRACKERS[config.track.tracker])
     with progress_bar(len(windows), enabled=options.progress, label=f"{config.pipeline} {config.source}") as advance:
 
         def collect(rows) -> None:
@@ -153,10 +155,10 @@ def _stream(pipeline, config: RunConfig, options: RunOptions, windows: list[dict
                 collector.add(row)
                 advance()
 
-        collect(finished_rows(pipeline, config, windows, placement))
+        collect(finished_rows(pipeline, config, windows, source))
         lost = [new_unit_row(unit) for unit in collector.pending.values()]
         if lost:
             summary.windows_rerun_alone = len(lost)
             log.info("%d windows were in Ray tasks whose worker died on every retry; running each again in a task "
                      "of its own, to find the ones that kill it", len(lost))
-            collect(finished_rows(pipeline, config, lost, placement, alone=True))
+            collect(finished_rows(pipeline, config, lost, source, alone=True))

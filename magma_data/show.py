@@ -114,6 +114,43 @@ def contact_sheet(root: Path, count: int, destination: Path, columns: int = 4, t
     return destination
 
 
+#: The figures table's columns: header, what it shows (its caption spells out the abbreviations), format.
+FIGURES = (
+    ("rows", None, lambda s: str(s.rows)),
+    ("err", "err, filt: error rows, filtered units", lambda s: str(sum(s.errors.values()))),
+    ("filt", None, lambda s: str(sum(s.filtered.values()))),
+    ("cam", "cam: windows compensated for camera motion", lambda s: f"{s.camera_motion:.0%}"),
+    ("H ok", "H ok: their frames with an accepted homography", lambda s: f"{s.homography_ok:.0%}"),
+    ("inl", "inl: median inlier ratio of the fits", lambda s: f"{s.inlier_ratio:.2f}"),
+    ("marks", "marks, mov: marks and moving marks a row", lambda s: f"{s.marks_per_row:.1f}"),
+    ("mov", None, lambda s: f"{s.moving_marks_per_row:.1f}"),
+    ("ToM", "ToM: rows with a ToM turn", lambda s: f"{s.tom_rows:.0%}"),
+)
+
+
+def stats_tables(stats: list[SourceStats], title: str) -> list:
+    """``magma-data show``'s tables, whole at 80 columns: the figures of each source (short headers,
+    a caption that spells them out), then each source's trackers, errors by class and filtered units
+    by rule, whose text wraps in its cells."""
+    from rich import box
+    from rich.table import Table
+
+    figures = Table(title=title, caption="; ".join(legend for _, legend, _ in FIGURES if legend),
+                    box=box.SIMPLE_HEAD, collapse_padding=True)
+    figures.add_column("source")
+    for header, _, _ in FIGURES:
+        figures.add_column(header, justify="right")
+    details = Table(box=box.SIMPLE_HEAD, collapse_padding=True)
+    for header in ("source", "tracker", "error rows by class", "filtered units by rule"):
+        details.add_column(header)
+    for s in stats:
+        figures.add_row(s.source, *(form(s) for _, _, form in FIGURES))
+        details.add_row(s.source, ", ".join(s.trackers) or "-",
+                        ", ".join(f"{name} {n}" for name, n in sorted(s.errors.items())) or "-",
+                        ", ".join(f"{name} {n}" for name, n in sorted(s.filtered.items())) or "-")
+    return [figures, details]
+
+
 def stats_json(stats: list[SourceStats]) -> str:
     return json.dumps([{**s.__dict__, "errors": dict(s.errors), "filtered": dict(s.filtered)} for s in stats],
                       indent=2, sort_keys=True)

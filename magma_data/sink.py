@@ -9,7 +9,7 @@ Every planned unit has a fixed place: unit ``i`` of a source belongs to shard ``
 A shard is written when all of its units have come back (as rows, errors or filtered units). A
 crashed run therefore leaves whole shards or nothing, and the re-run redoes exactly the shards the
 ledger lacks, so its output equals an uninterrupted run's, byte for byte (no timestamps inside
-data files). ``.magma/<source>/`` holds the ledger and the resolved config of the run.
+data files). ``.magma/<source>/`` holds the ledger and the resolved config of the latest run.
 """
 
 from __future__ import annotations
@@ -174,8 +174,12 @@ class OutputFolder:
                 "or renamed under --root, or a video that could not be probed then or now); use another --output, "
                 "or --overwrite to start over"
             )
+        # The latest run's config, of the same hash: where its input lay this time (root, videos),
+        # in the current format (an older config.json is rewritten, migrated).
+        config_file = self.state_dir / "config.json"
+        temporary_path(config_file).write_text(config_json)
+        os.replace(temporary_path(config_file), config_file)
         if recorded is None:
-            (self.state_dir / "config.json").write_text(config_json)
             self.ledger.set("config_hash", config_hash)
         if planned is None:
             self.ledger.set("plan_digest", plan_digest)

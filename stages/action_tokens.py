@@ -1,9 +1,9 @@
 """Action tokens: the robot's normalised 7-D action as Magma's 7 action tokens, and the action turn.
 
-OpenVLA's scheme, which Magma reuses (magma.md §9.4): the planner has already normalised the
+OpenVLA's scheme, which Magma reuses (docs/magma-text.md §Action tokens): the planner has already normalised the
 step's standardised action with its dataset's statistics (BOUNDS_Q99, ``magma_data.sources.openvla``);
 each value is put into one of 256 uniform bins on [-1, 1], and bin ``d`` (1..256) is token
-``vocab_size - d``, the last 256 ids of the Llama-3 base vocabulary. The turn (§8.4) asks what the
+``vocab_size - d``, the last 256 ids of the Llama-3 base vocabulary. The turn (docs/magma-text.md §Action turn) asks what the
 robot should do and answers with 7 ``<action>`` placeholders that the trainer swaps for the ids.
 """
 

@@ -2,7 +2,8 @@
 
 A stage is a small class with one job. Its constructor takes a typed config; ``__call__`` takes
 one window's row (a dict of NumPy arrays and scalars) and returns the columns it adds or
-replaces, exactly the ``columns`` it declares. Each declaration is the one place a column's type,
+replaces, exactly the ``columns`` it declares, or ``Filtered`` when a rule of the recipe drops the
+row on purpose. Each declaration is the one place a column's type,
 shape, meaning and failed-row placeholder are written: the shard schema, the placeholders and the
 column tables of the docs derive from it. Stages import no Ray: ``magma_data.execution`` wires
 them into ``map_batches``.
@@ -11,8 +12,9 @@ them into ``map_batches``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -24,6 +26,13 @@ TRANSIENT_ERRORS = (TimeoutError, ConnectionError, BlockingIOError, InterruptedE
 
 #: Dimensions every row of a run shares, fixed by its config: frames per window, tracked points.
 CONFIG_DIMENSIONS = ("T", "N")
+
+#: Where a stage runs (``pipelines.base.StageSpec``; ``magma_data.execution.map_stage`` makes it Ray's):
+#: "tasks", plain CPU tasks that Ray fuses with their neighbours (so decoded frames never leave the
+#: worker that made them); "actors", a pool of actors that each load the stage's model once
+#: (``Stage.setup``) and batch many windows per call: one actor per GPU on a cluster with GPUs,
+#: one CPU actor otherwise.
+Placement = Literal["tasks", "actors"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,19 @@ class StageError(Exception):
     """
 
 
+@dataclass(frozen=True)
+class Filtered:
+    """A stage's answer for a row that a rule of the recipe drops on purpose (not an error).
+
+    ``rule`` names the rule (the filtered table's ``rule``), ``message`` says why, with the value
+    that decided it ("CLIP similarity 0.12 below 0.25"). The executor records the row as
+    ``Dropped("filtered", stage, rule, message)``; it goes to the filtered table, never the data.
+    """
+
+    rule: str
+    message: str
+
+
 class Stage:
     """One step of a pipeline over windows; subclasses set ``name``, ``columns`` and implement ``__call__``.
 
@@ -96,12 +118,12 @@ class Stage:
     #: columns this stage removes from the row once it has run (e.g. decoded frames after tracking)
     consumes: ClassVar[tuple[str, ...]] = ()
 
-    def __call__(self, row: Row) -> Row:
+    def __call__(self, row: Row) -> Row | Filtered:
         raise NotImplementedError(f"{type(self).__name__} implements neither __call__ nor process")
 
-    def process(self, rows: list[Row]) -> list[Row | Exception]:
-        """One result per row, in order: its new columns, or the exception that failed it."""
-        results: list[Row | Exception] = []
+    def process(self, rows: list[Row]) -> list[Row | Filtered | Exception]:
+        """One result per row, in order: its new columns, the rule that filters it, or the exception that failed it."""
+        results: list[Row | Filtered | Exception] = []
         for row in rows:
             try:
                 results.append(self(row))
@@ -115,6 +137,27 @@ class Stage:
 
     def setup(self) -> None:
         """Load what the stage needs once per worker (a model); a Ray actor calls it when it starts."""
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A config field's rule: text that is one of ``choices()``, asked when a value is checked.
+
+    For a choice among a registry's names (``track.tracker``): a tracker registered after the
+    config class was defined is accepted all the same. ``magma_data.config`` words it as "one of ...".
+    """
+
+    choices: Callable[[], Iterable[str]]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: str) -> str:
+        if value not in tuple(self.choices()):
+            raise ValueError(f"{value!r} is not one of {', '.join(self.choices())}")
+        return value
 
 
 def seeded_rng(seed: int, sample_id: str, purpose: str) -> np.random.Generator:

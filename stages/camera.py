@@ -2,7 +2,7 @@
 
 Magma fits, per frame, a homography from that frame's track positions to frame 0 (RANSAC, 4 px)
 and applies it when more than 80 % of the kept traces move over 1 px per frame, or always for
-egocentric sources. We do the same, with the checks the released code lacks (reference §17.7):
+egocentric sources (docs/magma-som-tom.md §Homography, §Camera-motion rule). We do the same, with the checks the released code lacks (docs/magma-som-tom.md §Defects 1):
 each fit uses only points seen in both frames, records its inlier ratio and inlier RMS error, and
 a frame whose fit is missing or implausible stays uncompensated, flagged in ``homography_ok`` and
 named in ``camera_status``.

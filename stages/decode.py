@@ -1,7 +1,7 @@
 """Decode: read only the frames a window needs and resize them to the working height.
 
 decord seeks straight to the window's frames; PyAV is the fallback for files decord cannot open
-(AV1, some webm). Both return frames in display orientation: a phone video stored sideways with
+(AV1, some webm; docs/environment.md §Video decoding and encoding). Both return frames in display orientation: a phone video stored sideways with
 a rotation in its container comes out upright, as a player shows it. Frames are resized to
 ``height`` pixels, aspect kept, with area averaging when shrinking. Decoded frames live only
 until the track stage; rows downstream carry small things. Transient I/O errors are raised as
@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from annotated_types import Ge
 
+from magma_data.sources.base import video_file
 from magma_data.stages.base import TRANSIENT_ERRORS, Column, Row, Stage, StageError
 
 #: A window's decoded frames and their size, as every frame reader (video, RLDS) adds them.
@@ -172,8 +173,9 @@ class DecodeStage(Stage):
     name = "decode"
     columns = (FRAMES, IMAGE_WIDTH, IMAGE_HEIGHT)
 
-    def __init__(self, config: DecodeConfig):
-        self.config = config
+    def __init__(self, config: DecodeConfig, roots: Sequence[str] = ()):
+        """``roots``: the folders a row's relative ``video_path`` is under (``RunConfig.video_roots``)."""
+        self.config, self.roots = config, tuple(roots)
         self._open: tuple[str, object] | None = None  # windows of one video arrive together
 
     def __call__(self, row: Row) -> Row:
@@ -185,12 +187,13 @@ class DecodeStage(Stage):
         return {"frames": frames, "image_width": np.int32(width), "image_height": np.int32(height)}
 
     def read(self, path: str, indices: np.ndarray) -> np.ndarray:
-        """Frames ``indices`` of ``path`` at native size, [len(indices), H, W, 3] RGB."""
+        """Frames ``indices`` of ``path`` (a row's ``video_path``) at native size, [len(indices), H, W, 3] RGB."""
         backends = {"auto": ("decord", "pyav"), "decord": ("decord",), "pyav": ("pyav",)}[self.config.backend]
+        file = str(video_file(path, self.roots))
         errors = []
         for backend in backends:
             try:
-                return self._reader(path, backend).frames(indices)
+                return self._reader(file, backend).frames(indices)
             except TRANSIENT_ERRORS:
                 self._drop()
                 raise  # the file may be fine and its storage briefly not: the stage runner retries

@@ -3,8 +3,9 @@
 Magma keeps traces visible in more than half the window, calls a trace moving when its mean
 step (after camera compensation) exceeds a threshold, clusters the moving and the static traces
 with k-means on their positions, keeps one trace per cluster and numbers all marks with a random
-permutation so an id does not tell whether its mark moves. Every draw here is seeded from the
-run seed and the sample id.
+permutation so an id does not tell whether its mark moves (docs/magma-som-tom.md §Video loader,
+§k-means). Every draw here is seeded from the run seed and the sample id; faiss's k-means replaces
+kmeans_pytorch (docs/environment.md §k-means).
 """
 
 from __future__ import annotations

@@ -39,7 +39,9 @@ PLAN_COLUMNS = (
     Column("video_uid", "string", doc="the source's id of the whole video (robot: the episode)", group="identity"),
     Column("clip_id", "string", doc="the clip within the source (narration, segment, file, episode)",
            group="identity"),
-    Column("video_path", "string", doc="the video file (robot: the RLDS dataset folder)", group="identity"),
+    Column("video_path", "string", group="identity",
+           doc="the video file, relative to the run's root (`root` in .magma/<source>/config.json); robot: the "
+               "RLDS dataset folder; magma_video_tom: relative to the first --videos folder holding it (`videos`)"),
     Column("frame_index", "int64", doc="the window's first frame, in the video's native frames", group="identity"),
     Column("frame_indices", "int64", ("T",), doc="every frame of the window, native numbering", group="identity"),
     Column("fps", "float32", doc="the video's frame rate (robot: 0, steps have none)", group="identity"),

@@ -14,6 +14,7 @@ rest of the pipeline sees (``decode.height``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -115,10 +116,11 @@ class ReleasedTracesStage(Stage):
     columns = (IMAGE_WIDTH, IMAGE_HEIGHT, TRACKER, TRACKS, VISIBILITY, FRAME0, *RELEASED_COLUMNS)
     consumes = RELEASE_ADDRESS
 
-    def __init__(self, decode: DecodeConfig, config: ReleasedConfig, points: int):
-        """``points``: tracked points the run's rows hold (grid size squared)."""
+    def __init__(self, decode: DecodeConfig, config: ReleasedConfig, points: int, roots: Sequence[str] = ()):
+        """``points``: tracked points the run's rows hold (grid size squared); ``roots``: the ``--videos``
+        folders a row's ``video_path`` is relative to."""
         self.config, self.points = config, points
-        self.decode = DecodeStage(decode)
+        self.decode = DecodeStage(decode, roots)
         self._releases: dict[str, object] = {}
 
     def __call__(self, row: Row) -> Row:

@@ -1,11 +1,12 @@
 """Render: the Set-of-Mark image, the Trace-of-Mark targets and Magma's conversation text.
 
-Follows the reference (magma.md §4 step 12, §7, §8) with its data defects fixed (§17.9, §17.10):
+Follows Magma's recipe (docs/magma-som-tom.md §Video loader step 9, §Mark rendering; docs/magma-text.md)
+with its data defects fixed (docs/magma-som-tom.md §Defects 3, 4):
 grid coordinates are rounded, not truncated; a point is invisible when the tracker lost it, the
 camera stage could not align its frame, or it lies outside [0, 256) on any side; inputs are never
 modified; the SoM-only fallback reuses the clustered marks instead of drawing traces again.
 
-Choices where the reference leaves room, in one place:
+Choices where Magma's code leaves room, in one place:
 
 - Rounding: grid coordinates are ``floor(256·x/W + 0.5)``, clipped to 255 (a point just inside
   the right or bottom edge would otherwise round onto 256, off the grid).
@@ -50,7 +51,7 @@ CONVERSATIONS = Column("conversations", "turn", ("turns",), group="text",
 class RenderConfig:
     """How marks are drawn and the training text is written (defaults: Magma's video loader)."""
 
-    #: "video": semantic turn + person ToM turn (§8.1, §8.2); "robot": robot ToM turn (§8.5) only
+    #: "video": semantic turn + person ToM turn; "robot": robot ToM turn only (docs/magma-text.md)
     style: Literal["video", "robot"] = "video"
     #: JPEG quality of ``image`` and ``som_image``
     jpeg_quality: Annotated[int, Interval(ge=1, le=100)] = 95
@@ -198,7 +199,7 @@ def thin(points: np.ndarray, min_distance: float) -> np.ndarray:
 def mark_font(image_width: int, width_fraction: float = 0.03) -> ImageFont.FreeTypeFont:
     """The smallest bundled font whose "55" reaches ``width_fraction`` of the image width.
 
-    Magma's rule (§7) with Pillow's scalable default font in place of Arial: the size grows
+    Magma's rule (docs/magma-som-tom.md §Mark rendering) with Pillow's scalable default font in place of Arial: the size grows
     from 1 until min(right, bottom) of textbbox((0, 0), "55") is at least the target.
     """
     target = width_fraction * image_width
@@ -213,7 +214,7 @@ def mark_font(image_width: int, width_fraction: float = 0.03) -> ImageFont.FreeT
 def draw_marks(
     image: Image.Image, ids: np.ndarray, xy: np.ndarray, font: ImageFont.FreeTypeFont
 ) -> Image.Image:
-    """A copy of ``image`` with a filled red disc and the white id at each mark (§7)."""
+    """A copy of ``image`` with a filled red disc and the white id at each mark (docs/magma-som-tom.md §Mark rendering)."""
     marked = image.copy()
     draw = ImageDraw.Draw(marked)
     for mark_id, (x, y) in zip(ids, xy):

@@ -3,12 +3,13 @@
 Magma-OXE-ToM traces, for each frame of an episode, that frame and the ones after it; near the
 end the indices are clamped to the last step, so a window repeats the final frame rather than
 getting shorter (the OpenVLA future-observation gather). Rows carry the episode's address in
-its RLDS dataset, the step's standardised action, its dataset's statistics and the action
+its dataset (``video_path``, ``split``, ``episode_index``, ``image_key``: what ``RobotSource.frames``
+is asked with), the step's standardised action, its dataset's statistics and the action
 normalised with them (BOUNDS_Q99, ``magma_data.sources.openvla``); frames are read later.
 
 Statistics cover every episode of a dataset whatever ``--limit`` plans, so a step's action tokens
 do not depend on how much of the dataset a run takes. Steps count standardised steps (Bridge
-drops its first and last); ``frame_index`` and ``frame_indices`` are steps of the RLDS episode.
+drops its first and last); ``frame_index`` and ``frame_indices`` are steps of the stored episode.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from magma_data.magma_text import ACTION_DIMENSIONS
 from magma_data.sources.base import ClipProblem
 from magma_data.sources.openvla import DatasetStatistics
-from magma_data.sources.oxe import RobotEpisode
+from magma_data.sources.robot import RobotEpisode
 from magma_data.stages.base import Column
 from magma_data.stages.plan import PLAN_COLUMNS, PlanConfig, sample_id_for
 
@@ -59,7 +60,7 @@ def episode_windows(episode: RobotEpisode, source: str, config: PlanConfig, stat
             "source": source,
             "video_uid": episode.episode_id,
             "clip_id": episode.episode_id,
-            "video_path": episode.builder_dir,
+            "video_path": episode.dataset_path,
             "task": episode.instruction,
             "frame_index": frame,
             "frame_indices": episode.steps[future_indices(step, episode.num_steps, config.window_len)],

@@ -1,30 +1,33 @@
 """Track: follow a grid of points from each window's first frame through the window.
 
-Any point tracker plugs in through ``PointTracker``: a batch of equal-shape windows in, tracks
-and visibility out. The registry ``TRACKERS`` is the one place that says, per tracker, which
-module implements it, whether it needs weights and where it runs; adding a tracker means adding
-one entry and one module. ``lk`` (pyramidal Lucas-Kanade, below) needs no weights and runs inside
-the CPU tasks; ``cotracker3`` (``magma_data.models.cotracker3_predictor``) is the tracker Magma
-used and runs batched in one actor per GPU. ``released`` stands for Magma's own CoTracker3 traces, which
-come with the windows of ``--input magma_video_tom`` (``magma_data.stages.released_traces``), so
-nothing is tracked. ``resolve_tracker`` turns ``auto`` into the tracker that will run, with its
-weights' digest for the config hash.
+Any point tracker plugs in through two small classes: a ``PointTracker`` (a batch of equal-shape
+windows in, tracks and visibility out) and its registry entry, a ``Tracker`` registered by name
+with ``@register_tracker`` beside its class, as timm registers models. The entry is the one place
+that says how the run names and cites the tracker, whether it needs weights (found, checked on
+the driver before any work, digested for the config hash) and where it runs (``placement``: the
+pipeline's track step takes it from there). ``lk`` (pyramidal Lucas-Kanade, below) needs no
+weights and runs inside the CPU tasks; ``cotracker3`` (the network in ``magma_data.models``) is
+the tracker Magma used and runs batched in one actor per GPU. ``released`` stands for Magma's own
+CoTracker3 traces, which come with the windows of ``--input magma_video_tom``
+(``magma_data.stages.released_traces``), so nothing is tracked. A tracker defined elsewhere (a
+test's, a plug-in's) registers the same way when its module is imported. ``resolve_tracker``
+turns ``auto`` into the tracker that will run, with its weights' digest for the config hash.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, ClassVar, Literal, Protocol
 
 import cv2
 import numpy as np
 from annotated_types import Ge
 
-from magma_data.stages.base import Column, Row, Stage
+from magma_data.models.point_tracking import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER_CALL, grid_points
+from magma_data.stages.base import Column, OneOf, Placement, Row, Stage
 from magma_data.stages.decode import FRAMES
 
 log = logging.getLogger(__name__)
@@ -45,13 +48,6 @@ class TrackConfig:
     device: str | None = None  # None = CUDA when available
 
 
-#: Windows per tracker call when neither the config nor the device says otherwise.
-DEFAULT_BATCH_SIZE = 8
-#: The most windows a tracker call may hold, whatever the device's memory allows: a bound on the
-#: host memory of a Ray batch and on the latency of one call.
-MAX_WINDOWS_PER_CALL = 64
-
-
 class PointTracker(Protocol):
     name: str
 
@@ -63,20 +59,6 @@ class PointTracker(Protocol):
         """video uint8 [B, T, 3, H, W] RGB, equal shapes -> tracks float32 [B, T, N, 2] (x, y)
         in input pixels and visibility bool [B, T, N]; queries: the grid on frame 0."""
         ...
-
-
-def grid_points(grid_size: int, height: int, width: int) -> np.ndarray:
-    """The query grid [N, 2] (x, y), row by row, inset by width/64 as CoTracker3's reference grid is.
-
-    The one grid every tracker queries (CoTracker3's predictor included), so N = grid_size².
-    """
-    if grid_size == 1:
-        return np.array([[width / 2, height / 2]], np.float32)
-    margin = width / 64
-    ys = np.linspace(margin, height - margin, grid_size)
-    xs = np.linspace(margin, width - margin, grid_size)
-    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
-    return np.stack([grid_x.ravel(), grid_y.ravel()], axis=-1).astype(np.float32)
 
 
 class LucasKanadeTracker:
@@ -126,36 +108,73 @@ class LucasKanadeTracker:
         return tracks, visible
 
 
-def point_tracker(config: TrackConfig, weights: Path | None) -> LucasKanadeTracker:
-    """The ``lk`` entry's tracker (this module is its implementation)."""
-    return LucasKanadeTracker(grid_size=config.grid_size)
+class Tracker(Protocol):
+    """A tracker the pipelines can run: the registry entry of one ``PointTracker``.
 
-
-@dataclass(frozen=True)
-class TrackerSpec:
-    """One tracker: how the run names and reports it, the module that implements it, what it needs.
-
-    ``module`` provides ``point_tracker(config, weights) -> PointTracker`` and, when
-    ``needs_weights``, ``find_weights(config) -> Path | None`` (None when no file is found; a path
-    the user named that does not exist raises FileNotFoundError), ``weights_missing(config) -> str``
-    (what to tell the user then) and ``check_weights(config, weights)`` (raises ValueError saying what
-    is wrong with a file that is not the network's weights: the driver calls it before any work, so
-    a bad file never reaches a worker). ``placement`` "tasks": plain CPU tasks that Ray fuses with
-    decode, so frames never leave the worker that made them; "actors": one actor per GPU (one CPU
-    actor without GPUs) that loads the weights once and batches many windows per forward; "source":
-    the tracks come with the source's windows and the pipeline reads them instead of tracking (the
-    module provides the stage that does).
+    ``label`` and ``citation`` are how the run and the dataset card name it; ``placement`` is where
+    its track step runs ("tasks": in the CPU tasks, fused with decode, for trackers without a model
+    to load; "actors": one actor per GPU, or one CPU actor, that loads the weights once and batches
+    many windows per forward); ``from_source``: the tracks come with the source's windows and the
+    pipeline reads them instead of tracking (``released``). A tracker that ``needs_weights`` finds
+    them (``find_weights``: None when no file is found; a path the user named that does not exist
+    raises FileNotFoundError), says what to do when there are none (``weights_missing``) and checks
+    a file (``check_weights`` raises ValueError saying what is wrong: the driver calls it before any
+    work, so a bad file never reaches a worker). Subclass it to inherit the defaults below.
     """
 
-    name: str
-    label: str
-    module: str
-    needs_weights: bool = False
-    placement: Literal["tasks", "actors", "source"] = "tasks"
-    citation: str = ""  # BibTeX, for the dataset card
+    name: ClassVar[str]
+    label: ClassVar[str]
+    citation: ClassVar[str] = ""  # BibTeX, for the dataset card
+    placement: ClassVar[Placement] = "tasks"
+    needs_weights: ClassVar[bool] = False
+    from_source: ClassVar[bool] = False
 
-    def implementation(self):
-        return importlib.import_module(self.module)  # CoTracker3's imports torch: only when it is asked for
+    def find_weights(self, config: TrackConfig) -> Path | None:
+        return None
+
+    def weights_missing(self, config: TrackConfig) -> str:
+        return f"no weights found for the {self.label} tracker; pass --checkpoint"
+
+    def check_weights(self, config: TrackConfig, weights: Path) -> None:
+        """Raises ValueError when ``weights`` are not this tracker's."""
+
+    def point_tracker(self, config: TrackConfig, weights: Path | None) -> PointTracker:
+        """The tracker itself, built where it runs (``weights``: the checked file, when it needs one)."""
+        ...
+
+
+#: Every tracker the pipelines can run, by name; ``auto`` prefers, in this order, one whose weights are found.
+TRACKERS: dict[str, Tracker] = {}
+
+
+def register_tracker(tracker: type[Tracker]) -> type[Tracker]:
+    """Class decorator: ``tracker`` becomes ``--tracker <its name>``."""
+    known = TRACKERS.get(tracker.name)
+    if known is not None and type(known) is not tracker:
+        raise ValueError(f"tracker {tracker.name!r} is registered twice ({type(known).__name__}, {tracker.__name__})")
+    TRACKERS[tracker.name] = tracker()
+    return tracker
+
+
+#: What ``TrackConfig.tracker`` takes: auto or a registered tracker (asked when a value is checked,
+#: so trackers registered later count too).
+TrackerName = Annotated[str, OneOf(lambda: ("auto", *TRACKERS))]
+
+
+@register_tracker
+class LucasKanade(Tracker):
+    name = "lk"
+    label = "Lucas-Kanade on CPU"
+    citation = """@inproceedings{lucas1981iterative,
+  title     = {An Iterative Image Registration Technique with an Application to Stereo Vision},
+  author    = {Bruce D. Lucas and Takeo Kanade},
+  booktitle = {Proc. IJCAI},
+  pages     = {674--679},
+  year      = {1981}
+}"""
+
+    def point_tracker(self, config: TrackConfig, weights: Path | None) -> LucasKanadeTracker:
+        return LucasKanadeTracker(grid_size=config.grid_size)
 
 
 COTRACKER3_CITATION = """@inproceedings{karaev24cotracker3,
@@ -165,33 +184,59 @@ COTRACKER3_CITATION = """@inproceedings{karaev24cotracker3,
   year      = {2024}
 }"""
 
-#: Every tracker the pipelines can run; ``auto`` prefers, in this order, one whose weights are found.
-TRACKERS = {
-    spec.name: spec
-    for spec in (
-        TrackerSpec("lk", "Lucas-Kanade on CPU", "magma_data.stages.track", citation="""@inproceedings{lucas1981iterative,
-  title     = {An Iterative Image Registration Technique with an Application to Stereo Vision},
-  author    = {Bruce D. Lucas and Takeo Kanade},
-  booktitle = {Proc. IJCAI},
-  pages     = {674--679},
-  year      = {1981}
-}"""),
-        TrackerSpec("cotracker3", "CoTracker3", "magma_data.models.cotracker3_predictor", needs_weights=True,
-                    placement="actors", citation=COTRACKER3_CITATION),
-        TrackerSpec("released", "Magma's released CoTracker3 traces (no tracking)", "magma_data.stages.released_traces",
-                    placement="source", citation=COTRACKER3_CITATION),
-    )
-}
+
+@register_tracker
+class CoTracker3(Tracker):
+    """Our CoTracker3 network (``magma_data.models.cotracker3_predictor``), imported only when it is
+    asked for: it imports torch, which CPU workers of a Lucas-Kanade run never need."""
+
+    name = "cotracker3"
+    label = "CoTracker3"
+    citation = COTRACKER3_CITATION
+    placement = "actors"
+    needs_weights = True
+
+    def find_weights(self, config: TrackConfig) -> Path | None:
+        """``config.checkpoint``, else the environment, else the hub cache."""
+        from magma_data.models.cotracker3_predictor import find_checkpoint
+
+        return find_checkpoint(config.checkpoint, variant=config.variant)
+
+    def weights_missing(self, config: TrackConfig) -> str:
+        from magma_data.models.cotracker3_predictor import checkpoint_missing
+
+        return checkpoint_missing(config.variant)
+
+    def check_weights(self, config: TrackConfig, weights: Path) -> None:
+        """Every tensor's name and shape against the variant's network."""
+        from magma_data.models.cotracker3_predictor import read_weights
+
+        read_weights(weights, config.variant)
+
+    def point_tracker(self, config: TrackConfig, weights: Path | None):
+        from magma_data.models.cotracker3_predictor import CoTracker3PointTracker
+
+        return CoTracker3PointTracker(weights, variant=config.variant, grid_size=config.grid_size,
+                                      device=config.device, precision=config.precision)
 
 
-#: What ``TrackConfig.tracker`` takes: auto or a registered tracker.
-TrackerName = Literal[("auto", *TRACKERS)]
+@register_tracker
+class ReleasedTraces(Tracker):
+    """Magma's released traces: the windows of ``--input magma_video_tom`` carry them."""
+
+    name = "released"
+    label = "Magma's released CoTracker3 traces (no tracking)"
+    citation = COTRACKER3_CITATION
+    from_source = True
+
+    def point_tracker(self, config: TrackConfig, weights: Path | None) -> PointTracker:
+        raise ValueError("the released traces come with the windows of --input magma_video_tom; nothing tracks them")
 
 
 def tracks_from_source(config: TrackConfig) -> bool:
     """The run reads tracks that come with the source's windows instead of tracking (``released``)."""
-    spec = TRACKERS.get(config.tracker)
-    return spec is not None and spec.placement == "source"
+    tracker = TRACKERS.get(config.tracker)
+    return tracker is not None and tracker.from_source
 
 
 class TrackerUnavailable(Exception):
@@ -208,7 +253,7 @@ class ResolvedTracker:
     note: str
 
     @property
-    def spec(self) -> TrackerSpec:
+    def tracker(self) -> Tracker:
         return TRACKERS[self.config.tracker]
 
 
@@ -230,60 +275,61 @@ def resolve_tracker(config: TrackConfig) -> ResolvedTracker:
     """
     if config.tracker == "auto":
         return _resolve_auto(config)
-    spec = TRACKERS.get(config.tracker)
-    if spec is None:
+    tracker = TRACKERS.get(config.tracker)
+    if tracker is None:
         names = list(TRACKERS)
         raise ValueError(f"unknown tracker {config.tracker!r}; use auto, {', '.join(names[:-1])} or {names[-1]}")
-    if not spec.needs_weights:
-        return ResolvedTracker(config, "", f"tracker: {spec.label}")
-    weights = _find_weights(spec, config)
+    if not tracker.needs_weights:
+        return ResolvedTracker(config, "", f"tracker: {tracker.label}")
+    weights = _find_weights(tracker, config)
     if weights is None:
-        raise TrackerUnavailable(spec.implementation().weights_missing(config))
-    return _with_weights(spec, config, weights)
+        raise TrackerUnavailable(tracker.weights_missing(config))
+    return _with_weights(tracker, config, weights)
 
 
-def _find_weights(spec: TrackerSpec, config: TrackConfig) -> Path | None:
+def _find_weights(tracker: Tracker, config: TrackConfig) -> Path | None:
     try:
-        return spec.implementation().find_weights(config)
+        return tracker.find_weights(config)
     except FileNotFoundError as error:  # a file the user named is not there
         raise TrackerUnavailable(str(error)) from None
 
 
 def _resolve_auto(config: TrackConfig) -> ResolvedTracker:
     not_found = []
-    for spec in TRACKERS.values():
-        if spec.needs_weights:
-            weights = _find_weights(spec, config)
+    for tracker in TRACKERS.values():
+        if tracker.needs_weights:
+            weights = _find_weights(tracker, config)
             if weights is not None:
-                return _with_weights(spec, config, weights)
-            not_found.append(spec.label)
-    fallback = next(spec for spec in TRACKERS.values() if not spec.needs_weights and spec.placement != "source")
+                return _with_weights(tracker, config, weights)
+            not_found.append(tracker.label)
+    fallback = next(t for t in TRACKERS.values() if not t.needs_weights and not t.from_source)
     why = f" (no {' or '.join(not_found)} checkpoint found; --checkpoint to use one)" if not_found else ""
     return ResolvedTracker(replace(config, tracker=fallback.name), "", f"tracker: {fallback.label}{why}")
 
 
-def _with_weights(spec: TrackerSpec, config: TrackConfig, weights: Path) -> ResolvedTracker:
-    resolved = replace(config, tracker=spec.name, checkpoint=str(weights))
+def _with_weights(tracker: Tracker, config: TrackConfig, weights: Path) -> ResolvedTracker:
+    resolved = replace(config, tracker=tracker.name, checkpoint=str(weights))
     try:
-        spec.implementation().check_weights(resolved, weights)
+        tracker.check_weights(resolved, weights)
     except ValueError as error:
         raise TrackerUnavailable(str(error)) from None
-    return ResolvedTracker(resolved, file_digest(weights), f"tracker: {spec.label} {config.variant} from {weights}")
+    return ResolvedTracker(resolved, file_digest(weights), f"tracker: {tracker.label} {config.variant} from {weights}")
 
 
-def make_tracker(config: TrackConfig) -> PointTracker:
-    """The tracker the config asks for, built by its registry entry's module.
+def make_tracker(config: TrackConfig, tracker: Tracker | None = None) -> PointTracker:
+    """The point tracker the config asks for, built by its registry entry (``tracker``, else the
+    registered one of ``config.tracker``).
 
     A resolved config (a run's: a registered name, the weights' path) is built as it is, since the
     driver has checked it; ``auto``, or a tracker without its weights' path, is resolved first.
     """
-    spec = TRACKERS.get(config.tracker)
-    if spec is None or (spec.needs_weights and not config.checkpoint):
+    tracker = tracker or TRACKERS.get(config.tracker)
+    if tracker is None or (tracker.needs_weights and not config.checkpoint):
         resolved = resolve_tracker(config)
         log.info(resolved.note)
-        config, spec = resolved.config, resolved.spec
-    weights = Path(config.checkpoint) if spec.needs_weights else None
-    return spec.implementation().point_tracker(config, weights)
+        config, tracker = resolved.config, resolved.tracker
+    weights = Path(config.checkpoint) if tracker.needs_weights else None
+    return tracker.point_tracker(config, weights)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -314,13 +360,30 @@ class TrackStage(Stage):
     consumes = (FRAMES.name,)
 
     def __init__(self, config: TrackConfig, tracker: PointTracker | None = None):
+        """``tracker``: a point tracker to use as it is (tests); else the registered one of ``config.tracker``,
+        built on first use. The stage keeps its registry entry, so a worker builds it without the registry."""
         self.config = config
+        self.entry = TRACKERS.get(config.tracker)  # None while ``auto``: resolved on first use
         self._tracker = tracker
+
+    @property
+    def placement(self) -> Placement:
+        """Where the stage runs: where its tracker's registry entry says."""
+        return self.entry.placement if self.entry is not None else "tasks"
+
+    @property
+    def batch_size(self) -> int:
+        """Windows a Ray batch hands the stage: a tracker call's (``--batch-size``); without it, in actors,
+        as many as the largest call may hold (the tracker fills its own batch from the device's memory),
+        in tasks ``DEFAULT_BATCH_SIZE``."""
+        if self.config.batch_size:
+            return self.config.batch_size
+        return MAX_WINDOWS_PER_CALL if self.placement == "actors" else DEFAULT_BATCH_SIZE
 
     @property
     def tracker(self) -> PointTracker:
         if self._tracker is None:
-            self._tracker = make_tracker(self.config)
+            self._tracker = make_tracker(self.config, self.entry)
         return self._tracker
 
     def setup(self) -> None:

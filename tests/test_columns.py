@@ -61,7 +61,7 @@ def test_the_action_stage_returns_exactly_its_declared_columns():
     from magma_data.stages.robot_plan import plan_episodes
 
     actions = np.linspace(-1, 1, 28, dtype=np.float32).reshape(4, 7)
-    episode = RobotEpisode(episode_id="toy/train/000000", dataset="toy", builder_dir="/data/toy/0.1.0", split="train",
+    episode = RobotEpisode(episode_id="toy/train/000000", dataset="toy", dataset_path="/data/toy/0.1.0", split="train",
                            episode_index=0, instruction="pick up the cup", image_key="image", num_steps=4,
                            actions=actions, steps=np.arange(4))
     [row, *_] = plan_episodes([episode], "oxe", PlanConfig(window_stride=1),

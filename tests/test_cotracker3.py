@@ -295,10 +295,10 @@ def test_point_tracker_takes_uint8_windows_and_returns_the_protocol_types(tmp_pa
 
 
 @pytest.mark.slow
-def test_full_resolution_offline_and_online_track_a_real_clip(tmp_path):
-    """The released resolution end to end on a sample video (about a minute on two cores)."""
+def test_full_resolution_offline_and_online_track_a_real_clip(tmp_path, video_clips):
+    """The released resolution end to end on a 1296x720 clip (about a minute on two cores)."""
     cv2 = pytest.importorskip("cv2")
-    capture = cv2.VideoCapture(str(Path(__file__).parents[2] / "shared" / "videos" / "apple.mp4"))
+    capture = cv2.VideoCapture(str(video_clips / "apple.mp4"))
     frames = [cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB) for _ in range(9)]
     video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None].float()
     for variant in ("offline", "online"):

@@ -18,9 +18,10 @@ OFFICIAL = REPO / ".official" / "co-tracker"
 
 
 @pytest.mark.skipif(not (OFFICIAL / "cotracker" / "predictor.py").is_file(), reason=f"no co-tracker checkout in {OFFICIAL}")
-def test_dry_run_tracks_like_the_official_code_and_times_every_case(tmp_path, shared_videos):
+def test_dry_run_tracks_like_the_official_code_and_times_every_case(tmp_path, video_clips):
     done = subprocess.run(
-        [sys.executable, "benchmarks/tracker_gpu.py", str(tmp_path), "--tiny", "--device", "cpu"],
+        [sys.executable, "benchmarks/tracker_gpu.py", str(tmp_path), "--tiny", "--device", "cpu", "--videos",
+         str(video_clips)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

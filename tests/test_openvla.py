@@ -94,6 +94,7 @@ pytest.importorskip("tensorflow", reason="the [oxe] extra (TensorFlow, to read T
 from rlds_fixtures import TABLETOP, TABLETOP_EPISODES, golden_miniature, oxe_miniature  # noqa: E402
 
 from magma_data.pipelines import load_pipeline  # noqa: E402
+from magma_data.pipelines.base import PlanContext  # noqa: E402
 from magma_data.sources import open_source  # noqa: E402
 from magma_data.sources.openvla import STATISTICS_FILE  # noqa: E402
 from magma_data.stages.action_tokens import ActionTokensStage  # noqa: E402
@@ -116,7 +117,7 @@ def _tokens(root, dataset, output=None, limit=None) -> dict[int, list[int]]:
     wins otherwise), as the oxe_tom pipeline plans and tokenises them."""
     config = dataclasses.replace(_robot_config(), limit=limit)
     source = open_source(load_manifest("oxe"), root, datasets=[dataset])
-    rows = load_pipeline("oxe_tom").plan(source, config, output)
+    rows = load_pipeline("oxe_tom").plan(source, config, PlanContext(output=output))
     stage = ActionTokensStage(config.action)
     return {row["frame_index"]: stage({**row, "conversations": []})["action_token_ids"].tolist()
             for row in rows if not row.get("drop_kind")}
@@ -171,7 +172,7 @@ def test_statistics_cover_every_episode_and_are_kept_beside_the_output(oxe_root,
     calls = []
     compute = source.dataset_statistics
     source.dataset_statistics = lambda name: calls.append(name) or compute(name)
-    load_pipeline("oxe_tom").plan(source, dataclasses.replace(_robot_config(), limit=3), tmp_path)
+    load_pipeline("oxe_tom").plan(source, dataclasses.replace(_robot_config(), limit=3), PlanContext(output=tmp_path))
     stored = json.loads((tmp_path / STATISTICS_FILE).read_text())
     assert calls == [TABLETOP] and list(stored) == [TABLETOP]
     entry = stored[TABLETOP]
@@ -180,7 +181,7 @@ def test_statistics_cover_every_episode_and_are_kept_beside_the_output(oxe_root,
     assert entry["num_transitions"] == sum(length for length, _ in TABLETOP_EPISODES)
     assert set(entry["action"]) == {"mean", "std", "max", "min", "q01", "q99", "mask"}
     assert entry["action"]["mask"] == [True] * 6 + [False]
-    load_pipeline("oxe_tom").plan(source, _robot_config(), tmp_path)  # a resumed run reads the file
+    load_pipeline("oxe_tom").plan(source, _robot_config(), PlanContext(output=tmp_path))  # a resumed run reads it
     assert calls == [TABLETOP]
 
 

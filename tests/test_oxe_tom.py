@@ -15,7 +15,7 @@ from magma_data.stages.robot_plan import future_indices, plan_episodes
 
 def _episode(dataset="toy", index=0, num_steps=20, instruction="pick up the cup", tom=True, first_step=0):
     actions = np.linspace(-1, 1, num_steps * 7, dtype=np.float32).reshape(num_steps, 7)
-    return RobotEpisode(episode_id=f"{dataset}/train/{index:06d}", dataset=dataset, builder_dir=f"/data/{dataset}/0.1.0",
+    return RobotEpisode(episode_id=f"{dataset}/train/{index:06d}", dataset=dataset, dataset_path=f"/data/{dataset}/0.1.0",
                         split="train", episode_index=index, instruction=instruction, image_key="image",
                         num_steps=num_steps, actions=actions, steps=np.arange(num_steps) + first_step, tom=tom)
 
@@ -123,19 +123,19 @@ def oxe_root(tmp_path_factory):
     return oxe_miniature(tmp_path_factory.mktemp("oxe"))
 
 
-def test_rlds_frames_reads_the_window_of_its_episode(oxe_root):
+def test_robot_frames_reads_the_window_of_its_episode_from_rlds(oxe_root):
     from magma_data.sources.oxe import OpenXSource
     from magma_data.stages.decode import DecodeConfig
-    from magma_data.stages.rlds_frames import RldsFramesStage
+    from magma_data.stages.robot_frames import RobotFramesStage
 
-    (episode,) = [u for u in OpenXSource(oxe_root, "oxe", datasets=[TABLETOP]).clips()
-                  if isinstance(u, RobotEpisode) and u.num_steps == 20]
+    source = OpenXSource(oxe_root, "oxe", datasets=[TABLETOP])
+    (episode,) = [u for u in source.clips() if isinstance(u, RobotEpisode) and u.num_steps == 20]
     rows = plan_episodes([episode], "oxe", PlanConfig(window_stride=1), _statistics(episode))
-    stage = RldsFramesStage(DecodeConfig(height=32))
+    stage = RobotFramesStage(DecodeConfig(height=32), source)
     late = stage(rows[10])
     assert late["frames"].shape == (16, 32, 32, 3) and (late["image_width"], late["image_height"]) == (32, 32)
     np.testing.assert_array_equal(late["frames"][-1], late["frames"][9])  # clamped: steps 19, 19, ...
-    native = RldsFramesStage(DecodeConfig(height=HEIGHT))(rows[0])["frames"]
+    native = RobotFramesStage(DecodeConfig(height=HEIGHT), source)(rows[0])["frames"]
     assert native.shape == (16, HEIGHT, HEIGHT, 3) and WIDTH != HEIGHT  # stretched to a square
 
 

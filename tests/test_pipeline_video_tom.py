@@ -1,4 +1,4 @@
-"""End to end through a real local Ray: the shared sample clips -> Parquet shards -> datasets."""
+"""End to end through a real local Ray: the five test clips (real or stand-ins) -> Parquet shards -> datasets."""
 
 from __future__ import annotations
 
@@ -15,31 +15,31 @@ from magma_data.runner import RunOptions, run
 
 
 @pytest.fixture(scope="module")
-def folder_run(shared_videos, tmp_path_factory):
+def folder_run(video_clips, tmp_path_factory):
     output = tmp_path_factory.mktemp("folder-run")
     config = RunConfig(source="folder").with_overrides(
         {"track": {"tracker": "lk"}, "sink": {"rows_per_shard": 8}, "decode": {"height": 384}}
     )
-    summary = run(config, RunOptions(output=output, root=shared_videos, num_cpus=2, progress=False))
+    summary = run(config, RunOptions(output=output, root=video_clips, num_cpus=2, progress=False))
     return output, summary, config
 
 
-def _expected_windows(shared_videos: Path) -> int:
+def _expected_windows(video_clips: Path) -> int:
     """Windows of 16 frames every 16 frames, from each video's own frame count."""
     import decord
 
     total = 0
-    for path in sorted(shared_videos.glob("*.mp4")):
+    for path in sorted(video_clips.glob("*.mp4")):
         frames = len(decord.VideoReader(str(path)))
         total += max(0, (frames - 16) // 16 + 1)
     return total
 
 
-def test_every_planned_window_ends_as_a_row_or_an_error_row(folder_run, shared_videos):
+def test_every_planned_window_ends_as_a_row_or_an_error_row(folder_run, video_clips):
     output, summary, _ = folder_run
     rows = sum(pq.read_metadata(p).num_rows for p in (output / "data" / "folder").glob("train-*.parquet"))
     errors = sum(pq.read_metadata(p).num_rows for p in (output / "errors").glob("folder-*.parquet"))
-    assert summary.windows_planned == _expected_windows(shared_videos)
+    assert summary.windows_planned == _expected_windows(video_clips)
     assert rows + errors == summary.windows_planned
     assert (summary.rows_written, summary.error_rows) == (rows, errors)
     assert rows > 0
@@ -75,10 +75,10 @@ def test_datasets_loads_the_output_folder_through_its_card(folder_run):
     assert len(datasets.load_dataset(str(output), "folder", split="train")) == summary.rows_written
 
 
-def test_rows_map_back_to_their_videos(folder_run, shared_videos):
+def test_rows_map_back_to_their_videos(folder_run, video_clips):
     output, _, _ = folder_run
     table = pq.read_table(output / "data" / "folder", columns=["video_uid", "frame_index", "frame_indices", "fps"])
     for uid, start, indices, fps in zip(*(table[c].to_pylist() for c in table.column_names)):
-        assert (shared_videos / f"{uid}.mp4").is_file()
+        assert (video_clips / f"{uid}.mp4").is_file()
         assert indices == list(range(start, start + 16))
         assert fps > 0

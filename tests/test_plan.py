@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,23 @@ def test_each_video_is_probed_once_however_many_clips_it_holds(monkeypatch):
     clips = [Clip(clip_id=f"seg{i}", video_uid="v", video_path="/v.mp4", start_sec=i, end_sec=i + 1.0) for i in range(6)]
     units = plan_source(clips, "src", PlanConfig())
     assert calls == ["/v.mp4"] and len(units) == 6
+
+
+def test_rows_name_videos_relative_to_the_root_that_holds_them_and_readers_find_them_again(tmp_path):
+    from magma_data.sources.base import relative_video_paths, video_file
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    (first / "sub").mkdir(parents=True)
+    second.mkdir()
+    (first / "sub" / "v.mp4").write_bytes(b"")
+    (second / "w.mp4").write_bytes(b"")
+    units = [{"unit_id": "s/v", "video_path": str(first / "sub" / "v.mp4")},
+             {"unit_id": "s/w", "video_path": str(second / "w.mp4"), "drop_kind": "error",
+              "drop_message": f"{second / 'w.mp4'}: no frames"},
+             {"unit_id": "s/x", "video_path": "/elsewhere/x.mp4"}]
+    rows = relative_video_paths(units, [first, second])
+    assert [row["video_path"] for row in rows] == ["sub/v.mp4", "w.mp4", "/elsewhere/x.mp4"]
+    assert rows[1]["drop_message"] == "w.mp4: no frames"  # messages name the file as the row does
+    assert video_file("w.mp4", [first, second]) == second / "w.mp4"  # the first root that holds it
+    assert video_file("gone.mp4", [first, second]) == first / "gone.mp4"  # an error names where it looked
+    assert video_file("/elsewhere/x.mp4", [first]) == Path("/elsewhere/x.mp4")  # rows made before: as they are

@@ -45,7 +45,7 @@ def test_episodes_carry_instruction_camera_length_and_actions(units, oxe_root):
     long = tabletop[20]
     assert long.instruction == "pick up the café cup and put it in the 瓶"
     assert long.image_key == "image" and long.image_size == (48, 64) and long.tom
-    assert long.builder_dir == str(oxe_root.resolve() / TABLETOP / "0.1.0")
+    assert long.dataset_path == str(oxe_root.resolve() / TABLETOP / "0.1.0")
     assert long.episode_id == f"{TABLETOP}/train/{long.episode_index:06d}"
     raw = np.array([tabletop_action(t, 20) for t in range(20)])
     np.testing.assert_allclose(long.actions[:, :6], raw[:, :6], rtol=1e-6)

@@ -8,11 +8,10 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from train_fixtures import batch_of_one, chat, picture, redraw_weights, tiny_magma
+from train_fixtures import as_official_config, batch_of_one, chat, picture, redraw_weights, tiny_magma
 
 from magma_data.train import MagmaForCausalLM, MagmaProcessor
-from magma_data.train.checkpoint import checkpoint_shapes, tower_structure
-from magma_data.train.config import TOWER_STRUCTURE_KEYS
+from magma_data.train.weights import checkpoint_shapes, tower_structure
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +97,7 @@ def test_a_config_json_written_like_magma_8b_s_loads_with_the_tower_read_from_te
     """Magma-8B's config.json (transformers 4.44) names its backbone but not the tower's structure,
     copies the Llama fields to the top level, and points auto_map at remote code we do not run."""
     shutil.copytree(tiny, tmp_path, dirs_exist_ok=True)
-    config = json.loads((tmp_path / "config.json").read_text())
-    structure = {key: config["vision_config"].pop(key) for key in TOWER_STRUCTURE_KEYS}
-    text = config["text_config"]
-    text.pop("rope_parameters")
-    text |= {"torch_dtype": "bfloat16", "architectures": ["LlamaForCausalLM"], "_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct"}
-    config |= {key: text[key] for key in ("hidden_size", "num_hidden_layers", "vocab_size", "rope_theta", "rope_scaling")}
-    config |= {
-        "auto_map": {"AutoConfig": "configuration_magma.MagmaConfig", "AutoModelForCausalLM": "modeling_magma.MagmaForCausalLM"},
-        "torch_dtype": "bfloat16", "transformers_version": "4.44.1", "mm_use_im_start_end": False,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    structure = as_official_config(tmp_path)
 
     assert tower_structure(checkpoint_shapes(tmp_path)) == structure
     model = MagmaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)

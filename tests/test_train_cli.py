@@ -165,3 +165,70 @@ def test_from_components_refuses_a_clip_file_without_a_visual_tower(components, 
         main, ["init", "--from-components", "--llm", str(llama), "--vision", str(tmp_path / "text_only.bin"), "--output", str(tmp_path / "m")]
     )
     assert result.exit_code != 0 and "no 'visual.*' tensors" in str(result.exception)
+
+
+def test_help_lists_the_recipes_and_each_option_shows_the_recipes_value():
+    listed = run("--help")
+    assert all(name in listed for name in ("pretrain", "finetune", "finetune-lora"))
+    assert "Recipes" in listed
+    pretrain = run("pretrain", "--help")
+    assert "[pretrain: constant]" in pretrain and "[pretrain: 3]" in pretrain and "[default: pretrain]" in pretrain
+    assert "[finetune: cosine]" in run("finetune", "--help")
+
+
+@pytest.fixture()
+def captured(monkeypatch):
+    """The config a training command would run with (the loop itself is not started)."""
+    from magma_data.train import trainer
+
+    configs = []
+    monkeypatch.setattr(trainer, "train", configs.append)
+    return configs
+
+
+def test_options_override_the_recipe_which_overrides_the_fields_defaults(tmp_path, captured):
+    model = tmp_path / "model"
+    model.mkdir()
+    (tmp_path / "mine.yaml").write_text("train: llm,projector\nlr: 0.5\nschedule: constant\nwarmup_ratio: 0\nepochs: 2\n"
+                                        "batch_size: 4\n")
+    common = ["--data", str(tmp_path), "--model", str(model), "--output", str(tmp_path / "out")]
+
+    run("finetune", *common)
+    run("pretrain", *common, "--lr", "2e-5", "--train", "projector")
+    run("finetune", *common, "--config", str(tmp_path / "mine.yaml"), "--epochs", "5")
+    run("finetune", *common, "--config", "finetune-lora", "--lora-rank", "8")
+    finetune, pretrain, mine, lora = captured
+
+    assert (finetune.recipe, finetune.lr, finetune.schedule, finetune.warmup_ratio, finetune.epochs) == (
+        "finetune", 1e-5, "cosine", 0.03, 1)
+    assert finetune.train == ("vision", "projector", "llm") and finetune.batch_size == 1 and not finetune.lora
+    assert (pretrain.lr, pretrain.schedule, pretrain.epochs, pretrain.train) == (2e-5, "constant", 3, ("projector",))
+    assert (mine.train, mine.lr, mine.epochs, mine.batch_size) == (("llm", "projector"), 0.5, 5, 4)
+    assert lora.lora and lora.lora_rank == 8 and lora.train == ("llm",) and lora.lr == 2e-4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "fast"], "'fast' is not a valid float"),
+        (["--lr", "0"], "--lr takes a number > 0, not 0.0"),
+        (["--batch-size", "0"], "--batch-size takes an integer >= 1"),
+        (["--train", "llm,eyes"], "--train takes a list, each item one of vision, projector, llm"),
+        (["--config", "nonesuch"], "no such recipe"),
+    ],
+)
+def test_values_a_field_does_not_take_are_refused_in_one_line(tmp_path, captured, args, message):
+    model = tmp_path / "model"
+    model.mkdir()
+    result = CliRunner().invoke(main, ["finetune", "--data", str(tmp_path), "--model", str(model),
+                                       "--output", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not captured
+
+
+def test_a_recipe_setting_an_unknown_field_is_refused(tmp_path):
+    from magma_data.train.settings import TrainConfig
+
+    (tmp_path / "typo.yaml").write_text("learning_rate: 1e-4\n")
+    with pytest.raises(ValueError, match="sets learning_rate, which TrainConfig does not have"):
+        TrainConfig.from_recipe(tmp_path / "typo.yaml", data=("x",), model="m", output="o")

@@ -166,14 +166,18 @@ def test_bad_rows_become_skipped_with_their_reason(processor):
     long = dict(good, conversations=[{"from": "human", "value": "word " * 300 + "<image>\n"}, {"from": "gpt", "value": "A cup."}])
     unanswered = dict(good, conversations=good["conversations"][:1] + good["conversations"])
     padded = dict(good, conversations=[good["conversations"][0], {"from": "gpt", "value": "A <pad> cup."}])
-    rows = [good, broken, long, unanswered, padded]
+    malformed = dict(good, conversations=[{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": None}])
+    six_dimensions = dict(good, conversations=[{"from": "human", "value": "<image>\nWhat action?"},
+                                               {"from": "gpt", "value": "<action>" * 7}], action_normalized=[0.0] * 6)
+    rows = [good, broken, long, unanswered, padded, malformed, six_dimensions]
     source = _magma_source(datasets.Dataset.from_list(rows))
     mixture = Mixture([len(rows)], [1.0], seed=0)
     samples = TrainingSamples([source], [np.arange(len(rows))], mixture, SampleMaker(processor, max_length=200), seed=0)
     results = {mixture.locate(p)[2]: samples[p] for p in range(len(rows))}
     assert not isinstance(results[0], Skipped)
-    assert [results[i].reason for i in (1, 2, 3, 4)] == [
-        "image does not decode", "text does not fit", "turns are not question-answer pairs", "text holds the pad token"]
+    assert [results[i].reason for i in range(1, len(rows))] == [
+        "image does not decode", "text does not fit", "turns are not question-answer pairs", "text holds the pad token",
+        "turns are malformed", "no action"]
 
 
 def test_llava_json_rows_follow_magmas_image_branch(processor, tmp_path):

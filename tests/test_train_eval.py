@@ -11,8 +11,9 @@ from train_fixtures import tiny_magma, tom_shards
 
 from magma_data.magma_text import tom_turn
 from magma_data.train.cli import main
-from magma_data.train.eval import RowResult, score_tom_answer, summarize
-from magma_data.train.trainer import read_log
+from magma_data.train.data import BadRow
+from magma_data.train.eval import RowResult, score_tom_answer, summarize, tom_targets
+from magma_data.train.training_log import read_log
 
 TARGET_IDS = [3, 7]
 TARGETS = [[[100, 100], [104, 100], [108, 100]], [[20, 200], [20, 196]]]
@@ -46,6 +47,14 @@ def test_untraced_marks_score_as_standing_still_and_malformed_lists_are_not_trus
 
     longer = _score(_answer([3], [[[100, 100], [104, 100], [108, 100], [112, 100]]]))
     assert longer.displacements[0] == (pytest.approx(4 / 3), 4.0)  # a fourth step against the target's end
+
+
+def test_tom_targets_that_do_not_match_their_marks_are_a_skip_reason_not_a_crash():
+    assert tom_targets({"tom_mark_ids": TARGET_IDS, "tom_targets": TARGETS})[0] == TARGET_IDS
+    for broken in ({"tom_mark_ids": [3], "tom_targets": TARGETS}, {"tom_mark_ids": [3], "tom_targets": [[[1, 2]]]},
+                   {"tom_mark_ids": [3], "tom_targets": None}):
+        with pytest.raises(BadRow, match="ToM targets are malformed"):
+            tom_targets(broken)
 
 
 def test_summaries_are_micro_averages():

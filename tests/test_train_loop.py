@@ -20,18 +20,21 @@ from train_fixtures import tiny_magma, tom_shards
 from magma_data.train import MagmaForCausalLM, MagmaProcessor
 from magma_data.train import trainer as trainer_module
 from magma_data.train.cli import main
-from magma_data.train.trainer import TrainConfig, checkpoints, read_log, train
+from magma_data.train.checkpoint import checkpoints
+from magma_data.train.settings import TrainConfig
+from magma_data.train.trainer import train
+from magma_data.train.training_log import read_log
 
 MAGMA_TRAIN = str(Path(sys.executable).with_name("magma-train"))
 
 
 def _config(tmp_path_factory, output: Path, **changes) -> TrainConfig:
     settings = dict(
-        data=(str(tom_shards(tmp_path_factory)),), model=tiny_magma(tmp_path_factory), output=output, mode="finetune",
+        data=(str(tom_shards(tmp_path_factory)),), model=tiny_magma(tmp_path_factory), output=output,
         batch_size=1, grad_accum=2, lr=3e-3, precision="fp32", num_workers=0, progress=False, log_every=1,
         validation_fraction=0.0, cache_dir=tmp_path_factory.getbasetemp() / "hf-cache",
     )
-    return TrainConfig(**{**settings, **changes})
+    return TrainConfig.from_recipe("finetune", **{**settings, **changes})
 
 
 class Stop(Exception):

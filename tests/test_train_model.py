@@ -49,7 +49,7 @@ def magma_8b_on_meta(vocab_size: int = 128258) -> MagmaForCausalLM:
 
 
 def expected_8b_table(vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """magma.md §11.2, written out key by key."""
+    """docs/magma-model.md §Checkpoint keys, written out key by key."""
     table = {
         TOWER + "trunk.stem.0.weight": (384, 3, 4, 4), TOWER + "trunk.stem.0.bias": (384,),
         TOWER + "trunk.stem.1.weight": (384,), TOWER + "trunk.stem.1.bias": (384,),
@@ -130,8 +130,7 @@ def test_a_tiny_forward_and_backward_reach_every_part_that_trains(model, process
     output = model(**inputs, labels=labels)
     output.loss.backward()
 
-    supervised = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    assert output.logits.shape == (supervised, model.config.text_config.vocab_size)
+    assert output.logits.shape == (1, output.attention_mask.shape[1], model.config.text_config.vocab_size)
     assert torch.isfinite(output.loss)
     for name in [
         TOWER + "trunk.stem.0.weight",
@@ -157,6 +156,46 @@ def test_the_loss_is_the_token_mean_over_labels_shifted_inside_the_merged_sequen
     tail_logits = full.logits[0, -7:-1]
     expected = torch.nn.functional.cross_entropy(tail_logits, inputs["input_ids"][0, -6:])
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_with_labels_the_logits_are_every_position_s_as_transformers_returns_them(model, processor):
+    """transformers' contract: [batch, length, V] with or without labels; the loss is the supervised
+    positions' mean cross-entropy, the same from full logits and from the memory-saving path."""
+    inputs = batch_of_one(processor, picture(640, 480), chat(processor))
+    labels = inputs["input_ids"].clone()
+    labels[:, :-8] = IGNORE_INDEX
+
+    with torch.no_grad():
+        plain = model(**inputs)
+        full = model(**inputs, labels=labels)
+        last = model(**inputs, labels=labels, logits_to_keep=1)
+        chosen = model(**inputs, logits_to_keep=torch.tensor([0, 5]))
+    _, _, _, merged_labels = model.embed(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                                         inputs["image_sizes"], labels)
+
+    length = plain.attention_mask.shape[1]
+    assert full.logits.shape == plain.logits.shape == (1, length, model.config.text_config.vocab_size)
+    assert torch.equal(full.logits, plain.logits)
+    supervised = merged_labels[:, 1:] != IGNORE_INDEX
+    expected = torch.nn.functional.cross_entropy(full.logits[:, :-1][supervised], merged_labels[:, 1:][supervised])
+    assert full.loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert last.logits.shape == (1, 1, full.logits.shape[-1]) and torch.equal(last.loss, full.loss)
+    torch.testing.assert_close(last.logits[0, 0], full.logits[0, -1])
+    torch.testing.assert_close(chosen.logits[0], full.logits[0, [0, 5]])
+
+
+def test_the_forward_returns_tuples_hidden_states_and_takes_merged_embeddings(model, processor):
+    inputs = batch_of_one(processor, picture(512, 512), chat(processor))
+    with torch.no_grad():
+        output = model(**inputs, output_hidden_states=True)
+        as_tuple = model(**inputs, return_dict=False)
+        embeddings, mask, _, _ = model.embed(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                                             inputs["image_sizes"])
+        from_embeddings = model(inputs_embeds=embeddings, attention_mask=mask)
+
+    assert len(output.hidden_states) == model.config.text_config.num_hidden_layers + 1
+    assert torch.equal(as_tuple[0], output.logits)
+    torch.testing.assert_close(from_embeddings.logits, output.logits)
 
 
 def test_merging_keeps_the_side_of_the_padding_and_pads_unpadded_batches_on_the_left():

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from transformers import LlamaConfig
 
-from magma_data.magma_text import SYSTEM_PROMPT, semantic_turn
-from magma_data.train import MagmaForCausalLM, MagmaProcessor
-from magma_data.train.create import create_tiny
+from magma_data.magma_text import IMAGE_TOKEN, PAD_TOKEN, SYSTEM_PROMPT, semantic_turn
+from magma_data.train import MagmaConfig, MagmaForCausalLM, MagmaImageProcessor, MagmaProcessor
+from magma_data.train.config import MAGMA_VISION_SETTINGS, TOWER_STRUCTURE_KEYS
+from magma_data.train.create import TINY_TEXT, TINY_TOWER, create_tiny
+from magma_data.train.tokenizer import build_tiny_tokenizer
 
 _built: dict[Path, Path] = {}
 
@@ -84,3 +88,47 @@ def tom_shards(tmp_path_factory) -> Path:
         assert result.returncode == 0, result.stderr
         _shards[base] = output
     return _shards[base]
+
+
+def as_official_config(folder: Path) -> dict:
+    """Rewrite ``config.json`` as Magma's own code (transformers 4.44) writes Magma-8B's: the backbone
+    named but not the tower's structure, the Llama fields copied to the top level, ``rope_theta``
+    instead of ``rope_parameters``, ``auto_map`` pointing at remote code we do not run. Returns the
+    tower structure it took out."""
+    config = json.loads((folder / "config.json").read_text())
+    structure = {key: config["vision_config"].pop(key) for key in TOWER_STRUCTURE_KEYS}
+    text = config["text_config"]
+    text.pop("rope_parameters")
+    text |= {"torch_dtype": config.get("dtype", "float32"), "architectures": ["LlamaForCausalLM"],
+             "_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct"}
+    config |= {key: text[key] for key in ("hidden_size", "num_hidden_layers", "vocab_size", "rope_theta", "rope_scaling")}
+    config |= {
+        "auto_map": {"AutoConfig": "configuration_magma.MagmaConfig", "AutoModelForCausalLM": "modeling_magma.MagmaForCausalLM"},
+        "torch_dtype": config.pop("dtype", "float32"), "transformers_version": "4.44.1", "mm_use_im_start_end": False,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return structure
+
+
+def official_layout_magma(folder: Path, seed: int = 0) -> Path:
+    """A small Magma folder laid out as Magma's code saves Magma-8B: ``config.json`` as
+    ``as_official_config`` writes it, sharded safetensors with their index, the tokenizer as plain
+    JSON files (``tokenizer.json``, ``tokenizer_config.json`` with the chat template inside,
+    ``special_tokens_map.json``) holding ``<image>`` and ``<pad>`` but no ``<action>``."""
+    tokenizer = build_tiny_tokenizer(magma_tokens=(IMAGE_TOKEN, PAD_TOKEN))
+    text = LlamaConfig(**TINY_TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = MagmaConfig(
+        vision_config={**MAGMA_VISION_SETTINGS, **TINY_TOWER, "mm_hidden_size": TINY_TOWER["convnext_dims"][-1],
+                       "hidden_size": TINY_TEXT["hidden_size"], "vision_backbone": "convnextxxlarge"},
+        text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        tokenizer_vocab_size=tokenizer.vocab_size,
+    )
+    torch.manual_seed(seed)
+    model = redraw_weights(MagmaForCausalLM(config), seed)
+    model.save_pretrained(folder, max_shard_size="300KB")
+    MagmaProcessor(MagmaImageProcessor(), tokenizer).save_pretrained(folder)
+    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    as_official_config(folder)
+    return folder

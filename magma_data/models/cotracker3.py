@@ -8,7 +8,8 @@ go through one forward (the reference fails for batch > 1).
 Positions inside the model are in feature pixels (model-resolution pixels / ``stride``), with
 0 at the centre of the first pixel (``align_corners=True``); queries are ``(t, x, y)`` in
 model-resolution pixels. Shape letters: B batch, T frames, N tracks, C channels, K = 49 samples
-of a 7x7 neighbourhood.
+of a 7x7 neighbourhood. Upstream's network and conventions: docs/cotracker3.md (§Network,
+§Coordinates, §Offline forward, §Online forward).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Attribute names follow the released checkpoints (``scaled_offline.pth`` / ``scaled_online.pth``)
 so that their state_dicts load unchanged, including the misspelled ``virual_tracks``. Norm layers
-without affine parameters carry no state and so add no keys.
+without affine parameters carry no state and so add no keys (docs/cotracker3.md §Network).
 """
 
 from __future__ import annotations

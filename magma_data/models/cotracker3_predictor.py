@@ -1,7 +1,7 @@
 """CoTracker3 point tracking: checkpoint loading, the predictor, and the pipeline's tracker.
 
-This module is the ``cotracker3`` entry of the tracker registry (``magma_data.stages.track``):
-``find_weights``, ``weights_missing`` and ``point_tracker`` are what the registry calls.
+The ``cotracker3`` entry of the tracker registry (``magma_data.stages.track.CoTracker3``) finds,
+checks and loads the weights with the functions here and runs :class:`CoTracker3PointTracker`.
 
 ``load_cotracker3`` builds our own CoTracker3 network (``magma_data.models.cotracker3``) from the
 released checkpoints and wraps it in :class:`CoTracker3Predictor`, which has the reference
@@ -11,7 +11,7 @@ backward tracking, query pinning, and the variant's visibility rule. Unlike the 
 batch of videos goes through one forward.
 
 Checkpoints (CC-BY-NC-4.0) are on the Hugging Face Hub, repository ``facebook/cotracker3``:
-``scaled_offline.pth`` and ``scaled_online.pth``.
+``scaled_offline.pth`` and ``scaled_online.pth`` (docs/cotracker3.md §Checkpoints, §Predictor).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from magma_data.models.cotracker3 import CoTracker3Offline, CoTracker3Online, batch_size_for_memory
-from magma_data.stages.track import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER_CALL, TrackConfig, grid_points
+from magma_data.models.point_tracking import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER_CALL, grid_points
 
 CHECKPOINT_ENV = "MAGMA_COTRACKER3_CHECKPOINT"
 HUB_REPO = "facebook/cotracker3"
@@ -341,21 +341,3 @@ class CoTracker3PointTracker:
         tracks, visible = self.predictor(frames, grid_size=self.grid_size, grid_query_frame=0)
         return tracks.cpu().numpy().astype(np.float32), visible.cpu().numpy()
 
-
-def find_weights(config: TrackConfig) -> Path | None:
-    """The registry's weight lookup: ``config.checkpoint``, else the environment, else the hub cache."""
-    return find_checkpoint(config.checkpoint, variant=config.variant)
-
-
-def weights_missing(config: TrackConfig) -> str:
-    return checkpoint_missing(config.variant)
-
-
-def check_weights(config: TrackConfig, weights: Path) -> None:
-    """The registry's check, on the driver before any work: ``weights`` are the variant network's."""
-    read_weights(weights, config.variant)
-
-
-def point_tracker(config: TrackConfig, weights: Path | None) -> CoTracker3PointTracker:
-    return CoTracker3PointTracker(weights, variant=config.variant, grid_size=config.grid_size, device=config.device,
-                                  precision=config.precision)

@@ -53,7 +53,12 @@ def load_manifest(name: str) -> Manifest:
     path = resources.files("magma_data.manifests") / f"{name}.yaml"
     if not path.is_file():
         raise KeyError(f"unknown source {name!r}; available: {', '.join(available_sources())}")
-    data = {**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}), "name": name}
+    return parse_manifest(name, path.read_text(encoding="utf-8"))
+
+
+def parse_manifest(name: str, text: str) -> Manifest:
+    """The manifest of source ``name`` from its YAML ``text``."""
+    data = {**(yaml.safe_load(text) or {}), "name": name}
     data["defaults"] = {k: v or {} for k, v in (data.get("defaults") or {}).items()}
     data["options"] = data.get("options") or {}
     data["layouts"] = data.get("layouts") or []

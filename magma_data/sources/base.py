@@ -5,14 +5,19 @@ a folder walk). It never decodes frames; it only says which span of which video 
 what text goes with it. Anything it cannot turn into a clip comes out as a ``ClipProblem`` so the
 run records it instead of losing it: in the errors table, or in the filtered table when a rule of
 the recipe (Magma's Ego4D verb filter) dropped it on purpose.
+
+A reader subclasses the protocol of what it supplies, so the pipelines and ``magma-data check``
+ask its type, never probe its attributes: ``Source`` (video clips), ``TracesSource`` (windows
+that come with their tracks) or ``RobotSource`` (episodes: ``magma_data.sources.robot``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from magma_data.dropped import ERROR, Dropped, dropped_unit
 
@@ -25,7 +30,7 @@ class Clip:
 
     clip_id: str  # unique and stable within the source; part of every window's unit id
     video_uid: str  # the source's own id for the whole video
-    video_path: str  # absolute path, already checked to lie inside the source root
+    video_path: str  # absolute path inside the source root (rows store it relative to the root)
     task: str = ""  # narration / label / instruction; "" when the source has none
     start_sec: float | None = None  # span inside the video; None = from the start
     end_sec: float | None = None  # None = to the end
@@ -54,10 +59,41 @@ class ClipProblem:
 
 
 class Source(Protocol):
-    name: str  # the manifest's name, given to the reader by ``open_source``
+    """A dataset read in place: every unit in a stable order, and where its videos may lie."""
 
-    def clips(self) -> Iterator[Clip | ClipProblem]:
-        """Every unit of the source, in a stable order."""
+    name: str  # the manifest's name, given to the reader by ``open_source``
+    root: Path  # the folder it reads (absolute); its videos lie inside it, unless ``video_roots`` says otherwise
+    #: what ``magma-data check`` calls the units
+    unit_kind: ClassVar[str] = "clips"
+
+    def clips(self) -> Iterator[Any]:
+        """Every unit of the source, in a stable order: ``Clip`` (or the unit its protocol names) or ``ClipProblem``."""
+        ...
+
+    def video_roots(self) -> list[Path]:
+        """The folders the source's videos must lie in, and rows name them relative to: its root, unless
+        the source reads them elsewhere."""
+        return [self.root]
+
+
+@dataclass
+class Coverage:
+    """Of a dataset's records read so far: how many, how many found their video, the videos missing."""
+
+    records: int = 0
+    found: int = 0
+    missing_videos: set[str] = field(default_factory=set)
+
+
+@runtime_checkable
+class TracesSource(Source, Protocol):
+    """A source whose windows come with their tracks (Magma's released traces): the pipeline reads
+    them instead of tracking, and ``check`` reports how many records found their video."""
+
+    unit_kind: ClassVar[str] = "records"
+
+    def coverage(self) -> Mapping[str, Coverage]:
+        """Per dataset of the records read so far (``clips`` fills it as it goes)."""
         ...
 
 
@@ -80,10 +116,34 @@ def resolve_inside(root: Path, relative: str | Path) -> Path:
     return candidate
 
 
-def video_roots(source: Source, root: Path) -> list[Path]:
-    """The folders a source's videos must lie in: ``--root``, or the source's own (``video_roots``,
-    e.g. the ``--videos`` folders of Magma's released traces)."""
-    return [Path(r) for r in getattr(source, "video_roots", None) or [root]]
+def relative_video_paths(units: list[dict], roots: list[Path]) -> list[dict]:
+    """The units with each ``video_path`` relative to the first of ``roots`` that holds it, as rows
+    store it: a dataset pushed to the Hub names no folder of the machine that made it, and the same
+    data read from another folder makes the same rows. Messages name those files the same way."""
+    folders = [form for root in roots for form in dict.fromkeys((Path(root), Path(root).resolve()))]
+    relative = []
+    for unit in units:
+        path, message = unit.get("video_path") or "", unit.get("drop_message") or ""
+        changed = {}
+        folder = next((f for f in folders if path and Path(path).is_absolute() and Path(path).is_relative_to(f)), None)
+        if folder is not None:
+            changed["video_path"] = Path(path).relative_to(folder).as_posix()
+        for prefix in (f"{folder}{os.sep}" for folder in folders):
+            if prefix in message:
+                message = changed["drop_message"] = message.replace(prefix, "")
+        relative.append({**unit, **changed} if changed else unit)
+    return relative
+
+
+def video_file(video_path: str, roots: Sequence[str | Path]) -> Path:
+    """The file a row's ``video_path`` names: a relative one under the first of ``roots`` that holds
+    it (the first root when none does, so an error says where it was looked for); an absolute one,
+    as rows made before paths were relative hold, as it is."""
+    path = Path(video_path)
+    if path.is_absolute() or not roots:
+        return path
+    candidates = [Path(root) / path for root in roots]
+    return next((candidate for candidate in candidates if candidate.exists()), candidates[0])
 
 
 def refuse_paths_outside(units: list[dict], roots: list[Path]) -> list[dict]:

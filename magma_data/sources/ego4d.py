@@ -11,7 +11,8 @@ Narrations are point timestamps. Each becomes the span from its timestamp to the
 the same pass, at most ``max_duration_sec`` long, as Magma's narration-derived segments are.
 Magma's filters apply (segments of at least 1 s, no idle verbs such as "walk"; the narrations they
 drop go to the filtered table, not the errors), but verbs match whole words: "sidewalk" and
-"understand" no longer drop a narration (magma.md §17.12). Empty text is an error row.
+"understand" no longer drop a narration (docs/magma-som-tom.md §Defects 6). Empty text is an error row.
+The release's layout and metadata: docs/sources.md §Ego4D.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from magma_data.dropped import FILTERED
-from magma_data.sources.base import Clip, ClipProblem
+from magma_data.sources.base import Clip, ClipProblem, Source
 from magma_data.sources.metadata import load_json_lenient, metadata_file, text_problem, video_file
 
 #: Magma's ego4d filter (data/ego4d/data_utils.py), matched as whole words with inflections.
@@ -64,7 +65,7 @@ def clean_narration(text: str) -> str:
     return " ".join(text.split())
 
 
-class Ego4DSource:
+class Ego4DSource(Source):
     """Clips around Ego4D narrations; see the module docstring for the layout it reads."""
 
     def __init__(

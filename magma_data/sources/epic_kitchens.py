@@ -9,7 +9,7 @@ Layout (``--root`` holds the downloader's output and a clone of the annotations 
 
 Spans come from ``start_timestamp``/``stop_timestamp``, never ``start_frame``/``stop_frame``: the
 frame columns count the released ~60 fps RGB dumps, not the native frames of 50, 59.94, 29.97 or
-90 fps videos (datasets-and-peers.md §2).
+90 fps videos (docs/sources.md §EPIC-KITCHENS-100).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from magma_data.sources.base import Clip, ClipProblem, PathEscapesRoot, resolve_inside
+from magma_data.sources.base import Clip, ClipProblem, PathEscapesRoot, Source, resolve_inside
 from magma_data.sources.metadata import metadata_file, read_text_lenient, text_problem, video_file
 
 _TIMESTAMP = re.compile(r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)$")
@@ -37,7 +37,7 @@ def parse_timestamp(text: str) -> float | None:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-class EpicKitchensSource:
+class EpicKitchensSource(Source):
     """Clips from the EPIC-KITCHENS-100 action segments; see the module docstring for the layout."""
 
     def __init__(

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from magma_data.sources.base import VIDEO_SUFFIXES, Clip, ClipProblem, PathEscapesRoot, resolve_inside
+from magma_data.sources.base import VIDEO_SUFFIXES, Clip, ClipProblem, PathEscapesRoot, Source, resolve_inside
 
 
-class FolderSource:
+class FolderSource(Source):
     """One clip per video file under ``root``; ``name`` is the manifest's, the start of every unit id."""
 
     def __init__(self, root: Path, name: str, suffixes: tuple[str, ...] = VIDEO_SUFFIXES):

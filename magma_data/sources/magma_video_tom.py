@@ -6,7 +6,8 @@ Layout of a local copy (``hf download MagmaAI/Magma-Video-ToM --repo-type datase
         data-00000-of-00015.arrow ...   records: dataset_name, video_name, task_string,
         dataset_info.json, state.json   trace, trace_visibility, frame_index
 
-What is established about the records, and from where (the card documents the field names only):
+What is established about the records, and from where (the card documents the field names only;
+the release as a whole: docs/magma-data-format.md §Magma-Video-ToM):
 
 - ``trace`` / ``trace_visibility`` are CoTracker's raw output for one window (no camera
   compensation, no foreground/background split): Magma's maintainer in microsoft/Magma#66, who
@@ -34,12 +35,12 @@ until a worker reads them (``magma_data.stages.released_traces``).
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from magma_data.sources.base import VIDEO_SUFFIXES, ClipProblem
+from magma_data.sources.base import VIDEO_SUFFIXES, ClipProblem, Coverage, TracesSource
 
 #: The record fields the card lists (and issue #66 discusses).
 RECORD_FIELDS = ("dataset_name", "video_name", "task_string", "trace", "trace_visibility", "frame_index")
@@ -114,11 +115,9 @@ class VideoIndex:
         return (self.by_stem[last], 0.0) if last in self.by_stem else last
 
 
-class MagmaVideoTomSource:
-    """The released windows under ``root`` with their videos under ``videos``; see the module docstring."""
-
-    #: the planner reads these windows with the released-traces tracker, never with its own
-    supplies_traces = True
+class MagmaVideoTomSource(TracesSource):
+    """The released windows under ``root`` with their videos under ``videos``; see the module docstring.
+    Its windows come with their traces: the planner reads them with the released-traces tracker."""
 
     def __init__(self, root: Path, name: str, videos: Sequence[str | Path] = (), folders: Sequence[str] = (),
                  suffixes: Sequence[str] = VIDEO_SUFFIXES):
@@ -136,12 +135,16 @@ class MagmaVideoTomSource:
             raise ValueError("--input magma_video_tom needs the videos the traces were made from: pass --videos "
                              "<folder> (repeatable), e.g. your Ego4D full_scale and SSv2 folders")
         self.index = VideoIndex([Path(v) for v in videos], tuple(s.lower() for s in suffixes))
-        self.video_roots = self.index.roots
-        #: per dataset_name, of the records read so far: how many, how many found their video, and
-        #: the videos that were missing (``magma-data check`` reports the coverage)
-        self.records: Counter = Counter()
-        self.found: Counter = Counter()
-        self.missing_videos: dict[str, set[str]] = defaultdict(set)
+        self._coverage: dict[str, Coverage] = defaultdict(Coverage)
+
+    def video_roots(self) -> list[Path]:
+        """The ``--videos`` folders: the videos lie there, not in the release."""
+        return self.index.roots
+
+    def coverage(self) -> dict[str, Coverage]:
+        """Per dataset_name, of the records read so far: how many, how many found their video, and the
+        videos that were missing (``magma-data check`` reports it)."""
+        return dict(self._coverage)
 
     def clips(self) -> Iterator[ReleasedWindow | ClipProblem]:
         """Every record of every folder, in order: a window, or the problem that its video is missing."""
@@ -167,15 +170,16 @@ class MagmaVideoTomSource:
         video_name, dataset = str(record["video_name"]), str(record["dataset_name"])
         unit = f"{self.name}/{folder.name}/{row:09d}"
         found = self.index.locate(video_name)
-        self.records[dataset] += 1
+        coverage = self._coverage[dataset]
+        coverage.records += 1
         if isinstance(found, str):
-            self.missing_videos[dataset].add(found)
+            coverage.missing_videos.add(found)
             return ClipProblem(unit, "VideoMissing",
                                f"{dataset} video {found!r} (segment {video_name!r}) is not under --videos "
                                f"{', '.join(map(str, self.index.roots))}; download it"
                                f"{_how_to_download(dataset, found)} or pass the folder that holds it")
         path, start = found
-        self.found[dataset] += 1
+        coverage.found += 1
         return ReleasedWindow(unit_id=unit, folder=str(folder), row=row, dataset_name=dataset, video_name=video_name,
                               task=str(record["task_string"] or "").strip(), frame_index=int(record["frame_index"]),
                               video_path=str(path), video_uid=path.stem, segment_start_sec=start)

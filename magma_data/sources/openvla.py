@@ -1,7 +1,7 @@
 """OpenVLA's RLDS conventions for robot actions, in NumPy: per-dataset standardisation and BOUNDS_Q99.
 
 Magma's robot targets come from OpenVLA's RLDS pipeline (``prismatic/vla/datasets/rlds``, copied
-into Magma's ``data/openx/datasets/rlds``): each dataset of the ``oxe_magic_soup`` mixture has a
+into Magma's ``data/openx/datasets/rlds``; docs/magma-data-format.md §Open-X mixture): each dataset of the ``oxe_magic_soup`` mixture has a
 standardisation transform (``oxe/transforms.py``) that turns its steps into 7-D EEF actions
 (xyz delta, rotation delta, gripper with 1 = open and 0 = closed); per-dataset statistics over
 every episode of every split after that transform (``utils/data_utils.get_dataset_statistics``,

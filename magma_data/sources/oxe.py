@@ -1,24 +1,25 @@
-"""Open-X-Embodiment read in place: RLDS episodes, each a unit of (dataset, episode, step) windows.
+"""Open-X-Embodiment read in place: RLDS episodes, each a unit of (dataset, episode, step) windows
+(docs/sources.md §Open-X-Embodiment).
 
 Layout (as ``gsutil -m cp -r gs://gresearch/robotics/<dataset>`` leaves it; ``--root`` holds the
 dataset folders, or is one dataset's version folder)::
 
     <dataset>/<version>/dataset_info.json, features.json, <dataset>-train.tfrecord-00000-of-00064 ...
 
-Episodes are not video files, so this source yields ``RobotEpisode`` units instead of clips: the
-episode's address in the RLDS dataset, its instruction, its length, the camera to track and its
-actions after OpenVLA's standardisation of its dataset (``magma_data.sources.openvla``). No frame
-is kept here; ``magma_data.stages.rlds_frames`` reads a window's frames later, on a worker.
-``dataset_statistics`` reads every episode of a dataset for its action statistics. Reading needs
-TensorFlow and tensorflow-datasets (``pip install magma-data[oxe]``).
+Episodes are not video files, so this source is a ``RobotSource`` (``magma_data.sources.robot``):
+it yields ``RobotEpisode`` units, the episode's address in the RLDS dataset, its instruction, its
+length, the camera to track and its actions after OpenVLA's standardisation of its dataset
+(``magma_data.sources.openvla``). No frame is kept here; ``frames`` reads a window's frames later,
+on a worker (the robot frames stage). ``dataset_statistics`` reads every episode of a dataset for
+its action statistics. Reading needs TensorFlow and tensorflow-datasets (``pip install magma-data[oxe]``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from magma_data.sources.base import ClipProblem, PathEscapesRoot, resolve_inside
@@ -29,8 +30,9 @@ from magma_data.sources.openvla import (
     standardization,
     standardize,
 )
+from magma_data.sources.robot import EpisodeAddress, EpisodeUnreadable, RobotEpisode, RobotSource
 
-#: Magma's primary camera per dataset of the oxe_magic_soup mixture (magma.md §12); others use "image".
+#: Magma's primary camera per dataset of the oxe_magic_soup mixture (docs/magma-data-format.md §Open-X mixture); others use "image".
 PRIMARY_IMAGE_KEYS = {
     "bridge_orig": "image_0",
     "bridge_dataset": "image_0",
@@ -61,29 +63,6 @@ def import_tfds():
     return tfds
 
 
-@dataclass(frozen=True, eq=False)
-class RobotEpisode:
-    """One RLDS episode: where it is, what it asks for, and what the robot did at each step.
-
-    ``actions`` are after the dataset's standardisation, which may drop steps (Bridge drops its
-    first and last): ``steps`` maps each of them to its step in the RLDS episode, where its
-    frame is.
-    """
-
-    episode_id: str  # "<dataset>/<split>/<index:06d>", unique and stable within the source
-    dataset: str
-    builder_dir: str  # absolute, inside the source root
-    split: str
-    episode_index: int  # position in the split, as tfds slicing ("train[i:i+1]") counts it
-    instruction: str
-    image_key: str  # observation key of the camera to track
-    num_steps: int  # standardised steps
-    actions: np.ndarray = field(repr=False)  # float32 [num_steps, 7]: xyz delta, rotation delta, gripper (1 open)
-    steps: np.ndarray = field(repr=False)  # int64 [num_steps]: each one's step in the RLDS episode
-    image_size: tuple[int, int] | None = None  # (height, width) from the features, when fixed
-    tom: bool = True  # False where Magma skips SoM/ToM (berkeley_cable_routing, kuka)
-
-
 def _lookup(nested: Mapping, path: str):
     for part in path.split("/"):
         if not isinstance(nested, Mapping) or part not in nested:
@@ -92,7 +71,7 @@ def _lookup(nested: Mapping, path: str):
     return nested
 
 
-class OpenXSource:
+class OpenXSource(RobotSource):
     """RLDS episodes of the Open-X datasets under ``root``; see the module docstring."""
 
     def __init__(
@@ -129,6 +108,7 @@ class OpenXSource:
         self.no_tom_datasets = set(no_tom_datasets)
         self.standard_datasets = frozenset(standard_datasets)
         self.max_episodes = max_episodes
+        self._images = _EpisodeImages()
         if not self.root.is_dir():
             raise FileNotFoundError(f"--root {self.root} is not a directory; point it at the Open-X download")
 
@@ -215,11 +195,21 @@ class OpenXSource:
         if problem:
             return problem
         return RobotEpisode(
-            episode_id=episode_id, dataset=name, builder_dir=str(folder), split=split, episode_index=index,
+            episode_id=episode_id, dataset=name, dataset_path=str(folder), split=split, episode_index=index,
             instruction=instruction, image_key=image_key, num_steps=len(standardized.actions),
             actions=standardized.actions, steps=standardized.steps, image_size=image_size,
             tom=name not in self.no_tom_datasets,
         )
+
+    def frames(self, episode: EpisodeAddress, steps: np.ndarray) -> np.ndarray:
+        """The camera images of ``steps`` (RLDS steps), decoded; an episode's windows arrive together,
+        so the encoded images of the last episode read are kept."""
+        encoded = self._images.of(episode)
+        steps = np.asarray(steps)
+        if steps.max() >= len(encoded):
+            raise EpisodeUnreadable(f"episode has {len(encoded)} steps, the window wants step {steps.max()}; "
+                                    "the dataset changed since planning: re-run the plan")
+        return np.stack([_decode(encoded[i]) for i in steps])
 
     def builder_dir(self, dataset: str) -> Path:
         """The version folder the reader takes ``dataset`` from."""
@@ -263,6 +253,51 @@ def _episode_steps(tfds, builder, splits, max_episodes: int | None):
         dataset = builder.as_dataset(split=selection, shuffle_files=False, decoders=skip_images)
         for index, episode in enumerate(dataset):
             yield split, index, all_steps(episode["steps"])
+
+
+class _EpisodeImages:
+    """The encoded camera images of the last episode read, and the builders opened: a worker's cache,
+    left behind when the source is pickled (TensorFlow's objects do not travel)."""
+
+    def __init__(self):
+        self.builders: dict[str, object] = {}
+        self.episode: tuple[EpisodeAddress, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def of(self, episode: EpisodeAddress) -> np.ndarray:
+        if self.episode is None or self.episode[0] != episode:
+            self.episode = (episode, self._read(episode))
+        return self.episode[1]
+
+    def _read(self, episode: EpisodeAddress) -> np.ndarray:
+        tfds = import_tfds()
+        if episode.dataset_path not in self.builders:
+            self.builders[episode.dataset_path] = tfds.builder_from_directory(episode.dataset_path)
+        builder = self.builders[episode.dataset_path]
+        cameras = builder.info.features["steps"]["observation"]
+        skip = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k, f in cameras.items()
+                                          if isinstance(f, tfds.features.Image)}}}
+        index = episode.episode_index
+        dataset = builder.as_dataset(split=f"{episode.split}[{index}:{index + 1}]", shuffle_files=False, decoders=skip)
+        for stored in dataset:
+            steps = all_steps(stored["steps"])
+            if steps is None:
+                break
+            return np.asarray(steps["observation"][episode.image_key])
+        raise EpisodeUnreadable(f"{episode.dataset_path} {episode.split}[{index}] has no steps; the dataset changed "
+                                "since planning")
+
+
+def _decode(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise EpisodeUnreadable("a step's image is not a readable JPEG/PNG; the episode is damaged")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def all_steps(steps_dataset) -> dict | None:

@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from magma_data.sources.base import Clip, ClipProblem
+from magma_data.sources.base import Clip, ClipProblem, Source
 
-GENERATOR_VERSION = 1  # bump when the rendered pixels change, so caches are rebuilt
+GENERATOR_VERSION = 2  # bump when the rendered pixels change, so caches are rebuilt
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,15 @@ def _paste(canvas, label_canvas, sprite, tint, center, obj: MovingObject, label:
     label_canvas[mask] = label
 
 
+#: libx264's options: one thread and no macroblock tree. With the tree (x264's default), the same
+#: frames encoded twice in one process decoded differently (up to 34 grey levels), depending on
+#: what the process had encoded before; without it, every encode of them is the same.
+X264_OPTIONS = {"crf": "16", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
+
+
 def write_video(frames: np.ndarray, path: Path, fps: float) -> None:
-    """Encode RGB frames as H.264 (yuv420p) with PyAV, atomically (temporary name, then rename)."""
+    """Encode RGB frames as H.264 (yuv420p) with PyAV, atomically (temporary name, then rename);
+    the same frames give the same file, whatever the process encoded before."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +143,7 @@ def write_video(frames: np.ndarray, path: Path, fps: float) -> None:
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "16", "preset": "veryfast", "threads": "1"}
+        stream.options = X264_OPTIONS
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -185,7 +192,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "magma-data" / f"sample-v{GENERATOR_VERSION}"
 
 
-class SampleSource:
+class SampleSource(Source):
     """Synthetic clips for the demo; ``root`` is where the rendered videos are cached, ``name`` the manifest's."""
 
     def __init__(self, root: Path | None, name: str):

@@ -12,7 +12,7 @@ or, as Qualcomm's download package unpacks the label files, ``labels/labels.json
 
 The task is the template with its bracketed slots ("[something]", "[something in it]", ...) filled,
 in order, by ``placeholders``, the instruction Magma trained on. The test split has no labels and is
-not read by default.
+not read by default. The release's files: docs/sources.md §Something-Something v2.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from magma_data.sources.base import Clip, ClipProblem
+from magma_data.sources.base import Clip, ClipProblem, Source
 from magma_data.sources.metadata import load_json_lenient, metadata_file, text_problem, video_file
 
 _SLOT = re.compile(r"\[[^\]]*\]")
@@ -45,7 +45,7 @@ def template_key(template: str) -> str:
     return " ".join(template.replace("[", "").replace("]", "").split())
 
 
-class SomethingSomethingV2Source:
+class SomethingSomethingV2Source(Source):
     """Clips from SSv2's labelled splits; see the module docstring for the layout."""
 
     def __init__(

@@ -1,128 +1,171 @@
-"""Reading Magma checkpoints: the tower's structure from tensor shapes, strict key checks, and
-open_clip ConvNeXt weights for a new model.
+"""Checkpoints of a run, and its final model.
 
-Shapes come from the safetensors headers (``safe_open`` memory-maps the files; no tensor is read),
-so the structure of an 8B checkpoint is known before the model is built on the meta device.
+A checkpoint (``checkpoint-<step>/``) is a Magma-format folder (``MagmaForCausalLM.from_pretrained``
+and ``magma-train eval`` read it; weights in the start model's dtype; with LoRA, merged or the
+adapters alone, as ``--lora-save`` says) plus ``trainer/``: the fp32 master weights and the
+optimizer state, written shard by shard with ``torch.distributed.checkpoint``, and
+``trainer_state.pt`` (step, scheduler, counts, data order). It is written under a temporary name
+and renamed when complete, so a crash never leaves a half checkpoint that ``--resume`` would take.
+The run's final model goes to ``--output`` itself, with ``training.json``.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
-import re
-from collections import defaultdict
+import shutil
+import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
-from .config import TOWER_STRUCTURE_KEYS, MagmaConfig
+from . import lora
+from .config import MagmaConfig
+from .parallel import Processes, unwrapped
+from .processor import MagmaProcessor
+from .settings import TRAINING_RECORD, TrainConfig
 
-TOWER_PREFIX = "vision_tower.clip_vision_model."
-_BLOCK_GAMMA = re.compile(r"trunk\.stages\.(\d+)\.blocks\.(\d+)\.gamma")
-SAFE_INDEX = "model.safetensors.index.json"
-SAFE_SINGLE = "model.safetensors"
-#: how many keys an error message lists before it only counts
-_LISTED_KEYS = 20
-
-
-def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor name of a safetensors checkpoint folder (sharded or not) with its shape."""
-    if (folder / SAFE_INDEX).is_file():
-        weight_map = json.loads((folder / SAFE_INDEX).read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif (folder / SAFE_SINGLE).is_file():
-        files = [SAFE_SINGLE]
-    else:
-        raise FileNotFoundError(
-            f"{folder} has neither {SAFE_INDEX} nor {SAFE_SINGLE}; a Magma folder holds its weights as "
-            "safetensors (save one with MagmaForCausalLM.save_pretrained or `magma-train init`)"
-        )
-    shapes = {}
-    for name in files:
-        with safe_open(folder / name, framework="pt") as shard:
-            for key in shard.keys():
-                shapes[key] = tuple(shard.get_slice(key).get_shape())
-    return shapes
+TRAINER_FOLDER = "trainer"
+TRAINER_STATE = "trainer_state.pt"
+CHECKPOINT_PREFIX = "checkpoint-"
 
 
-def tower_structure(shapes: dict[str, tuple[int, ...]], prefix: str = TOWER_PREFIX) -> dict[str, Any]:
-    """``convnext_depths``, ``convnext_dims`` and ``clip_embed_dim`` of the ConvNeXt under ``prefix``."""
-    blocks: dict[int, set[int]] = defaultdict(set)
-    dims: dict[int, int] = {}
-    for key, shape in shapes.items():
-        if not key.startswith(prefix):
-            continue
-        match = _BLOCK_GAMMA.fullmatch(key[len(prefix) :])
-        if match:
-            stage, block = int(match.group(1)), int(match.group(2))
-            blocks[stage].add(block)
-            dims[stage] = shape[0]
-    projection = shapes.get(prefix + "head.proj.weight")
-    if not blocks or projection is None:
+def checkpoint_to_resume(config: TrainConfig) -> Path | None:
+    """The newest complete checkpoint with ``--resume``; without it, an output holding one is refused."""
+    if config.output.resolve() == config.model.resolve():
+        raise ValueError(f"--output {config.output} is the --model folder; write the trained model to a new folder")
+    found = checkpoints(config.output)
+    if found and not config.resume:
         raise ValueError(
-            f"no ConvNeXt tower under {prefix!r} (looked for trunk.stages.*.blocks.*.gamma and "
-            "head.proj.weight): is this a Magma checkpoint?"
+            f"{config.output} already holds {found[-1].name}: pass --resume to continue that run, "
+            "or choose another --output"
         )
-    stages = sorted(blocks)
-    if stages != list(range(len(stages))) or any(sorted(blocks[s]) != list(range(len(blocks[s]))) for s in stages):
-        raise ValueError(f"the ConvNeXt stages / blocks under {prefix!r} are not numbered 0..n-1: {dict(blocks)}")
-    return {
-        "convnext_depths": [len(blocks[s]) for s in stages],
-        "convnext_dims": [dims[s] for s in stages],
-        "clip_embed_dim": projection[0],
-    }
+    return found[-1] if found and config.resume else None
 
 
-def complete_vision_config(config: MagmaConfig, folder: Path) -> None:
-    """Fill the tower's structure from the checkpoint when ``config.json`` does not state it."""
-    if set(TOWER_STRUCTURE_KEYS) <= config.vision_config.keys():
-        return
-    config.vision_config.update(tower_structure(checkpoint_shapes(folder)))
+def checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints (renamed into place once written), oldest first."""
+    found = [path for path in output.glob(f"{CHECKPOINT_PREFIX}*") if path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+    return sorted(found, key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)))
 
 
-def raise_on_key_mismatch(source: str | Path, info: dict[str, Any]) -> None:
-    """A checkpoint must fill every parameter with a tensor of its shape and hold nothing else."""
-    problems = []
-    for kind in ("missing_keys", "unexpected_keys"):
-        keys = sorted(info.get(kind) or ())
-        if keys:
-            problems.append(f"{len(keys)} {kind.replace('_', ' ')}: {_listed(keys)}")
-    mismatched = sorted(info.get("mismatched_keys") or ())
-    if mismatched:
-        shown = [f"{key} (checkpoint {tuple(stored)}, model {tuple(expected)})" for key, stored, expected in mismatched]
-        problems.append(f"{len(mismatched)} shape mismatches: {_listed(shown)}")
-    if info.get("error_msgs"):
-        problems.append("errors: " + "; ".join(info["error_msgs"]))
-    if problems:
-        raise ValueError(
-            f"{source} does not match the Magma model it describes ({'; '.join(problems)}). "
-            "Check that config.json belongs to these weights; a stock transformers that renamed "
-            "ConvNeXt 'gamma' keys would show them here as missing."
-        )
+def weights_dtype(folder: Path) -> torch.dtype:
+    """The dtype a Magma folder's weights are stored in (its config's ``dtype``)."""
+    dtype = MagmaConfig.from_pretrained(folder).dtype or torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def _listed(keys: list[str]) -> str:
-    more = f" ... and {len(keys) - _LISTED_KEYS} more" if len(keys) > _LISTED_KEYS else ""
-    return ", ".join(keys[:_LISTED_KEYS]) + more
+@dataclass
+class CheckpointManager:
+    """What a checkpoint holds and restores: the model, optimizer, scheduler and row counts."""
 
+    config: TrainConfig
+    processes: Processes
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    processor: MagmaProcessor
+    #: the start model's weight dtype: saved folders keep it (Magma-8B: bf16)
+    weights_dtype: torch.dtype
+    #: the tokens training added to the start model's tokenizer (an adapter folder then carries the embeddings)
+    added_tokens: list[str] = dataclasses.field(default_factory=list)
+    #: rows skipped, by reason, on this process (a resumed run's earlier counts live on rank 0)
+    skipped: Counter = dataclasses.field(default_factory=Counter)
 
-def load_open_clip_visual(path: Path) -> dict[str, torch.Tensor]:
-    """The ``visual.*`` tensors of an open_clip CLIP checkpoint, keyed as in ``clip_vision_model``.
+    def save(self, step: int) -> Path:
+        """``checkpoint-<step>/``, written under a temporary name and renamed when complete."""
+        config, processes = self.config, self.processes
+        final = config.output / f"{CHECKPOINT_PREFIX}{step}"
+        partial = config.output / f"{final.name}.partial"
+        if processes.is_main:
+            shutil.rmtree(partial, ignore_errors=True)
+        processes.barrier()
+        self.save_model(partial)
+        self._distributed_checkpoint("save", partial / TRAINER_FOLDER)
+        skipped = self.total_skipped()
+        if processes.is_main:
+            state = {
+                "step": step, "scheduler": self.scheduler.state_dict(), "skipped": dict(skipped),
+                "data_order": config.data_order(),
+            }
+            torch.save(state, partial / TRAINER_FOLDER / TRAINER_STATE)
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+            for old in checkpoints(config.output)[: -config.keep_checkpoints]:
+                shutil.rmtree(old)
+        processes.barrier()
+        return final
 
-    Reads ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` (``weights_only``),
-    the files laion/CLIP-convnext_xxlarge-* ships; the text tower's tensors are left out.
-    """
-    if path.suffix == ".safetensors":
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    visual = {key.removeprefix("visual."): tensor for key, tensor in state.items() if key.startswith("visual.")}
-    if not visual:
-        raise ValueError(
-            f"{path} holds no 'visual.*' tensors: pass the open_clip CLIP checkpoint of "
-            "laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg (open_clip_pytorch_model.bin)"
-        )
-    return visual
+    def load(self, checkpoint: Path) -> int:
+        """fp32 master weights, optimizer and scheduler of ``checkpoint``; returns its step."""
+        state = torch.load(checkpoint / TRAINER_FOLDER / TRAINER_STATE, weights_only=True)
+        expected = self.config.data_order()
+        if state["data_order"] != expected:
+            changed = sorted(key for key, value in expected.items() if state["data_order"].get(key) != value)
+            raise ValueError(
+                f"{checkpoint} was written with other {', '.join(changed)}; resuming would train on another sample "
+                "order. Resume with the run's own options, or start a new --output"
+            )
+        self._distributed_checkpoint("load", checkpoint / TRAINER_FOLDER)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.processes.is_main:
+            self.skipped.update(state["skipped"])
+        return state["step"]
+
+    def _distributed_checkpoint(self, action: str, folder: Path) -> None:
+        """Master weights and optimizer state, each process writing (reading) its own shards."""
+        import torch.distributed.checkpoint as dcp
+
+        model, optimizer = self.model, self.optimizer
+        state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process: fine
+            if action == "save":
+                dcp.save(state, checkpoint_id=str(folder))
+                return
+            dcp.load(state, checkpoint_id=str(folder))
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+    def save_model(self, folder: Path) -> None:
+        """The model in Magma-8B's layout and the start model's dtype (or LoRA's adapters), with its processor."""
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.processes.is_main:
+            config = self.config
+            model = unwrapped(self.model)
+            if config.lora and config.lora_save == "adapter":
+                lora.save_adapter(model, folder, full, config.model, bool(self.added_tokens))
+            else:
+                if config.lora:
+                    full = lora.merged_state_dict(full, config.lora_alpha / config.lora_rank)
+                    model = model.get_base_model()
+                model.save_pretrained(folder, state_dict={key: value.to(self.weights_dtype) for key, value in full.items()})
+                magma_config = copy.deepcopy(model.config)
+                magma_config.dtype = str(self.weights_dtype).removeprefix("torch.")  # the weights', not the fp32 master's
+                magma_config.save_pretrained(folder)
+            self.processor.save_pretrained(folder)
+        self.processes.barrier()
+
+    def save_final(self, record: dict[str, Any]) -> Path:
+        """The trained model in ``--output`` and ``training.json``: what was trained on, and how."""
+        config = self.config
+        self.save_model(config.output)
+        skipped = self.total_skipped()
+        if self.processes.is_main:
+            record = {"config": config.to_record(), **record, "added_tokens": self.added_tokens, "skipped_rows": dict(skipped)}
+            (config.output / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        return config.output
+
+    def total_skipped(self) -> Counter:
+        return sum(self.processes.gather(self.skipped), Counter())

@@ -2,19 +2,31 @@
 
 Every command runs as it is on one machine and unchanged under ``torchrun`` (one or many nodes);
 ``--ray-address`` runs the same training function on a Ray cluster's workers (Ray Train).
+The options of ``pretrain`` / ``finetune`` / ``eval`` are made from their config's fields
+(``settings.TrainConfig``, ``settings.EvalConfig``): name, type, choices, help and default are
+read from the field, and a recipe's value is shown as the default it gives.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import types
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import click
+
+from .settings import EvalConfig, ModelData, TrainConfig, field_hint, read_recipe, recipe_names, recipe_summary
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 
-@click.group()
+def _recipe_list() -> str:
+    return "\n".join(f"  {name:14} {recipe_summary(name)}" for name in recipe_names())
+
+
+@click.group(epilog="\b\nRecipes (pretrain / finetune --config NAME; a YAML file works too):\n" + _recipe_list())
 def main() -> None:
     """Train Magma on magma-data shards; models load and save in the Magma-8B layout."""
     from transformers.utils import logging as transformers_logging
@@ -57,119 +69,114 @@ def init(output: Path, size: str | None, seed: int, from_components: bool, llm: 
     click.echo(f"wrote {output}")
 
 
-def _data_options(command):
-    """``--data`` and the split options shared by training and evaluation."""
-    options = [
-        click.option(
-            "--data", "data", multiple=True, required=True, metavar="PATH[:WEIGHT]",
-            help="A magma-data output folder, or a LLaVA .json (images beside it); repeat to mix. WEIGHT: the "
-            "share of its rows in each epoch (default 1; 0.3 = a different 30% each epoch).",
-        ),
-        click.option(
-            "--validation-fraction", type=float,
-            help="Share of videos held out for validation (default 0.05; eval reads the trained model's own).",
-        ),
-        click.option("--max-length", type=int, help="Text tokens per sample, as Magma's --model_max_length (default 4096)."),
-        click.option("--cache-dir", type=click.Path(path_type=Path), help="datasets' cache (default: HF_DATASETS_CACHE)."),
-    ]
-    return functools.reduce(lambda decorated, option: option(decorated), reversed(options), command)
+# -- options from config fields -----------------------------------------------------------------
 
 
-def _training_command(mode: str):
-    """``pretrain`` and ``finetune``: one loop, the paper's defaults per mode (trainer.MODE_DEFAULTS)."""
-    from .trainer import MODE_DEFAULTS
+def options(config_class: type[ModelData], recipe: str | None = None):
+    """A decorator adding one option per field of ``config_class``; unset options arrive as None."""
+    shown = read_recipe(recipe) if recipe else {}
 
-    def decorate(function):
-        options = [
-            click.option("--model", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
-                         help="Start model: Magma-8B, a `magma-train init` folder, or a checkpoint of this command."),
-            click.option("--output", type=click.Path(path_type=Path), required=True,
-                         help="Folder for checkpoints and the trained model."),
-            click.option("--train", "parts", default="all", show_default=True,
-                         help="Parts to train: all, or a comma list of vision, projector, llm (e.g. llm,projector)."),
-            click.option("--epochs", type=int, help=f"Passes over the data (default {MODE_DEFAULTS[mode]['epochs']})."),
-            click.option("--max-steps", type=int, help="Stop after this many optimizer steps (overrides --epochs)."),
-            click.option("--batch-size", type=int, default=1, show_default=True, help="Samples per process and micro-batch."),
-            click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per optimizer step."),
-            click.option("--lr", type=float, help=f"Peak learning rate (default {MODE_DEFAULTS[mode]['lr']:g})."),
-            click.option("--schedule", type=click.Choice(["constant", "cosine"]),
-                         help=f"Learning-rate schedule (default {MODE_DEFAULTS[mode]['schedule']})."),
-            click.option("--warmup-ratio", type=float,
-                         help=f"Share of steps warming up (default {MODE_DEFAULTS[mode]['warmup_ratio']:g})."),
-            click.option("--seed", type=int, default=0, show_default=True, help="Data order, re-drawn marks, dropout."),
-            click.option("--precision", type=click.Choice(["bf16", "fp32"]),
-                         help="Compute precision (default bf16 on GPUs, fp32 on CPUs); weights stay fp32."),
-            click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward (less memory)."),
-            click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
-                         help="Several processes: replicate the model (ddp) or shard it (fsdp; for Magma-8B)."),
-            click.option("--redraw-marks", is_flag=True, help="New marks every epoch, drawn from the stored traces."),
-            click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --output."),
-            click.option("--save-every", type=int, default=500, show_default=True, help="Steps between checkpoints."),
-            click.option("--keep-checkpoints", type=int, default=1, show_default=True, help="Checkpoints kept on disk."),
-            click.option("--log-every", type=int, default=10, show_default=True, help="Steps between log lines."),
-            click.option("--num-workers", type=int, default=2, show_default=True, help="Data-loading processes per trainer."),
-            click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI)."),
-            click.option("--ray-address", help="Run on this Ray cluster ('auto' inside `ray job submit`) with Ray Train."),
-            click.option("--workers", type=int, default=1, show_default=True, help="Training processes on Ray (--ray-address)."),
-        ]
-        function = functools.reduce(lambda decorated, option: option(decorated), reversed(options), function)
-        return _data_options(function)
+    def decorate(command):
+        for item in reversed(dataclasses.fields(config_class)):
+            command = _option(config_class, item, shown, recipe)(command)
+        return command
 
     return decorate
 
 
-def _run_training(mode: str, parts: str, ray_address: str | None, workers: int, no_progress: bool, **options) -> None:
-    import torch
+def _option(config_class: type, item: dataclasses.Field, shown: dict[str, Any], recipe: str | None):
+    meta = item.metadata
+    flag = meta.get("flag", "--" + item.name.replace("_", "-"))
+    base = _base_type(field_hint(config_class, item.name))
+    kind: dict[str, Any] = {}
+    if base is bool:
+        flag = f"{flag}/--no-{flag.removeprefix('--')}"
+        kind["default"] = None
+    elif typing.get_origin(base) is Literal:
+        kind["type"] = click.Choice([str(choice) for choice in typing.get_args(base)])
+        if all(isinstance(choice, int) for choice in typing.get_args(base)):
+            kind["callback"] = lambda context, parameter, value: None if value is None else int(value)
+    elif base is Path:
+        kind["type"] = click.Path(path_type=Path, exists=True, file_okay=False) if meta.get("folder") else click.Path(path_type=Path)
+    elif base in (int, float):
+        kind["type"] = base
+    if meta.get("multiple"):
+        kind["multiple"] = True
+    has_default = item.default is not dataclasses.MISSING or item.name in shown
+    required = not has_default and item.name != "recipe"
+    help_text = meta.get("help", "").format(recipes=", ".join(recipe_names()))
+    if item.name == "recipe" and recipe:
+        help_text += f" [default: {recipe}]"
+    elif item.name in shown:
+        help_text += f" [{recipe}: {_shown(shown[item.name])}]"
+    elif item.default not in (dataclasses.MISSING, None, ()) and base is not bool:
+        help_text += f" [default: {_shown(item.default)}]"
+    return click.option(flag, item.name, required=required, metavar=meta.get("metavar"), help=help_text, **kind)
 
-    from .trainer import PARTS, TrainConfig, train
 
-    names = tuple(PARTS) if parts == "all" else tuple(part.strip() for part in parts.split(","))
-    options = {key: value for key, value in options.items() if value is not None}
-    options.setdefault("precision", "bf16" if torch.cuda.is_available() else "fp32")
-    try:
-        config = TrainConfig(mode=mode, train=names, progress=not no_progress, data=tuple(options.pop("data")), **options).resolved()
-    except ValueError as error:
-        raise click.UsageError(str(error)) from error
-    if ray_address:
-        from .ray_train import train_on_ray
-
-        train_on_ray(config, ray_address, workers)
-    else:
-        train(config)
+def _base_type(hint: Any) -> Any:
+    """The field's type without ``Annotated`` ranges and without ``| None``."""
+    if typing.get_origin(hint) is Annotated:
+        return _base_type(typing.get_args(hint)[0])
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else hint
+    return hint
 
 
-@main.command()
-@_training_command("pretrain")
-def pretrain(**options) -> None:
-    """Pretrain on SoM/ToM data (constant learning rate, 3 epochs by default)."""
-    _run_training("pretrain", **options)
+def _shown(value: Any) -> str:
+    return ",".join(str(part) for part in value) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-@main.command()
-@_training_command("finetune")
-def finetune(**options) -> None:
-    """Fine-tune (cosine learning rate after a 3% warm-up, 1 epoch by default)."""
-    _run_training("finetune", **options)
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None and value != ()}
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _training_command(default_recipe: str):
+    """``pretrain`` and ``finetune``: one loop; they differ in the recipe they read by default."""
+
+    def run(**values) -> None:
+        values = _given(values)
+        try:
+            config = TrainConfig.from_recipe(values.pop("recipe", default_recipe), **values)
+            if not config.ray_address:  # Ray's workers check the machine they run on
+                import torch
+
+                config.resolved(torch.cuda.is_available())
+        except ValueError as error:
+            raise click.UsageError(str(error)) from error
+        if config.ray_address:
+            from .ray_train import train_on_ray
+
+            train_on_ray(config)
+        else:
+            from .trainer import train
+
+            train(config)
+
+    return options(TrainConfig, default_recipe)(run)
+
+
+main.command("pretrain", help=f"Pretrain on SoM/ToM data (recipe pretrain: {recipe_summary('pretrain')})")(
+    _training_command("pretrain"))
+main.command("finetune", help=f"Fine-tune (recipe finetune: {recipe_summary('finetune')})")(
+    _training_command("finetune"))
 
 
 @main.command("eval")
-@click.option("--model", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
-              help="A Magma-format folder: a trained --output, a checkpoint, Magma-8B.")
-@_data_options
-@click.option("--split", type=click.Choice(["validation", "train", "all"]), default="validation", show_default=True,
-              help="Rows to score: the held-out videos, the others, or every row.")
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Folder for eval.json and answers.jsonl.")
-@click.option("--max-new-tokens", type=int, default=512, show_default=True, help="Longest answer generated.")
-@click.option("--limit", type=int, help="Score at most this many rows per source.")
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]), help="Default bf16 on GPUs, fp32 on CPUs.")
-def evaluate_command(**options) -> None:
+@options(EvalConfig)
+def evaluate_command(**values) -> None:
     """Answer each ToM question of the split and score it: marks, trace error, malformed answers, loss."""
-    import torch
     from rich.console import Console
 
-    from .eval import EvalConfig, evaluate, table
+    from .eval import evaluate, table
 
-    options = {key: value for key, value in options.items() if value is not None}
-    options.setdefault("precision", "bf16" if torch.cuda.is_available() else "fp32")
-    summary = evaluate(EvalConfig(data=tuple(options.pop("data")), **options))
-    Console().print(table(summary))
+    try:
+        config = EvalConfig(**_given(values))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    Console().print(table(evaluate(config)))
+

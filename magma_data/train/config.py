@@ -1,11 +1,11 @@
 """MagmaConfig: Magma-8B's ``config.json`` as it is, read and written with stock transformers.
 
 The file holds a Llama ``text_config``, a free-form ``vision_config`` dict and
-``image_token_index`` (magma.md §11.3). Magma's official code reads only a few keys of
+``image_token_index`` (docs/magma-model.md §Config fields). Magma's official code reads only a few keys of
 ``vision_config``; we add the ConvNeXt structure (``convnext_depths``, ``convnext_dims``,
 ``clip_embed_dim``) so a checkpoint describes its own tower. When a folder lacks them (Magma-8B's
 does), ``MagmaForCausalLM.from_pretrained`` reads them from the checkpoint's tensor shapes
-(``checkpoint.tower_structure``), never from the backbone's name.
+(``weights.tower_structure``), never from the backbone's name.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ DEFAULT_LAYER_NORM_EPS = 1e-5
 DEFAULT_DROP_PATH_RATE = 0.1
 #: The ConvNeXt stem's patch size.
 STEM_PATCH = 4
-#: Magma-8B's tower, open_clip convnext_xxlarge (magma.md §11.2); the official code builds the
+#: Magma-8B's tower, open_clip convnext_xxlarge (docs/magma-model.md §Architecture); the official code builds the
 #: tower from the name ``vision_backbone``, so our checkpoints with this structure carry it too.
 CONVNEXT_XXLARGE = {"convnext_depths": [3, 4, 30, 3], "convnext_dims": [384, 768, 1536, 3072], "clip_embed_dim": 1024}
 XXLARGE_BACKBONE = "convnextxxlarge"

@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from magma_data.magma_text import IMAGE_TOKEN, MAGMA_ADDED_TOKENS, PAD_TOKEN
+from magma_data.magma_text import IMAGE_TOKEN
 
-from .checkpoint import load_open_clip_visual, tower_structure
+from .weights import load_open_clip_visual, tower_structure
 from .config import CONVNEXT_XXLARGE, MAGMA_VISION_SETTINGS, XXLARGE_BACKBONE, MagmaConfig, VisionSpec
 from .model import MagmaForCausalLM, MagmaProjector
 from .processor import MagmaImageProcessor, MagmaProcessor
-from .tokenizer import build_tiny_tokenizer
+from .tokenizer import add_magma_tokens, build_tiny_tokenizer
 
 #: The tiny model: a few hundred thousand parameters, Magma-8B's layout and processor settings.
 TINY_TEXT = {
@@ -61,7 +61,7 @@ def create_from_components(
     The tokenizer gains ``MAGMA_ADDED_TOKENS`` in order (``<pad>`` only when it has none); each new
     embedding row, input and output, is the mean of the rows before it. The projector is drawn
     from ``seed`` (normal, std = ``initializer_range``; zero biases and row separator). Unlike the
-    official loader (``strict=False``, magma.md §17.20), every tower tensor must be present.
+    official loader (``strict=False``, docs/magma-model.md §Defects 6), every tower tensor must be present.
     """
     tokenizer = AutoTokenizer.from_pretrained(str(llm))
     visual = load_open_clip_visual(vision)
@@ -85,11 +85,7 @@ def create_from_components(
     projector.apply(model._init_weights)
     model.multi_modal_projector = projector.to(dtype)
 
-    for token in MAGMA_ADDED_TOKENS:
-        if token != PAD_TOKEN or tokenizer.pad_token is None:
-            _add_token_mean_initialised(model, tokenizer, token)
-    config.image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    config.text_config.pad_token_id = tokenizer.pad_token_id
+    add_magma_tokens(model, tokenizer)
     # Llama-3-Instruct stops at <|eot_id|> as well as <|end_of_text|>: keep its list
     model.generation_config = _generation_config(
         tokenizer, language_model.generation_config.eos_token_id or tokenizer.eos_token_id
@@ -107,23 +103,9 @@ def _magma_config(text: LlamaConfig, tower: dict, tokenizer: PreTrainedTokenizer
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        # train.py records the base vocabulary for its action-accuracy metric (magma.md §9.4)
+        # train.py records the base vocabulary for its action-accuracy metric (docs/magma-text.md §Action tokens)
         tokenizer_vocab_size=tokenizer.vocab_size,
     )
-
-
-def _add_token_mean_initialised(model: MagmaForCausalLM, tokenizer: PreTrainedTokenizerBase, token: str) -> None:
-    """train.py's ``smart_tokenizer_and_embedding_resize``: the new row = mean of the existing rows."""
-    if token == PAD_TOKEN:
-        added = tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    else:
-        added = tokenizer.add_tokens([token], special_tokens=True)
-    if not added:
-        return
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-            matrix[-added:] = matrix[:-added].mean(dim=0, keepdim=True)
 
 
 def _generation_config(tokenizer: PreTrainedTokenizerBase, eos_token_id: int | list[int]) -> GenerationConfig:

@@ -22,8 +22,9 @@
 6. ``Collator``: Magma's ``DataCollatorForSupervisedDataset`` (right padding, crops and image
    grids zero-padded across the batch).
 
-A row that cannot become a sample (an image that does not decode, a text that does not fit)
-becomes a ``Skipped`` with its reason: counted and reported by the trainer, never fatal.
+A row that cannot become a sample (an image that does not decode, a text that does not fit, turns
+that are not a list of ``{from, value}``, an action the model has no ``<action>`` token for)
+becomes a ``Skipped`` with its reason: counted and reported by the trainer and eval, never fatal.
 ``benchmarks/magma_data_parity.py`` checks steps 5 and 6 against Magma's own functions.
 """
 
@@ -56,23 +57,17 @@ from magma_data.magma_text import (
     turn_images,
 )
 from magma_data.parquet_writer import DATA, table_files
-from magma_data.stages.action_tokens import ActionConfig, ActionTokensStage, action_token_ids
+from magma_data.pipelines import load_pipeline
+from magma_data.stages.action_tokens import ActionConfig, action_token_ids
 from magma_data.stages.base import StageError
-from magma_data.stages.marks import MarksStage
-from magma_data.stages.render import RenderStage
 
 from .processor import MagmaProcessor
+from .settings import MAGMA_MAX_LENGTH, Split
 
-#: Magma's training scripts truncate samples to this many text tokens (``--model_max_length``).
-MAGMA_MAX_LENGTH = 4096
-#: Share of videos held out for validation unless a run says otherwise.
-VALIDATION_FRACTION = 0.05
 #: Columns a training sample reads from a magma-data row (``--redraw-marks`` reads them all).
 SAMPLE_COLUMNS = ("sample_id", "source", "conversations", "image", "som_image", "action_normalized")
 #: Chat roles of Magma's turns (``data/dataset.py``: "human" / "user" -> user, the rest assistant).
 ROLES = {"human": "user", "user": "user"}
-
-Split = Literal["train", "validation", "all"]
 
 
 # -- 1. reading ---------------------------------------------------------------------------------
@@ -243,9 +238,7 @@ def redraw_marks(
     The stages take NumPy arrays, as the pipeline hands them: ``features`` says which columns are.
     """
     stage_seed = int.from_bytes(hashlib.sha256(f"redraw\x00{seed}\x00{epoch}".encode()).digest()[:4], "little")
-    stages = [MarksStage(config.marks, seed=stage_seed), RenderStage(config.render)]
-    if config.pipeline == "oxe_tom":
-        stages.append(ActionTokensStage(config.action))  # the action turn goes first again
+    stages = load_pipeline(config.pipeline).redraw_stages(config, stage_seed)  # robot: the action turn goes first again
     redrawn = dict(row, frame0=np.asarray(_decode(row["image"])))
     redrawn.update({name: np.asarray(row[name]) for name in array_columns(features) if name in row})
     for stage in stages:
@@ -307,19 +300,20 @@ class SampleMaker:
         self.tokenizer = tokenizer = processor.tokenizer
         self.max_length = max_length
         self.user_header, self.assistant_header = chat_headers(tokenizer)
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.action_token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
-        # Actions are the last 256 ids of this tokenizer's own base vocabulary (magma.md §9.4):
+        # None where the tokenizer lacks them (Magma-8B's has no <action>; training adds it, eval skips those rows)
+        vocabulary = tokenizer.get_vocab()
+        self.image_token_id = vocabulary.get(IMAGE_TOKEN)
+        self.action_token_id = vocabulary.get(ACTION_TOKEN)
+        # Actions are the last 256 ids of this tokenizer's own base vocabulary (docs/magma-text.md §Action tokens):
         # for Llama-3 (128000) these are the ids magma-data stored; for any other, they differ.
         self.action_config = ActionConfig(vocab_size=tokenizer.vocab_size)
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; Magma's tokenizers add <pad> (magma-train init does)")
 
     def __call__(self, row: dict[str, Any], source: DataSource) -> Sample:
         if source.layout == "magma":
             turns, images, num_crops = self.magma_content(row)
         else:
             turns, images, num_crops = self.llava_content(row, source.image_folder)
+        self.check_tokens(turns)
         input_ids, labels = self.tokens(turns)
         if not (labels != IGNORE_INDEX).any():
             raise BadRow("no answer to learn", "no assistant token is left to supervise")
@@ -327,11 +321,10 @@ class SampleMaker:
             raise BadRow(
                 "images do not match <image>", f"{int((input_ids == self.image_token_id).sum())} <image> for {len(images)} images"
             )
-        if self.tokenizer.pad_token_id in input_ids:
+        if self.tokenizer.pad_token_id is not None and self.tokenizer.pad_token_id in input_ids:
             # Magma drops these rows too (LlaVA.filter_items): the collator would take the token for padding
             raise BadRow("text holds the pad token", f"{self.tokenizer.pad_token!r} appears in the conversation")
-        if self.action_token_id in input_ids:
-            self.insert_actions(input_ids, labels, row)
+        self.insert_actions(input_ids, labels, row)
         pixels = self.processor.image_processor(images, num_crops=num_crops)
         return Sample(input_ids, labels, pixels["pixel_values"], pixels["image_sizes"], source.name)
 
@@ -343,24 +336,35 @@ class SampleMaker:
         pixels = self.processor.image_processor([Image.new("RGB", (size, size))], num_crops=1)
         return Sample(input_ids, labels, pixels["pixel_values"], pixels["image_sizes"], "")
 
+    def check_tokens(self, turns: list[dict]) -> None:
+        """Turns that need a token the tokenizer lacks cannot become a sample (the text would split it)."""
+        for token, token_id in ((IMAGE_TOKEN, self.image_token_id), (ACTION_TOKEN, self.action_token_id)):
+            if token_id is None and any(token in turn["value"] for turn in turns):
+                raise BadRow(
+                    f"the model has no {token} token",
+                    f"the row's text holds {token}; magma-train pretrain / finetune add it, as Magma's train.py does",
+                )
+
     def magma_content(self, row: dict[str, Any]) -> tuple[list[dict], list[Image.Image], int]:
         """A magma-data row's turns and, per ``<image>``, ``som_image`` (SoM / ToM turns) or ``image``."""
-        turns = list(row["conversations"])
-        decoded = {column: _decode(row[column]) for column in set(turn_images(turns))}
-        return turns, [decoded[column] for column in turn_images(turns)], 1  # one crop (magma.md §4, §5)
+        turns = _turns(row)
+        decoded = {column: _decode(row.get(column)) for column in set(turn_images(turns))}
+        return turns, [decoded[column] for column in turn_images(turns)], 1  # one crop (docs/magma-som-tom.md §Video loader, §Robot loader)
 
     def llava_content(self, row: dict[str, Any], image_folder: Path | None) -> tuple[list[dict], list[Image.Image], int | None]:
         """Magma's image branch: ``<image>`` moved to the turn's start (``preprocess_multimodal``),
         images at the processor's crop count; a row without an image gets a black one (1 crop)."""
         files = row.get("image") or []
         files = [files] if isinstance(files, str) else list(files)
+        if not all(isinstance(file, str) for file in files):
+            raise BadRow("image does not decode", f"image holds {files!r}, not file names")
         if not files:
             size = self.processor.image_processor.base_img_size
-            turns = [dict(turn) for turn in row["conversations"]]
+            turns = [dict(turn) for turn in _turns(row)]
             turns[0]["value"] = IMAGE_PLACEHOLDER + turns[0]["value"]
             return turns, [Image.new("RGB", (size, size))], 1
         turns = []
-        for turn in row["conversations"]:
+        for turn in _turns(row):
             value = turn["value"]
             count = value.count(IMAGE_TOKEN)
             if count:
@@ -400,8 +404,13 @@ class SampleMaker:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
     def insert_actions(self, input_ids: torch.Tensor, labels: torch.Tensor, row: dict[str, Any]) -> None:
-        """The 7 ``<action>`` placeholders become the action's ids, in the input and in the labels."""
+        """The 7 ``<action>`` placeholders become the action's ids, in the input and in the labels
+        (a text without them is left as it is)."""
+        if self.action_token_id is None:
+            return
         placeholders = input_ids == self.action_token_id
+        if not placeholders.any():
+            return
         if int(placeholders.sum()) != ACTION_DIMENSIONS or int((labels == self.action_token_id).sum()) != ACTION_DIMENSIONS:
             raise BadRow("text does not fit", f"{int(placeholders.sum())} of the {ACTION_DIMENSIONS} <action> tokens are left")
         ids = torch.from_numpy(self.action_ids(row))
@@ -413,10 +422,15 @@ class SampleMaker:
         when they are this tokenizer's action ids."""
         config = self.action_config
         if row.get("action_normalized") is not None:
-            return action_token_ids(np.asarray(row["action_normalized"]), config).astype(np.int64)
+            normalized = np.asarray(row["action_normalized"], np.float32)
+            if normalized.shape != (ACTION_DIMENSIONS,) or not np.isfinite(normalized).all():
+                raise BadRow("no action", f"action_normalized is {normalized.tolist()}, not {ACTION_DIMENSIONS} finite numbers")
+            return action_token_ids(normalized, config).astype(np.int64)
         if row.get("action_token_ids") is None:
             raise BadRow("no action", "the row has <action> placeholders but neither action_normalized nor action_token_ids")
         ids = np.asarray(row["action_token_ids"], np.int64)
+        if ids.shape != (ACTION_DIMENSIONS,):
+            raise BadRow("no action", f"action_token_ids is {ids.tolist()}, not {ACTION_DIMENSIONS} ids")
         first = config.vocab_size - config.bins
         if not ((first <= ids) & (ids < config.vocab_size)).all():
             raise BadRow(
@@ -457,8 +471,20 @@ def answer_spans(text: str, user_header: str, assistant_header: str) -> list[tup
     return spans
 
 
+def _turns(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The row's ``conversations``, refused unless it is a list of ``{from, value}`` texts."""
+    turns = row.get("conversations")
+    if not isinstance(turns, (list, tuple)) or not turns or not all(
+        isinstance(turn, dict) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str) for turn in turns
+    ):
+        raise BadRow("turns are malformed", f"conversations is {str(turns)[:120]!r}, not a list of {{from, value}} texts")
+    return list(turns)
+
+
 def _decode(image: dict[str, Any] | bytes) -> Image.Image:
     """A stored image (``datasets`` bytes or path) -> RGB, fully read so a damaged file fails here."""
+    if image is not None and not isinstance(image, (dict, bytes)):
+        raise BadRow("image does not decode", f"the image column holds a {type(image).__name__}")
     data = image.get("bytes") if isinstance(image, dict) else image
     path = image.get("path") if isinstance(image, dict) else None
     if not data and not path:

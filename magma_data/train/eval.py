@@ -25,37 +25,22 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from magma_data.magma_text import IGNORE_INDEX, IMAGE_TOKEN, asks_about_marks, parse_answer
+from magma_data.magma_text import ACTION_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, asks_about_marks, parse_answer
 
-from .data import MAGMA_MAX_LENGTH, VALIDATION_FRACTION, BadRow, DataSource, DataSpec, SampleMaker, Split, open_data
+from .data import BadRow, DataSource, DataSpec, SampleMaker, open_data
+from .lora import load_model
 from .model import MagmaForCausalLM
+from .parallel import Processes
 from .processor import MagmaProcessor
-from .trainer import TRAINING_RECORD, Processes
+from .settings import EvalConfig
 
 EVAL_FILE = "eval.json"
 ANSWERS_FILE = "answers.jsonl"
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    model: Path
-    data: tuple[str, ...]
-    output: Path
-    split: Split = "validation"
-    #: None: the fraction the model was trained with (its training.json), else the default
-    validation_fraction: float | None = None
-    max_length: int = MAGMA_MAX_LENGTH
-    max_new_tokens: int = 512
-    #: rows per source at most (quick looks)
-    limit: int | None = None
-    precision: str = "fp32"
-    cache_dir: Path | None = None
 
 
 @dataclass
@@ -87,11 +72,15 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 
 
 def _evaluate(config: EvalConfig, processes: Processes) -> dict[str, Any]:
+    config = config.resolved(torch.cuda.is_available())
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
-    model = MagmaForCausalLM.from_pretrained(config.model, dtype=dtype).to(processes.device).eval()
+    model = load_model(config.model, dtype).to(processes.device).eval()
     processor = MagmaProcessor.from_pretrained(config.model)
     maker = SampleMaker(processor, config.max_length)
-    fraction = validation_fraction(config)
+    if maker.action_token_id is None and processes.is_main:
+        print(f"{config.model} has no {ACTION_TOKEN} token: rows with actions are skipped (magma-train finetune adds it, "
+              "as Magma's train.py does)")
+    fraction = config.validation_fraction
     sources = open_data([DataSpec.parse(entry) for entry in config.data], config.cache_dir)
 
     results = []
@@ -122,16 +111,6 @@ def _evaluate(config: EvalConfig, processes: Processes) -> dict[str, Any]:
     return summary
 
 
-def validation_fraction(config: EvalConfig) -> float:
-    """The eval's own, else the one the model was trained with, so the split is the same."""
-    if config.validation_fraction is not None:
-        return config.validation_fraction
-    record = config.model / TRAINING_RECORD
-    if record.is_file():
-        return json.loads(record.read_text())["config"]["validation_fraction"]
-    return VALIDATION_FRACTION
-
-
 @torch.no_grad()
 def evaluate_row(
     model: MagmaForCausalLM, maker: SampleMaker, source: DataSource, row: dict[str, Any], config: EvalConfig, device
@@ -147,17 +126,28 @@ def evaluate_row(
         labels=sample.labels[None].to(device),
         pixel_values=sample.pixel_values[None].to(device, model.dtype),
         image_sizes=sample.image_sizes[None].to(device),
+        logits_to_keep=1,  # the loss only
     )
     result.loss_tokens = int((sample.labels[1:] != IGNORE_INDEX).sum())
     result.loss_sum = float(output.loss) * result.loss_tokens
     if source.layout == "magma" and len(row.get("tom_mark_ids") or []):
         try:
+            targets = tom_targets(row)
             answer = answer_tom_question(model, maker, row, config.max_new_tokens, device)
         except BadRow as bad:
             result.skipped = bad.reason
             return result
-        score_tom_answer(result, answer, row["tom_mark_ids"], row["tom_targets"])
+        score_tom_answer(result, answer, *targets)
     return result
+
+
+def tom_targets(row: dict[str, Any]) -> tuple[list[int], list[np.ndarray]]:
+    """The row's ToM marks and their grid traces, [L, 2] each, checked before any generation."""
+    ids = [int(mark) for mark in row["tom_mark_ids"]]
+    traces = [np.asarray(trace, np.float64) for trace in row.get("tom_targets") or []]
+    if len(traces) != len(ids) or any(trace.ndim != 2 or trace.shape[1] != 2 or len(trace) < 2 for trace in traces):
+        raise BadRow("ToM targets are malformed", f"{len(ids)} marks, traces of shapes {[t.shape for t in traces]}")
+    return ids, traces
 
 
 def answer_tom_question(
@@ -165,11 +155,14 @@ def answer_tom_question(
 ) -> str:
     """The model's greedy answer to the row's ToM question, after the turns before it."""
     turns, images, num_crops = maker.magma_content(row)
-    question = next(i for i, turn in enumerate(turns) if turn["from"] == "human" and asks_about_marks(turn["value"]))
+    maker.check_tokens(turns)
+    questions = [i for i, turn in enumerate(turns) if turn["from"] == "human" and asks_about_marks(turn["value"])]
+    if not questions:
+        raise BadRow("no ToM question", "the row has tom_mark_ids but no turn asks about its marks")
+    question = questions[0]
     shown = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns[: question + 1] if turn["from"] == "human")
     input_ids, labels = maker.tokens(turns[: question + 1], generation_prompt=True)
-    if maker.action_token_id in input_ids:
-        maker.insert_actions(input_ids, labels, row)
+    maker.insert_actions(input_ids, labels, row)
     pixels = maker.processor.image_processor(images[:shown], num_crops=num_crops)
     generated = model.generate(
         input_ids[None].to(device),

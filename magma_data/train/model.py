@@ -2,7 +2,7 @@
 
 Computes what Magma's official ``MagmaForCausalLM`` (microsoft/Magma @ e373780,
 ``magma/modeling_magma.py``) computes on the same weights; ``benchmarks/magma_parity.py`` runs
-the two side by side. Checkpoint keys are the official ones (magma.md §11.2):
+the two side by side. Checkpoint keys are the official ones (docs/magma-model.md §Checkpoint keys):
 ``vision_tower.clip_vision_model.*``, ``multi_modal_projector.*``, ``language_model.*``.
 
 The forward, as the official one:
@@ -27,11 +27,13 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from magma_data.magma_text import IGNORE_INDEX
 
-from .checkpoint import complete_vision_config, raise_on_key_mismatch
+from .weights import complete_vision_config, raise_on_key_mismatch
 from .config import MagmaConfig, VisionSpec
 from .vision_tower import LAYER_SCALE_INIT, ConvNeXtBlock, MagmaVisionTower
 
@@ -49,12 +51,15 @@ STORED_ONLY = (
 
 @dataclass
 class MagmaOutput(ModelOutput):
-    """``logits``: [B, L_merged, V] in float32 without labels; with labels, only the positions
-    that predict a supervised token, [n_supervised, V] (as the official training forward), and
-    ``loss`` their mean cross-entropy. ``attention_mask`` is the merged sequence's mask."""
+    """transformers' causal-LM output over the merged sequence (every ``<image>`` expanded):
+    ``logits`` [B, L_merged, V] in float32 (the positions ``logits_to_keep`` keeps), ``loss`` with
+    labels, the LLM's ``hidden_states`` / ``attentions`` when asked for, and ``attention_mask``,
+    the merged sequence's mask."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
     attention_mask: torch.Tensor | None = None
 
 
@@ -244,36 +249,58 @@ class MagmaForCausalLM(MagmaPreTrainedModel, GenerationMixin):
             input_ids, token_embeddings, attention_mask, labels, features, image_token, self.padding_side
         )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MagmaOutput:
         """One pass over whole sequences (training and scoring; ``generate`` handles decoding).
 
-        The loss is computed whenever ``labels`` are given; the official model computes it only in
+        transformers' contract: ``logits`` [B, L_merged, V] at every position by default;
+        ``logits_to_keep`` (transformers' ``slice_logits_to_keep``: an int keeps the last n
+        positions, 0 all of them; a tensor names positions) saves the memory of the full logits
+        when only the loss is wanted (the trainer passes 1). ``inputs_embeds`` is a merged
+        sequence given instead of ``input_ids`` and images.
+
+        The loss is the official one, whatever ``logits_to_keep`` says: only the positions that
+        predict a supervised token reach ``lm_head`` for it, the cross-entropy runs in the model's
+        dtype, and padding is excluded by its -100 labels (the attention mask is not consulted).
+        It is computed whenever ``labels`` are given; the official model computes it only in
         ``train()`` mode (and then needs a process group and wandb), which would leave validation
         without a loss.
         """
-        embeddings, attention_mask, position_ids, labels = self.embed(
-            input_ids, attention_mask, pixel_values, image_sizes, labels
+        if inputs_embeds is None:
+            embeddings, attention_mask, position_ids, labels = self.embed(
+                input_ids, attention_mask, pixel_values, image_sizes, labels
+            )
+        elif input_ids is not None or pixel_values is not None:
+            raise ValueError("pass input_ids (with pixel_values) or inputs_embeds (images already merged), not both")
+        else:
+            embeddings, position_ids = inputs_embeds, None
+            if attention_mask is None:
+                attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        outputs = self.language_model.model(
+            inputs_embeds=embeddings, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
         )
-        hidden = self.language_model.model(
-            inputs_embeds=embeddings, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        hidden = outputs.last_hidden_state
         lm_head = self.language_model.lm_head
-        if labels is None:
-            return MagmaOutput(logits=lm_head(hidden).float(), attention_mask=attention_mask)
-        # Official: only the positions that predict a supervised token reach lm_head, the
-        # cross-entropy runs in the model's dtype, and padding is excluded by its -100 labels
-        # (the attention mask is not consulted).
-        supervised = labels[:, 1:] != IGNORE_INDEX
-        logits = lm_head(hidden[:, :-1][supervised])
-        loss = nn.functional.cross_entropy(logits, labels[:, 1:][supervised].to(logits.device))
-        return MagmaOutput(loss=loss, logits=logits, attention_mask=attention_mask)
+        logits = lm_head(slice_logits_to_keep(hidden, logits_to_keep)).float()
+        loss = None
+        if labels is not None:
+            supervised = labels[:, 1:] != IGNORE_INDEX
+            supervised_logits = lm_head(hidden[:, :-1][supervised])
+            loss = nn.functional.cross_entropy(supervised_logits, labels[:, 1:][supervised].to(hidden.device))
+        return MagmaOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            attention_mask=attention_mask,
+        )
 
     # -- generation ---------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """MagmaProcessor: Magma's image processor and the folder's tokenizer, outputs equal to the official.
 
-Image processing (magma.md §10; ``magma/image_processing_magma.py`` @ e373780): pixels to [0, 1],
+Image processing (docs/magma-model.md §Image processor; ``magma/image_processing_magma.py`` @ e373780): pixels to [0, 1],
 CLIP mean / std, the best-fit crop grid among all (cols, rows) with cols x rows <= ``num_crops``,
 a bilinear stretch (no aspect-preserving pad, no antialias) to (rows x base, cols x base), and
 row-major ``base`` x ``base`` crops. ``preprocessor_config.json`` keys are read and written as
@@ -127,7 +127,7 @@ class MagmaProcessor:
 
     The tokenizer runs with special tokens on, as the official processor's does: a prompt rendered
     by the Llama-3 chat template already starts with ``<|begin_of_text|>`` and gets a second one
-    (official oddity, magma.md §11.5; the model was trained that way).
+    (official oddity, docs/magma-model.md §Official behaviours; the model was trained that way).
     """
 
     def __init__(self, image_processor: MagmaImageProcessor, tokenizer: PreTrainedTokenizerBase):

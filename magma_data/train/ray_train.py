@@ -14,22 +14,24 @@ import dataclasses
 from typing import Any
 
 from .data import DataSpec
-from .trainer import TrainConfig, train
+from .settings import TrainConfig
+from .trainer import train
 
 
-def train_on_ray(config: TrainConfig, address: str, workers: int) -> None:
+def train_on_ray(config: TrainConfig) -> None:
+    """``config.workers`` processes on the cluster at ``config.ray_address``, each running ``train``."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = absolute_paths(config)  # workers run in folders of Ray's choosing
-    ray.init(address=address)
+    ray.init(address=config.ray_address)
     try:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
         trainer = TorchTrainer(
             _train_worker,
             train_loop_config={"config": config},
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
             run_config=RunConfig(name="magma-train", storage_path=str(config.output.resolve() / "ray")),
         )
         trainer.fit()

@@ -4,7 +4,7 @@ Byte-level BPE in Llama-3's style (its pre-tokenizer regex, digits in groups of 
 ``<|begin_of_text|>`` prepended by the post-processor), trained on text made from Magma's own
 templates, so prompts and answers tokenize into few ids. Llama-3's chat tokens and Magma's added
 tokens come after the base vocabulary, as in Llama-3 (base 128000, special tokens above), so the
-last ``ACTION_BINS`` base ids are ordinary tokens that actions can take over (magma.md §9.4).
+last ``ACTION_BINS`` base ids are ordinary tokens that actions can take over (docs/magma-text.md §Action tokens).
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import random
 from pathlib import Path
 
 import numpy as np
+import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from magma_data.magma_text import (
     ACTION_BINS,
     BEGIN_OF_TEXT,
     END_OF_TURN,
+    IMAGE_TOKEN,
     LLAMA3_CHAT_TEMPLATE,
     LLAMA3_SPECIAL_TOKENS,
     MAGMA_ADDED_TOKENS,
@@ -75,12 +77,16 @@ def training_text(seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(base_vocab: int = TINY_BASE_VOCAB, magma_tokens: bool = True) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(
+    base_vocab: int = TINY_BASE_VOCAB, magma_tokens: bool | tuple[str, ...] = True
+) -> PreTrainedTokenizerFast:
     """The same tokenizer on every call: BPE training on a fixed corpus is deterministic.
 
     ``magma_tokens=False`` leaves out Magma's ``<image>``, ``<pad>`` and ``<action>``: a stand-in
-    for Llama-3-Instruct's own tokenizer, the one Magma's pretraining starts from.
+    for Llama-3-Instruct's own tokenizer, the one Magma's pretraining starts from; a tuple keeps
+    those named (``("<image>", "<pad>")``: Magma-8B's tokenizer, which has no ``<action>``).
     """
+    kept = MAGMA_ADDED_TOKENS if magma_tokens is True else tuple(magma_tokens or ())
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -98,7 +104,7 @@ def build_tiny_tokenizer(base_vocab: int = TINY_BASE_VOCAB, magma_tokens: bool =
             f"the tokenizer corpus yields only {tokenizer.get_vocab_size()} base tokens, {base_vocab} wanted; "
             "add text to training_text()"
         )
-    special = [*LLAMA3_SPECIAL_TOKENS, *(MAGMA_ADDED_TOKENS if magma_tokens else ())]
+    special = [*LLAMA3_SPECIAL_TOKENS, *(token for token in MAGMA_ADDED_TOKENS if token in kept)]
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in special])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BEGIN_OF_TEXT} $A",
@@ -109,13 +115,51 @@ def build_tiny_tokenizer(base_vocab: int = TINY_BASE_VOCAB, magma_tokens: bool =
         tokenizer_object=tokenizer,
         bos_token=BEGIN_OF_TEXT,
         eos_token=END_OF_TURN,
-        pad_token=PAD_TOKEN if magma_tokens else None,
+        pad_token=PAD_TOKEN if PAD_TOKEN in kept else None,
         chat_template=LLAMA3_CHAT_TEMPLATE,
         model_max_length=4096,
         padding_side="right",
     )
     assert wrapped.vocab_size == base_vocab >= 2 * ACTION_BINS
     return wrapped
+
+
+def missing_magma_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Magma's added tokens the tokenizer lacks, in train.py's order (``<pad>`` only when it has no pad)."""
+    vocabulary = tokenizer.get_vocab()
+    return [
+        token for token in MAGMA_ADDED_TOKENS
+        if (tokenizer.pad_token is None if token == PAD_TOKEN else token not in vocabulary)
+    ]
+
+
+def add_magma_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Add the tokens Magma's train.py adds that the tokenizer lacks; returns them.
+
+    Each as train.py's ``smart_tokenizer_and_embedding_resize`` adds it, one call per token: the
+    embeddings (input and output) are resized to the tokenizer's length and the new row is the
+    mean of the rows before it. The model's config follows: vocabulary sizes (the text config's,
+    and the top-level copy Magma's own config keeps), ``image_token_index``, the pad id.
+    """
+    added = missing_magma_tokens(tokenizer)
+    for token in added:
+        if token == PAD_TOKEN:
+            count = tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        else:
+            count = tokenizer.add_tokens([token], special_tokens=True)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+                matrix[-count:] = matrix[:-count].mean(dim=0, keepdim=True)
+    config = model.config
+    if added:
+        if "vocab_size" in vars(config):  # Magma's config copies the text config's fields to the top
+            config.vocab_size = len(tokenizer)
+        config.image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        config.text_config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return added
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:

@@ -1,9 +1,9 @@
 """Magma's image tower: open_clip's ConvNeXt (timm block design) in our own code.
 
 Parameter names are the checkpoint's (``clip_vision_model.trunk.stages.{s}.blocks.{b}.gamma``,
-magma.md §11.2), so Magma-8B's weights load as stored; depths and widths come from
+docs/magma-model.md §Checkpoint keys), so Magma-8B's weights load as stored; depths and widths come from
 ``VisionSpec``, not from the backbone's name. No timm or open_clip import: neither imports with
-the CPU torch wheel (../shared/ENVIRONMENT.md).
+the CPU torch wheel (docs/environment.md §torchvision, timm, open_clip).
 
 The forward returns the last stage's map, ``[n, C, H/32, W/32]`` (``clip_vis_dense`` in the
 official code). ``trunk.head.norm`` and ``head.proj`` are stored in Magma's checkpoints but never
@@ -37,7 +37,7 @@ class DropPath(nn.Module):
 
     Official oddity kept: open_clip's convnext_xxlarge sets drop_path 0.1, so the tower drops
     blocks whenever the model is in ``train()``, even when the tower itself is frozen
-    (magma.md §11.5). ``vision_config["drop_path_rate"] = 0`` turns it off.
+    (docs/magma-model.md §Official behaviours). ``vision_config["drop_path_rate"] = 0`` turns it off.
     """
 
     def __init__(self, rate: float):

@@ -1,0 +1,70 @@
+"""Stand-ins for the team's real clips, made by the tests: the media a clone of the repository alone has.
+
+The team keeps five real clips in ``../shared/videos`` beside the checkout (CoTracker's demo clips
+and a clip of Magma's), which are not the repository's to copy. Where they are absent, the tests
+run on these: synthetic scenes with the properties the tests rely on, under the same names, at the
+real clips' sizes, frame rates and lengths:
+
+- ``apple.mp4`` (1296x720, 10 fps, 50 frames): the camera moves around a still object (pan and roll);
+- ``bear.mp4`` (854x480, 30 fps, 82 frames): the camera pans to follow a moving object;
+- ``cat.mp4`` (368x480, portrait, 20 fps, 87 frames): a small handheld drift around a moving object;
+- ``paragliding.mp4`` (854x480, 30 fps, 70 frames): strong camera motion (fast pan and zoom);
+- ``robot_pick_up_chip_bag.mp4`` (320x256, 10 fps, 19 frames, fewer than one 24-frame window): a
+  still camera on a moving gripper and a bag, with numbered red marks drawn on it as Magma draws them.
+
+They are rendered with the sample source's scene renderer and encoded as H.264 with PyAV, as the
+sample source makes its clips, so they hold nothing of anyone else's (no licence of their own).
+``python tests/media.py DIR`` writes them to DIR (benchmarks can take them as ``--videos DIR``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from magma_data.sources.sample import MovingObject, SceneSpec, render_scene, write_video
+from magma_data.stages.render import draw_marks, mark_font
+
+#: file name -> scene, for each of ../shared/videos' clips
+STAND_INS: dict[str, SceneSpec] = {
+    "apple.mp4": SceneSpec(width=1296, height=720, num_frames=50, fps=10.0, pan=(5.0, 0.5), roll_deg=0.1,
+                           objects=(MovingObject((60, 20), 120, (0.0, 0.0), (200, 40, 40)),), seed=11),
+    "bear.mp4": SceneSpec(width=854, height=480, num_frames=82, fps=30.0, pan=(3.0, 0.0),
+                          objects=(MovingObject((-40, 60), 70, (3.0, 0.2), (120, 80, 40)),), seed=12),
+    "cat.mp4": SceneSpec(width=368, height=480, num_frames=87, fps=20.0, pan=(0.4, -0.3), roll_deg=0.03,
+                         objects=(MovingObject((0, 40), 60, (-0.8, 1.2), (230, 200, 170)),), seed=13),
+    "paragliding.mp4": SceneSpec(width=854, height=480, num_frames=70, fps=30.0, pan=(8.0, -2.0), zoom=1.004,
+                                 objects=(MovingObject((100, -120), 40, (6.0, -1.0), (240, 200, 30), "box"),),
+                                 seed=14),
+    "robot_pick_up_chip_bag.mp4": SceneSpec(width=320, height=256, num_frames=19, fps=10.0,
+                                            objects=(MovingObject((-60, -50), 28, (3.0, 2.5), (90, 90, 100), "box"),
+                                                     MovingObject((40, 40), 30, (0.0, 0.0), (40, 160, 220))),
+                                            seed=15),
+}
+#: Where Magma-style marks are drawn in the robot stand-in (x, y in its pixels), as its visualisation shows them.
+ROBOT_MARKS = np.array([[100, 78], [200, 168], [250, 60], [60, 200]], np.float32)
+
+
+def write_stand_ins(folder: Path) -> Path:
+    """Every stand-in clip in ``folder`` (kept when already there); returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, spec in STAND_INS.items():
+        path = folder / name
+        if path.exists():
+            continue
+        frames = render_scene(spec).frames
+        if name.startswith("robot"):
+            font = mark_font(spec.width)
+            frames = np.stack([np.asarray(draw_marks(Image.fromarray(frame), np.arange(1, len(ROBOT_MARKS) + 1),
+                                                     ROBOT_MARKS, font)) for frame in frames])
+        write_video(frames, path, spec.fps)
+    return folder
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/media.py DIR")
+    print(write_stand_ins(Path(sys.argv[1])))
