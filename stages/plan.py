@@ -20,11 +20,10 @@ from typing import Annotated
 import numpy as np
 from annotated_types import Ge, Gt
 
-from magma_data.dropped import Dropped, dropped_unit
+from magma_data.dropped import FILTERED, Dropped, dropped_unit
 from magma_data.sources.base import Clip, ClipProblem
 from magma_data.stages.base import Column, StageError
 from magma_data.stages.decode import decord_reader
-from magma_data.stages.filtered import Filtered
 from magma_data.stages.shots import shot_spans
 
 #: What the planner asks for a clip's cuts: ``(video_path, start, end, fps) -> cut frame numbers``
@@ -181,11 +180,11 @@ def plan_windows(clip: Clip, info: VideoInfo, source: str, config: PlanConfig,
 
 def _short_shot(clip: Clip, source: str, start: int, end: int, samples: int, config: PlanConfig) -> dict:
     """The filtered unit that stands for a shot too short to hold one window."""
-    rule = Filtered("ShotTooShort", samples,
-                    f"the shot at frames {start}..{end - 1} holds {samples} frames at the sampling rate, fewer than "
-                    f"one window of {config.window_len}; a window there would span a cut (shots.threshold, "
-                    "shots.min_scene_len set where cuts are found)")
-    unit = dropped_unit(f"{source}/{clip.clip_id}/shot-{start:08d}", source, rule.dropped("shots"),
+    dropped = Dropped(FILTERED, "shots", "ShotTooShort",
+                      f"the shot at frames {start}..{end - 1} holds {samples} frames at the sampling rate, fewer "
+                      f"than one window of {config.window_len}; a window there would span a cut (shots.threshold "
+                      "and shots.min_scene_len set where cuts are found)", value=samples)
+    unit = dropped_unit(f"{source}/{clip.clip_id}/shot-{start:08d}", source, dropped,
                         clip_id=clip.clip_id, video_path=clip.video_path)
     return {**unit, "frame_index": start}
 

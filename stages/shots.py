@@ -1,7 +1,7 @@
 """Shots: where a clip's camera cuts are, so that windows are planned inside shots and no trace spans a cut.
 
 Magma split every annotated segment with PySceneDetect's ``detect(path, ContentDetector())``
-before tracing it (reference §15): a window across a cut makes every trace jump. We run the same
+before tracing it (docs/magma-data-format.md §Preprocessing): a window across a cut makes every trace jump. We run the same
 detector with the same settings (threshold 27, cuts merged when closer than 15 frames, frames
 shrunk to 256 px on their longer side as ``SceneManager`` does) on frames we decode ourselves,
 through the decode stage's readers, rather than through scenedetect's own backends. The cuts are
@@ -20,10 +20,11 @@ planned in (``stages.plan.plan_windows``).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +32,8 @@ from typing import Annotated
 import cv2
 import numpy as np
 from annotated_types import Ge, Gt
+
+from magma_data.faults import crash_point
 
 from .base import TRANSIENT_ERRORS, StageError
 from .decode import DecodeConfig, DecodeStage
@@ -51,6 +54,13 @@ class ShotsConfig:
     #: frames are shrunk so that their longer side is this many pixels before they are scored
     #: (SceneManager's automatic downscale)
     downscale_to: Annotated[int, Ge(16)] = 256
+
+
+def shots_note(config: ShotsConfig) -> str:
+    """The line a run says once when shots are on: what planning now decodes."""
+    return (f"shots: windows planned inside shots (PySceneDetect ContentDetector, threshold {config.threshold:g}, "
+            f"min_scene_len {config.min_scene_len}); planning decodes every frame of every clip once, cached for "
+            "a resumed run")
 
 
 #: Frames decoded per read while a span is scanned: a bound on the memory of one detection.
@@ -109,42 +119,55 @@ class ShotDetector:
     """The cuts of a clip's frame span, from the cache or by decoding every frame of the span.
 
     The planner calls it as ``detector(video_path, start, end, fps)`` from several threads at
-    once; each call opens its own reader. With the decode backend "auto", a span is read by decord
-    and, when decord fails anywhere in it, again from its start by PyAV, so the cuts of one span
-    never mix two backends' frame counts.
+    once. ``remote`` runs the detection somewhere else and returns its answer
+    (``magma_data.execution.RemoteCalls``: a Ray task, so detection uses every CPU of the cluster);
+    None detects in the calling thread. Either way the cache is read and written here, on the
+    driver, where the run's output folder is.
     """
 
-    def __init__(self, config: ShotsConfig, decode: DecodeConfig | None = None, cache: ShotCache | None = None):
+    def __init__(self, config: ShotsConfig, decode: DecodeConfig | None = None, cache: ShotCache | None = None,
+                 remote: Callable[..., list[int]] | None = None):
         self.config = config
         self.decode = decode or DecodeConfig()
         self.cache = cache
+        self.remote = remote
+        self._detected = itertools.count(1)  # spans detected (not read from the cache) by this process
 
     def __call__(self, video_path: str, start: int, end: int, fps: float) -> list[int]:
         if self.cache is not None:
             cached = self.cache.get(video_path, start, end, self.config)
             if cached is not None:
                 return cached
-        cuts = self._detect(video_path, start, end, fps)
+        args = (self.config, self.decode, video_path, start, end, fps)
+        cuts = self.remote(detect_span, *args) if self.remote is not None else detect_span(*args)
         if self.cache is not None:
             self.cache.put(video_path, start, end, self.config, cuts)
+            crash_point("shots_cached", next(self._detected))
         return cuts
 
-    def _detect(self, video_path: str, start: int, end: int, fps: float) -> list[int]:
-        backends = ("decord", "pyav") if self.decode.backend == "auto" else (self.decode.backend,)
-        errors = []
-        for backend in backends:
-            reader = DecodeStage(replace(self.decode, backend=backend))
-            try:
-                return find_cuts(span_frames(reader, video_path, start, end), fps, self.config, first_frame=start)
-            except (*TRANSIENT_ERRORS, ShotsUnavailable):
-                raise  # the file may be fine and its storage briefly not; or no detector is installed
-            except Exception as error:  # the next backend reads the span again from its start
-                errors.append(f"{type(error).__name__}: {error}")
-            finally:
-                reader.close()
-        raise ShotDetectionFailed(
-            f"cannot decode frames {start}..{end - 1} of {video_path} to find its shots ({'; '.join(errors)}); "
-            "check the file, or turn shot detection off (--set shots.enabled=false)")
+
+def detect_span(config: ShotsConfig, decode: DecodeConfig, video_path: str, start: int, end: int,
+                fps: float) -> list[int]:
+    """The cuts of ``[start, end)`` of one video, decoding every frame of it.
+
+    With the decode backend "auto", the span is read by decord and, when decord fails anywhere in
+    it, again from its start by PyAV, so the cuts of one span never mix two backends' frame counts.
+    """
+    backends = ("decord", "pyav") if decode.backend == "auto" else (decode.backend,)
+    errors = []
+    for backend in backends:
+        reader = DecodeStage(replace(decode, backend=backend))
+        try:
+            return find_cuts(span_frames(reader, video_path, start, end), fps, config, first_frame=start)
+        except (*TRANSIENT_ERRORS, ShotsUnavailable):
+            raise  # the file may be fine and its storage briefly not; or no detector is installed
+        except Exception as error:  # the next backend reads the span again from its start
+            errors.append(f"{type(error).__name__}: {error}")
+        finally:
+            reader.close()
+    raise ShotDetectionFailed(
+        f"cannot decode frames {start}..{end - 1} of {video_path} to find its shots ({'; '.join(errors)}); "
+        "check the file, or turn shot detection off (--set shots.enabled=false)")
 
 
 def span_frames(reader: DecodeStage, video_path: str, start: int, end: int) -> Iterator[np.ndarray]:

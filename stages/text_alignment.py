@@ -2,7 +2,7 @@
 
 Magma kept a 16-frame trace window when the best of 4 of its frames (``linspace`` over the
 window) reached a cosine similarity of 0.25 with the segment's text under CLIP ViT-L/14@336px
-(``run_clip_filtering.py`` and ``curate_list.py``, reference §15). This stage does the same
+(``run_clip_filtering.py`` and ``curate_list.py``, docs/magma-data-format.md §Preprocessing). This stage does the same
 through stock transformers (``CLIPModel`` and ``CLIPProcessor`` from a local folder, such as
 ``openai/clip-vit-large-patch14-336``; nothing is downloaded and no remote code runs), on the
 frames the decode stage decoded for tracking: it runs between decode and track, reads 4 of the
@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -40,9 +39,8 @@ from typing import Annotated
 import numpy as np
 from annotated_types import Ge, Interval
 
-from .base import Column, Row, Stage, StageError
+from .base import Column, Filtered, Row, Stage, StageError
 from .decode import FRAMES
-from .filtered import Filtered
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +60,11 @@ class AlignmentConfig:
     batch_size: Annotated[int, Ge(1)] | None = None
     device: str | None = None  # None = CUDA when available
 
+    @property
+    def enabled(self) -> bool:
+        """A checkpoint is given (a pipeline runs the stage only then)."""
+        return self.checkpoint is not None
+
 
 #: Frames scored per window (Magma's ``--num_frames 4``).
 FRAMES_PER_WINDOW = 4
@@ -72,6 +75,18 @@ CLIP_SCORES = Column("clip_scores", "float32", (FRAMES_PER_WINDOW,), group="text
                      doc="CLIP cosine similarity of 4 of the window's frames (linspace) with its task text")
 CLIP_SCORE = Column("clip_score", "float32", group="text",
                     doc="the best of clip_scores; windows under alignment.threshold are filtered")
+
+#: The rules, by the name the filtered table gives them.
+BELOW_THRESHOLD, NO_TASK_TEXT = "ClipScoreBelowThreshold", "NoTaskText"
+#: The figure each rule judges: a row it filters carries that figure as its ``value``.
+RULE_FIGURES = {BELOW_THRESHOLD: CLIP_SCORE}
+
+
+
+def figure_thresholds(config: AlignmentConfig) -> dict[str, float | None]:
+    """The threshold of each figure a rule judges, as ``config`` sets it (None: the rule is off)."""
+    return {CLIP_SCORE.name: config.threshold if config.enabled else None}
+
 
 #: The files a CLIP folder needs, each group by any of its names.
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -130,8 +145,8 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
 def alignment_note(config: AlignmentConfig) -> str:
     """The line a run says once about alignment, as it says which tracker it picked."""
     if config.checkpoint is None:
-        return ("text alignment: off (no CLIP checkpoint; --set alignment.checkpoint=DIR drops windows whose "
-                "frames do not match their text)")
+        return ("text alignment: off (no CLIP checkpoint; --clip-checkpoint DIR drops windows whose frames do not "
+                "match their text)")
     return (f"text alignment: CLIP from {config.checkpoint}, keeping windows whose best of {FRAMES_PER_WINDOW} "
             f"frames scores >= {config.threshold}")
 
@@ -152,6 +167,11 @@ class TextAlignmentStage(Stage):
         self.config = config
         self._loaded = None  # (model, processor, device, max_text_tokens)
 
+    @property
+    def windows_per_forward(self) -> int:
+        """The fixed number of windows in every CLIP forward: the batch to hand the stage."""
+        return self.config.batch_size or DEFAULT_WINDOWS_PER_FORWARD
+
     def setup(self) -> None:
         self._model()
 
@@ -169,25 +189,24 @@ class TextAlignmentStage(Stage):
             self._loaded = (model, processor, device, int(model.config.text_config.max_position_embeddings))
         return self._loaded
 
-    def __call__(self, row: Row) -> Row:
+    def __call__(self, row: Row) -> Row | Filtered:
         [result] = self.process([row])
         if isinstance(result, Exception):
             raise result
         return result
 
-    def process(self, rows: list[Row]) -> list[Row | Exception]:
-        """One result per row: its scores, the drop columns of a filtered window, or the exception that failed it."""
-        results: list[Row | Exception | None] = [None] * len(rows)
+    def process(self, rows: list[Row]) -> list[Row | Filtered | Exception]:
+        """One result per row: its scores, the rule that filters it, or the exception that failed it."""
+        results: list[Row | Filtered | Exception | None] = [None] * len(rows)
         scored = []
         for i, row in enumerate(rows):
             if not str(row["task"]).strip():
-                results[i] = Filtered("NoTaskText", math.nan,
-                                      "the window has no task text, so CLIP cannot say whether its frames match "
-                                      "it; give the videos their text (a folder's <video>.txt) or leave "
-                                      "alignment.checkpoint out").columns(self.name)
+                results[i] = Filtered(NO_TASK_TEXT, "the window has no task text, so CLIP cannot say whether its "
+                                      "frames match it; give the videos their text (a folder's <video>.txt) or "
+                                      "leave alignment.checkpoint out")
             else:
                 scored.append(i)
-        size = self.config.batch_size or DEFAULT_WINDOWS_PER_FORWARD
+        size = self.windows_per_forward
         for start in range(0, len(scored), size):
             self._score_group(rows, scored[start : start + size], results)
         return results
@@ -205,12 +224,12 @@ class TextAlignmentStage(Stage):
         for k, i in enumerate(indices):
             results[i] = self._verdict(scores[k])
 
-    def _verdict(self, scores: np.ndarray) -> Row:
+    def _verdict(self, scores: np.ndarray) -> Row | Filtered:
         best = float(scores.max())
         if not best >= self.config.threshold:  # NaN fails too
-            return Filtered("ClipScoreBelowThreshold", best,
+            return Filtered(BELOW_THRESHOLD,
                             f"the best CLIP similarity of the window's frames with its text, {best:.4f}, is below "
-                            f"alignment.threshold {self.config.threshold} (Magma's CLIP filter)").columns(self.name)
+                            f"alignment.threshold {self.config.threshold} (Magma's CLIP filter)", value=best)
         return {CLIP_SCORES.name: scores.astype(np.float32), CLIP_SCORE.name: np.float32(best)}
 
     def scores(self, windows: list[np.ndarray], texts: list[str]) -> np.ndarray:
@@ -221,7 +240,7 @@ class TextAlignmentStage(Stage):
         import torch
 
         model, processor, device, max_text_tokens = self._model()
-        size = self.config.batch_size or DEFAULT_WINDOWS_PER_FORWARD
+        size = self.windows_per_forward
         if not 0 < len(windows) <= size:
             raise ValueError(f"scores takes 1 to {size} windows, got {len(windows)}")
         images = []

@@ -8,6 +8,7 @@ import pytest
 from magma_data.dropped import FILTERED, Dropped
 from magma_data.execution import batch_to_rows, new_unit_row, rows_to_batch, run_stage
 from magma_data.sources.base import Clip
+from magma_data.stages.base import Filtered
 from magma_data.stages.camera import CameraConfig, CameraStage
 from magma_data.stages.decode import DecodeConfig, DecodeStage
 from magma_data.stages.marks import MarksConfig, MarksStage
@@ -45,33 +46,33 @@ def test_figures_are_the_kept_traces_mean_motion_and_the_share_of_points_too_rar
 def test_every_rule_is_off_by_default_and_each_names_its_drop_and_value():
     row = still_camera_row(moving_px=3.0)
     assert not QualityConfig().enabled
-    assert "drop_kind" not in QualityStage(QualityConfig())(row)
+    assert not isinstance(QualityStage(QualityConfig())(row), Filtered)
 
     slow = QualityStage(QualityConfig(min_mean_motion_px=2.0))(row)
-    assert (slow["drop_kind"], slow["drop_stage"], slow["drop_reason"]) == (FILTERED, "quality", "MotionBelowMinimum")
-    assert "[value 1.5]" in slow["drop_message"]
-    assert "drop_kind" not in QualityStage(QualityConfig(min_mean_motion_px=1.0))(row)
+    assert isinstance(slow, Filtered) and slow.rule == "MotionBelowMinimum"
+    assert slow.value == pytest.approx(1.5) and "1.500 px per frame" in slow.message
+    assert not isinstance(QualityStage(QualityConfig(min_mean_motion_px=1.0))(row), Filtered)
 
     hidden = QualityStage(QualityConfig(max_invisible_fraction=0.3))(row)
-    assert hidden["drop_reason"] == "TooManyInvisiblePoints" and "[value 0.4]" in hidden["drop_message"]
-    assert "drop_kind" not in QualityStage(QualityConfig(max_invisible_fraction=0.5))(row)
+    assert hidden.rule == "TooManyInvisiblePoints" and hidden.value == pytest.approx(0.4)
+    assert not isinstance(QualityStage(QualityConfig(max_invisible_fraction=0.5))(row), Filtered)
 
 
 def test_a_camera_fallback_is_dropped_only_when_asked_and_names_the_unaligned_frames():
     row = {**still_camera_row(), "camera_motion": np.bool_(True), "homography_ok": np.ones(FRAMES, bool)}
     row["homography_ok"][[5, 9]] = False
     row["camera_status"] = "fallback: frames 5,9 could not be fitted (5: ...; 9: ...)"
-    assert "drop_kind" not in QualityStage(QualityConfig())(row)
+    assert not isinstance(QualityStage(QualityConfig())(row), Filtered)
     every_rule = QualityConfig(drop_camera_fallback=True, min_mean_motion_px=100.0, max_invisible_fraction=0.0)
     dropped = QualityStage(every_rule)(row)
-    assert dropped["drop_reason"] == "CameraFallback"  # the first rule in order names the drop
-    assert "2 of the window's frames" in dropped["drop_message"] and "[value 2]" in dropped["drop_message"]
+    assert dropped.rule == "CameraFallback"  # the first rule in order names the drop
+    assert "2 of the window's frames" in dropped.message and dropped.value == 2
     aligned = {**row, "homography_ok": np.ones(FRAMES, bool), "camera_status": "applied"}
-    assert "drop_kind" not in QualityStage(QualityConfig(drop_camera_fallback=True))(aligned)
+    assert not isinstance(QualityStage(QualityConfig(drop_camera_fallback=True))(aligned), Filtered)
 
 
-def test_on_real_tracks_a_dropped_window_skips_marks_and_a_kept_one_gets_its_figures(shared_videos):
-    path = shared_videos / "bear.mp4"
+def test_on_real_tracks_a_dropped_window_skips_marks_and_a_kept_one_gets_its_figures(video_clips):
+    path = video_clips / "bear.mp4"
     clip = Clip(clip_id="bear", video_uid="bear", video_path=str(path))
     planned = plan_windows(clip, VideoInfo(fps=30.0, num_frames=82), "src", PlanConfig())[:2]
     batch = rows_to_batch([new_unit_row(row) for row in planned])
@@ -88,5 +89,5 @@ def test_on_real_tracks_a_dropped_window_skips_marks_and_a_kept_one_gets_its_fig
     first = rows[0]
     dropped = Dropped.of_row(first)
     assert (dropped.kind, dropped.reason) == (FILTERED, "MotionBelowMinimum")
-    assert f"[value {float(measured['mean_motion_px']):.6g}]" in dropped.message
+    assert dropped.value == pytest.approx(float(measured["mean_motion_px"]))
     assert len(first["mark_ids"]) == 0  # placeholders: marks never ran on it

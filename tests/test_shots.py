@@ -7,13 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from media import joined_video
 
 from magma_data.dropped import FILTERED, Dropped, record
 from magma_data.sources.base import Clip
-from magma_data.sources.sample import write_video
 from magma_data.stages.decode import DecodeConfig
 from magma_data.stages import shots as shots_module
 from magma_data.stages.plan import PlanConfig, VideoInfo, plan_source, plan_windows, probe_video
@@ -32,30 +31,16 @@ CUT = 50
 
 
 def hard_cut_video(first: Path, second: Path, output: Path, cut: int = CUT) -> Path:
-    """``first``'s frames up to ``cut``, then all of ``second``'s, as one H.264 file: a hard cut at frame ``cut``.
-
-    The two sources are this function's only inputs, so a fixture that makes other clips (when
-    ../shared/videos is absent) can hand it its own; ``second`` is resized to ``first``'s size.
-    """
-    import cv2
-
-    with av.open(str(first)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate)
-        head = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)][:cut]
-    with av.open(str(second)) as container:
-        tail = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    assert len(head) == cut, f"{first} has fewer than {cut} frames"
-    height, width = head[0].shape[:2]
-    tail = [cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) for frame in tail]
-    write_video(np.stack(head + tail), output, fps=fps)
-    return output
+    """``first``'s frames up to ``cut``, then all of ``second``'s (resized to ``first``'s size), as one
+    H.264 file: a hard cut at frame ``cut``."""
+    return joined_video([(first, 0, cut), (second, 0, None)], output)
 
 
 @pytest.fixture(scope="module")
-def two_videos(shared_videos) -> tuple[Path, Path]:
-    """Two different real videos of one size and rate: a bear walking, then a paraglider in the sky."""
-    return shared_videos / "bear.mp4", shared_videos / "paragliding.mp4"
+def two_videos(video_clips) -> tuple[Path, Path]:
+    """Two different videos of one size and rate: a bear walking, then a paraglider in the sky (the real
+    clips, or their stand-ins: two other scenes)."""
+    return video_clips / "bear.mp4", video_clips / "paragliding.mp4"
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +110,10 @@ def test_a_shot_too_short_for_a_window_is_a_filtered_unit_with_its_rule_and_leng
     [short] = [unit for unit in units if unit.get("drop_kind")]
     dropped = Dropped.of_row(short)
     assert (dropped.kind, dropped.stage, dropped.reason) == (FILTERED, "shots", "ShotTooShort")
-    assert "frames 40..49 holds 10 frames" in dropped.message and "[value 10]" in dropped.message
+    assert "frames 40..49 holds 10 frames" in dropped.message and dropped.value == 10
     filtered_row = record(short, dropped, "hash")
-    assert (filtered_row["rule"], filtered_row["frame_index"], filtered_row["unit_id"]) == (
-        "ShotTooShort", 40, "src/c/shot-00000040")
+    assert (filtered_row["rule"], filtered_row["value"], filtered_row["frame_index"], filtered_row["unit_id"]) == (
+        "ShotTooShort", 10, 40, "src/c/shot-00000040")
     assert [unit["frame_index"] for unit in units] == sorted(unit["frame_index"] for unit in units)
     assert len({unit["unit_id"] for unit in units}) == len(units)
 

@@ -14,6 +14,7 @@ from clip_fixtures import save_tiny_clip
 from magma_data.dropped import FILTERED, Dropped, record
 from magma_data.execution import batch_to_rows, new_unit_row, rows_to_batch, run_stage
 from magma_data.sources.base import Clip
+from magma_data.stages.base import Filtered
 from magma_data.stages.decode import DecodeConfig, DecodeStage
 from magma_data.stages.plan import PlanConfig, VideoInfo, plan_windows
 from magma_data.stages.text_alignment import (
@@ -35,12 +36,12 @@ def tiny_clip(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def windows(shared_videos):
+def windows(video_clips):
     """Six decoded 16-frame windows of two real videos, each with a task text, as decode leaves them."""
     decode = DecodeStage(DecodeConfig(height=96))
     rows = []
     for name, task in (("bear.mp4", "a bear walks over the rocks"), ("paragliding.mp4", "the paraglider flies")):
-        path = shared_videos / name
+        path = video_clips / name
         clip = Clip(clip_id=name, video_uid=name, video_path=str(path), task=task)
         for planned in plan_windows(clip, VideoInfo(fps=30.0, num_frames=64), "src", PlanConfig(window_stride=16))[:3]:
             rows.append({**planned, **decode(planned)})
@@ -115,10 +116,11 @@ def test_windows_under_the_threshold_are_filtered_before_tracking_and_the_rest_a
             assert row["tracks"].shape == (16, 16, 2)
         else:
             assert (dropped.kind, dropped.stage, dropped.reason) == (FILTERED, "align", "ClipScoreBelowThreshold")
-            assert f"[value {score:.6g}]" in dropped.message
+            assert dropped.value == pytest.approx(float(score)) and f"{score:.4f}" in dropped.message
             assert row["tracks"].shape == (0, 0, 2)  # placeholders: the tracker never saw it
             filtered_row = record(row, dropped, "hash")
             assert filtered_row["rule"] == "ClipScoreBelowThreshold" and filtered_row["unit_id"] == row["unit_id"]
+            assert filtered_row["value"] == dropped.value
 
 
 def test_a_window_without_text_is_filtered_and_a_broken_window_fails_alone(tiny_clip, windows):
@@ -126,7 +128,8 @@ def test_a_window_without_text_is_filtered_and_a_broken_window_fails_alone(tiny_
     no_text = {**windows[0], "task": "  "}
     broken = {**windows[1], "frames": windows[1]["frames"][..., 0]}  # no colour axis
     no_text_result, broken_result, healthy = stage.process([no_text, broken, windows[2]])
-    assert no_text_result["drop_kind"] == FILTERED and no_text_result["drop_reason"] == "NoTaskText"
+    assert isinstance(no_text_result, Filtered) and no_text_result.rule == "NoTaskText"
+    assert no_text_result.value is None
     assert isinstance(broken_result, Exception) and "[T, H, W, 3]" in str(broken_result)
     assert healthy["clip_scores"].shape == (4,)
 
