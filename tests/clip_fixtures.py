@@ -1,5 +1,6 @@
 """A tiny random CLIP checkpoint, saved as transformers saves openai/clip-vit-large-patch14-336: model,
-tokenizer (from vocab.json and merges.txt written here) and image processor, in one folder."""
+tokenizer (from vocab.json and merges.txt written here) and image processor, in one folder; and the
+threshold that splits a folder's windows by their scores under it."""
 
 from __future__ import annotations
 
@@ -38,3 +39,21 @@ def save_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
     CLIPModel(config).save_pretrained(folder)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def scores_and_split(root: Path, config) -> tuple[dict[tuple[str, int], float], float]:
+    """The CLIP score ``config``'s alignment stage gives each window with text of the folder source at
+    ``root`` (here, in one process: plan, decode, score), by (clip, start); and a threshold the better
+    half of them reaches and the rest do not."""
+    from magma_data.pipelines import load_pipeline
+    from magma_data.sources import load_manifest, open_source
+    from magma_data.stages.decode import DecodeStage
+    from magma_data.stages.text_alignment import TextAlignmentStage
+
+    scoring = config.with_overrides({"alignment": {"threshold": -1.0}})  # every window passes, with its score
+    units = load_pipeline("video_tom").plan(open_source(load_manifest("folder"), root), scoring)
+    decode, align = DecodeStage(scoring.decode), TextAlignmentStage(scoring.alignment)
+    scores = {(unit["clip_id"], unit["frame_index"]): float(align.process([{**unit, **decode(unit)}])[0]["clip_score"])
+              for unit in units if not unit.get("drop_kind") and unit["task"]}
+    ranked = sorted(scores.values())
+    return scores, (ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2
