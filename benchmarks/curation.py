@@ -55,11 +55,13 @@ MINUTES = (("854x480, 30 fps (bear, paragliding)", ("bear.mp4", "paragliding.mp4
 READING = """Reading it: shot detection decodes every frame of a clip at its own size, as decoding all of a
 clip's windows does, so on CPU the two cost about the same per video-minute and the detector's
 own scoring (at 256 px) is lost in the noise of the read; with shots on, a clip is decoded twice
-(once to plan, once for its windows). Cuts found: every join of the looped bear/paragliding
-minute (23), none in the apple orbit. CLIP ViT-L/14@336px costs about 10 s a window on this CPU,
-far above Lucas-Kanade (about 0.1 s a window, "video_tom stages") and a sixth of CoTracker3 on CPU
-(about a minute a window, docs/environment.md): alignment belongs on the GPU actors. No GPU
-was available to this task, so its GPU cost per window is not measured."""
+(once to plan, in Ray tasks, once for its windows). Cuts found: every join of the looped
+bear/paragliding minute (23), none in the apple orbit. CLIP ViT-L/14@336px costs 6 to 10 s a
+window on this CPU (10.2 s in an earlier run of this benchmark, under more load), far above
+Lucas-Kanade (about 0.1 s a window, "video_tom stages") and a sixth to a tenth of CoTracker3 on CPU
+(about a minute a window, docs/environment.md): alignment belongs on the GPU actors. No GPU was
+available to this task, so its GPU cost per window is not measured. The quality rules read the
+tracks already made: a fortieth of the camera stage before them, nothing a run would notice."""
 
 
 def video_minute(videos: Path, names: tuple[str, ...], folder: Path) -> Path:
