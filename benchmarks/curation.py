@@ -1,15 +1,15 @@
 """Curation: shot detection per video-minute beside decode, CLIP alignment and the quality rules per window.
 
-Shots: a minute of real video (the team's clips, ``--videos`` or ``clips.VIDEO_DIRS``, looped to 60 s
-and written with PyAV at their own size) is decoded as the pipeline's decode stage decodes it (every 16-frame window, resized to
-height 512), read whole as shot detection reads it, and scanned for cuts (decode + downscale +
-ContentDetector). The three run interleaved, median of ``--repeats``, so their ratios hold on a
-shared machine. Alignment: ``TextAlignmentStage.process`` over decoded windows with a tiny random
-CLIPModel (the tests' checkpoint) and, with ``--vit-l``, a random model of CLIP ViT-L/14@336px's
-shape (Magma's filter model; no weights are downloaded, so its scores mean nothing, its cost is
-the real one). Quality: ``QualityStage`` on windows tracked by Lucas-Kanade (15x15 grid) and
-compensated, beside the camera stage that runs before it. No GPU was available here: GPU figures
-are not measured. Results go to benchmarks/RESULTS.md.
+Shots: a minute of real video (the team's clips, ``--videos`` or ``clips.VIDEO_DIRS``, looped to a
+minute and written with PyAV at their own size) is decoded as the pipeline's decode stage decodes it
+(every 16-frame window, resized to height 512), read whole as shot detection reads it, and scanned
+for cuts (decode + downscale + ContentDetector). The three run interleaved, median of ``--repeats``,
+so their ratios hold on a shared machine. Alignment: ``TextAlignmentStage.process`` over decoded
+windows with a tiny random CLIPModel (the tests' checkpoint) and, with ``--vit-l``, a random model
+of CLIP ViT-L/14@336px's shape (Magma's filter model; no weights are downloaded, so its scores mean
+nothing, its cost is the real one). Quality: ``QualityStage`` on windows tracked by Lucas-Kanade
+(15x15 grid) and compensated, beside the camera stage that runs before it. No GPU was available
+here: GPU figures are not measured. Results go to benchmarks/RESULTS.md.
 
     python benchmarks/curation.py --repeats 3 --vit-l
 """

@@ -67,7 +67,8 @@ INVISIBLE_FRACTION = Column("invisible_fraction", "float32", group="quality",
                             doc="share of the grid points too rarely visible to be marked")
 
 #: The rules, by the name the filtered table gives them.
-CAMERA_FALLBACK, TOO_MANY_INVISIBLE, MOTION_BELOW_MINIMUM = "CameraFallback", "TooManyInvisiblePoints", "MotionBelowMinimum"
+CAMERA_FALLBACK, TOO_MANY_INVISIBLE = "CameraFallback", "TooManyInvisiblePoints"
+MOTION_BELOW_MINIMUM = "MotionBelowMinimum"
 #: The figure each rule judges: a row it filters carries that figure as its ``value`` (the camera
 #: fallback's, the count of unaligned frames, is no column).
 RULE_FIGURES = {MOTION_BELOW_MINIMUM: MEAN_MOTION, TOO_MANY_INVISIBLE: INVISIBLE_FRACTION}

@@ -1,15 +1,15 @@
 """Shots: where a clip's camera cuts are, so that windows are planned inside shots and no trace spans a cut.
 
-Magma split every annotated segment with PySceneDetect's ``detect(path, ContentDetector())``
-before tracing it (docs/magma-data-format.md §Preprocessing): a window across a cut makes every trace jump. We run the same
-detector with the same settings (threshold 27, cuts merged when closer than 15 frames, frames
-shrunk to 256 px on their longer side as ``SceneManager`` does) on frames we decode ourselves,
-through the decode stage's readers, rather than through scenedetect's own backends. The cuts are
-then numbered as the planner and the decode stage number frames (decord's indices, or PyAV
-counting decoded frames), whatever the container's timestamps claim; a file the pipeline can
-decode is a file detection can decode; and the detector sees the span of the clip only, as
-Magma's saw one segment at a time. ``SceneManager``'s own loop adds nothing here but a decode
-thread: ``find_cuts`` feeds the detector as it does, downscale and interpolation included.
+Magma split every annotated segment with PySceneDetect's ``detect(path, ContentDetector())`` before
+tracing it (docs/magma-data-format.md §Preprocessing): a window across a cut makes every trace jump.
+We run the same detector with the same settings (threshold 27, cuts merged when closer than 15
+frames, frames shrunk to 256 px on their longer side as ``SceneManager`` does) on frames we decode
+ourselves, through the decode stage's readers, rather than through scenedetect's own backends. The
+cuts are then numbered as the planner and the decode stage number frames (decord's indices, or PyAV
+counting decoded frames), whatever the container's timestamps claim; a file the pipeline can decode
+is a file detection can decode; and the detector sees the span of the clip only, as Magma's saw one
+segment at a time. ``SceneManager``'s own loop adds nothing here but a decode thread: ``find_cuts``
+feeds the detector as it does, downscale and interpolation included.
 
 Detection decodes every frame of a clip, so it is the costly part of planning (figures in
 ``benchmarks/RESULTS.md``); ``ShotCache`` keeps each video's cuts so a resumed run plans the

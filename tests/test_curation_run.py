@@ -198,8 +198,8 @@ def test_filtered_files_written_before_the_value_column_are_still_read(curated, 
     [stats] = dataset_stats(copy)
     assert dict(stats.filtered) == summary.filter_rules
     _, dropped = score_values(copy, "folder")["clip_score"]
-    assert len(dropped) == summary.filter_rules["ClipScoreBelowThreshold"] - pq.read_table(old)["rule"].to_pylist().count(
-        "ClipScoreBelowThreshold")
+    in_the_old_file = pq.read_table(old)["rule"].to_pylist().count("ClipScoreBelowThreshold")
+    assert len(dropped) == summary.filter_rules["ClipScoreBelowThreshold"] - in_the_old_file
 
 
 def test_curated_rows_export_and_train_as_other_rows_do(curated, tmp_path):
@@ -260,3 +260,24 @@ def test_on_a_cluster_with_gpus_the_clip_and_tracker_actors_share_each_gpu(monke
     calls.clear()
     load_pipeline("video_tom").build(Recorder(), alone)
     assert [options["num_gpus"] for name, options in calls if name == "StageActor"] == [1.0]
+
+
+def test_oxe_tom_runs_the_quality_rules_and_refuses_shots_and_alignment(tmp_path):
+    """Robot episodes have no cuts, and Magma filtered no robot window by CLIP; the quality rules apply."""
+    from magma_data.stages.quality import QualityStage
+
+    pipeline = load_pipeline("oxe_tom")
+    config = RunConfig(pipeline="oxe_tom", source="oxe").with_overrides({"quality": {"drop_camera_fallback": True}})
+    names = [stage.name for stage in pipeline.stages(config)]
+    assert names[names.index("camera") + 1] == "quality" and isinstance(pipeline.stages(config)[3], QualityStage)
+    assert "quality" not in [stage.name for stage in pipeline.stages(RunConfig(pipeline="oxe_tom", source="oxe"))]
+
+    from magma_data.sources.robot import RobotSource
+
+    class Episodes(RobotSource):  # stands for a robot source: only its type matters here
+        name = "oxe"
+
+    episodes = Episodes()
+    assert pipeline.check(episodes, config) == ["quality rules after tracking: no camera fallback"]
+    with pytest.raises(ValueError, match="shots and text alignment are video_tom's"):
+        pipeline.check(episodes, config.with_overrides({"shots": {"enabled": True}}))
