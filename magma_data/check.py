@@ -7,34 +7,57 @@ non-UTF-8 text, unknown ids), the recipe's filters, unreadable videos, clips sho
 window. Every video's container is read once (headers, no decoding), shared with the planner, so
 frame rates are summarised, with outliers and metadata that disagrees with the container, because
 a wrong rate silently shifts every window.
+
+The curation rules that need frames (shots, text alignment, the quality rules; README.md
+§Curation) are tried on a sample: ``sample_clips`` clips evenly spaced over the usable ones. Shot
+detection decodes each of them whole; alignment and the quality rules run the pipeline's own
+stages, in this process, on up to ``SAMPLE_WINDOWS_PER_CLIP`` windows of each (decode and CLIP;
+the quality rules track them too). The report counts, per rule, the sampled windows it drops,
+and summarises the figures the rules judge. The window counts above are those of the plan
+without shots: finding every clip's cuts would decode the whole source.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
+import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from magma_data.config import RunConfig
 from magma_data.dropped import FILTERED, Dropped
+from magma_data.execution import apply_stage, new_unit_row
 from magma_data.pipelines import load_pipeline
 from magma_data.pipelines.base import PlanContext
 from magma_data.sources import load_manifest, open_source
 from magma_data.sources.base import Clip, ClipProblem, TracesSource, refuse_paths_outside
 from magma_data.sources.robot import RobotSource
-from magma_data.stages.plan import VideoInfo, VideoProbes
+from magma_data.stages import quality, text_alignment
+from magma_data.stages.plan import VideoInfo, VideoProbes, clip_frames
+from magma_data.stages.shots import ShotCache
 
 #: A video whose rate is this far (relative) from the source's median is listed as an outlier.
 FPS_OUTLIER_RATIO = 0.25
 #: Metadata and container rates further apart than this (relative) are listed as mismatches.
 FPS_MISMATCH_RATIO = 0.01
 EXAMPLES_PER_CLASS = 20
+#: Clips ``check`` decodes by default to try the curation rules that need frames.
+DEFAULT_SAMPLE_CLIPS = 8
+#: Windows of each sampled clip run through text alignment and the quality rules, evenly spaced.
+SAMPLE_WINDOWS_PER_CLIP = 8
+#: Sampled windows that go through the stages together: a bound on the decoded frames held at once.
+SAMPLE_BATCH = 8
+#: The figures the curation rules judge, by rule (a filtered row's ``value``), and the stages that judge them.
+RULE_FIGURES = {**text_alignment.RULE_FIGURES, **quality.RULE_FIGURES}
+CURATION_STAGES = (text_alignment.TextAlignmentStage, quality.QualityStage)
 
 
 @dataclass
@@ -64,6 +87,8 @@ class CheckReport:
     coverage: dict[str, dict] = field(default_factory=dict)
     #: Magma's released traces: how far a sample of the traces reaches in the frame they are assumed in
     trace_reach: dict = field(default_factory=dict)
+    #: the curation rules tried on a sample of clips (``Curation``); None when no rule that needs frames is on
+    curation: dict | None = None
 
     @property
     def errors(self) -> int:
@@ -137,6 +162,8 @@ class CheckReport:
             console.print(f"traces of {reach['windows']} windows, in the frame {reach['frame']}: visible points "
                           f"reach {reach['max_x']:.1%} of its width and {reach['max_y']:.1%} of its height; "
                           f"{reach['outside']:.1%} lie outside it (far beyond 100%: set released.trace_height)")
+        if self.curation is not None:
+            _render_curation(self.curation, self.window_len, console)
         verdict = "[green]usable[/green]" if self.usable else "[red]nothing usable[/red]"
         console.print(f"{verdict}: {self.usable:,} {unit}, {self.windows:,} windows")
 
@@ -164,7 +191,8 @@ class _Tally:
 
 
 def run_check(source: str, root: Path | None, window_len: int = 16, report_path: Path | None = None,
-              threads: int = 16, source_options: dict | None = None, notify=None) -> CheckReport:
+              threads: int = 16, source_options: dict | None = None, notify=None,
+              overrides: dict | None = None, sample_clips: int = DEFAULT_SAMPLE_CLIPS) -> CheckReport:
     """Plan ``source`` under ``root`` as a run would and report what it would plan and what it would not.
 
     Args:
@@ -175,15 +203,20 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
         threads: concurrent video probes (header reads).
         source_options: reader options from the command line (``--videos``).
         notify: told which release folder inside ``root`` is read, when it is not ``root`` itself.
+        overrides: config fields as the run's ``--set`` gives them (``{section: {field: value}}``),
+            over the manifest's defaults: the curation rules the run will apply.
+        sample_clips: clips decoded to try the curation rules that need frames; 0 decodes none.
     """
     manifest = load_manifest(source)
     pipeline = load_pipeline(manifest.pipeline)
     config = RunConfig(pipeline=manifest.pipeline, source=source).with_overrides(manifest.defaults)
-    config = config.with_overrides({"plan": {"window_len": window_len}})
+    config = config.with_overrides({"plan": {"window_len": window_len}}).with_overrides(overrides or {})
     reader = open_source(manifest, root, notify=notify, **(source_options or {}))
     report = CheckReport(source=source, root=str(root), window_len=window_len, unit_kind=reader.unit_kind)
     context = PlanContext(seen=[])
-    units = pipeline.plan(reader, config, context)
+    pipeline.check(reader, config)  # a setting the pipeline refuses, before any reading
+    unsplit = dataclasses.replace(config, shots=dataclasses.replace(config.shots, enabled=False))
+    units = pipeline.plan(reader, unsplit, context)
     if root is not None:
         units = refuse_paths_outside(units, reader.video_roots())
     tally = _Tally(report)
@@ -208,9 +241,174 @@ def run_check(source: str, root: Path | None, window_len: int = 16, report_path:
         _frame_rates(taken, context.probes, threads, report)
     if isinstance(reader, TracesSource):
         _released(reader, units, config, report)
+    if config.shots.enabled or config.alignment.enabled or config.quality.enabled:
+        report.curation = asdict(_curation(pipeline, reader, config, units, taken, context.probes, sample_clips))
     if report_path is not None:
         report.write(report_path)
     return report
+
+
+@dataclass
+class Curation:
+    """The curation rules on a sample of clips: what was decoded, and what each rule dropped of it."""
+
+    clips: int = 0  # clips sampled (evenly spaced over the usable ones)
+    of_clips: int = 0  # usable clips
+    #: why the sample was not run or covers less ("" when it ran as asked)
+    note: str = ""
+    frames_decoded_for_shots: int = 0  # every frame of every sampled clip, when shots are on
+    cuts: int = 0
+    windows_without_shots: int = 0  # the sampled clips' windows, planned over whole clips
+    windows_across_cuts: int = 0  # of those, the ones a cut runs through (what planning inside shots prevents)
+    windows_inside_shots: int = 0  # the sampled clips' windows planned inside shots
+    windows_tried: int = 0  # windows run through alignment and the quality rules
+    #: rule -> {"stage": where, "dropped": windows (or shots) it dropped, "of": what the stage saw}
+    rules: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)  # error class -> windows of the sample that failed
+    #: figure -> {"n", "min", "median", "max", "threshold"}: kept and dropped windows together
+    figures: dict = field(default_factory=dict)
+
+
+def _curation(pipeline, reader, config: RunConfig, units: list[dict], clips: list, probes: VideoProbes,
+              sample_clips: int) -> Curation:
+    """The curation rules that are on, tried on ``sample_clips`` usable clips of the plan ``units`` (made
+    without shots): cuts found and windows they cut through, then alignment and the quality rules."""
+    from magma_data.runner import resolve
+
+    usable = list(dict.fromkeys(unit["clip_id"] for unit in units if Dropped.of_row(unit) is None))
+    video_clips = {clip.clip_id: clip for clip in clips if isinstance(clip, Clip)}
+    candidates = [clip_id for clip_id in usable if clip_id in video_clips]
+    result = Curation(of_clips=len(usable))
+    if sample_clips <= 0 or not candidates:
+        result.note = ("--sample-clips 0: the rules that need frames were not tried" if sample_clips <= 0 else
+                       "the sample covers video clips, and this source has none: the rules were not tried")
+        return result
+    picked = np.unique(np.linspace(0, len(candidates) - 1, min(sample_clips, len(candidates))).round().astype(int))
+    chosen = {candidates[i] for i in picked}
+    result.clips = len(chosen)
+    config, _ = resolve(config)  # scenedetect found, the CLIP folder checked, the tracker picked: as a run does
+    before = [unit for unit in units if unit["clip_id"] in chosen and Dropped.of_row(unit) is None]
+    result.windows_without_shots = len(before)
+    with tempfile.TemporaryDirectory() as scratch:  # the run's shot cache, for this check only
+        context = PlanContext(output=Path(scratch), probes=probes,
+                              keep=lambda unit: isinstance(unit, Clip) and unit.clip_id in chosen)
+        planned = pipeline.plan(reader, config, context)
+        if config.shots.enabled:
+            _cuts(context.state(reader, "shots"), [video_clips[c] for c in sorted(chosen)], before, config, probes,
+                  result)
+    windows = [unit for unit in planned if Dropped.of_row(unit) is None]
+    result.windows_inside_shots = len(windows)
+    for unit in planned:
+        dropped = Dropped.of_row(unit)
+        if dropped is not None:
+            _count(result, dropped, len(planned))
+    if config.alignment.enabled or config.quality.enabled:
+        thresholds = {**text_alignment.figure_thresholds(config.alignment),
+                      **quality.figure_thresholds(config.quality)}
+        _try_stages(pipeline.stages(config, reader), windows, thresholds, result)
+    return result
+
+
+def _cuts(folder: Path, clips: list[Clip], windows: list[dict], config: RunConfig, probes: VideoProbes,
+          result: Curation) -> None:
+    """Cuts of the sampled clips (as the plan found them: its cache) and the windows without shots they run through."""
+    cache = ShotCache(folder)
+    for clip in clips:
+        info = VideoInfo(clip.fps, clip.num_frames) if clip.fps and clip.num_frames else probes(clip.video_path)
+        start, end = clip_frames(clip, info)
+        cuts = cache.get(clip.video_path, start, end, config.shots) or []
+        result.frames_decoded_for_shots += end - start
+        result.cuts += len(cuts)
+        result.windows_across_cuts += sum(
+            any(window["frame_indices"][0] < cut <= window["frame_indices"][-1] for cut in cuts)
+            for window in windows if window["clip_id"] == clip.clip_id)
+
+
+def _try_stages(stages: list, windows: list[dict], thresholds: dict[str, float | None], result: Curation) -> None:
+    """The pipeline's stages up to its last curation stage, in this process, on up to
+    ``SAMPLE_WINDOWS_PER_CLIP`` windows of each sampled clip, ``SAMPLE_BATCH`` at a time; the figures
+    the rules judge, with each rule's ``thresholds`` (None: off)."""
+    last = max(i for i, stage in enumerate(stages) if isinstance(stage, CURATION_STAGES))
+    stages = stages[: last + 1]
+    by_clip: dict[str, list[dict]] = defaultdict(list)
+    for window in windows:
+        by_clip[window["clip_id"]].append(window)
+    sample = []
+    for clip_windows in by_clip.values():
+        keep = np.unique(np.linspace(0, len(clip_windows) - 1, min(SAMPLE_WINDOWS_PER_CLIP, len(clip_windows)))
+                         .round().astype(int))
+        sample += [new_unit_row(clip_windows[i]) for i in keep]
+    result.windows_tried = len(sample)
+    for stage in stages:
+        stage.setup()
+    seen: Counter = Counter()
+    values: dict[str, list[float]] = defaultdict(list)
+    figures = set(RULE_FIGURES.values())
+    for first in range(0, len(sample), SAMPLE_BATCH):
+        rows = sample[first : first + SAMPLE_BATCH]
+        for stage in stages:
+            healthy = [row for row in rows if not row["drop_kind"]]
+            seen[stage.name] += len(healthy)
+            apply_stage(rows, stage)
+            for row in healthy:  # the figures this stage measured, of the windows it kept and of those it dropped
+                dropped = Dropped.of_row(row)
+                if dropped is None:
+                    for column in figures.intersection(stage.columns):
+                        values[column.name].append(float(row[column.name]))
+                elif dropped.reason in RULE_FIGURES and dropped.value is not None:
+                    values[RULE_FIGURES[dropped.reason].name].append(dropped.value)
+        for row in rows:
+            dropped = Dropped.of_row(row)
+            if dropped is not None:
+                _count(result, dropped, seen[dropped.stage])
+    for rule in result.rules.values():  # the stage's whole sample, now that every batch is through
+        rule["of"] = seen.get(rule["stage"], rule["of"])
+    result.figures = {name: {"n": len(found), "min": min(found), "median": statistics.median(found),
+                             "max": max(found), "threshold": thresholds.get(name)}
+                      for name, found in values.items() if found}
+
+
+def _count(result: Curation, dropped: Dropped, of: int) -> None:
+    if dropped.kind == FILTERED:
+        entry = result.rules.setdefault(dropped.reason, {"stage": dropped.stage, "dropped": 0, "of": of})
+        entry["dropped"] += 1
+    else:
+        result.errors[dropped.reason] = result.errors.get(dropped.reason, 0) + 1
+
+
+def _render_curation(curation: dict, window_len: int, console: Console) -> None:
+    title = f"curation rules on a sample of {curation['clips']:,} of {curation['of_clips']:,} usable clips"
+    if curation["note"]:
+        console.print(f"{title}: {curation['note']}")
+        return
+    lines = []
+    if curation["frames_decoded_for_shots"]:
+        lines.append(f"shots: decoded every frame of the sampled clips ({curation['frames_decoded_for_shots']:,} "
+                     f"frames): cuts found {curation['cuts']:,}; {curation['windows_across_cuts']:,} of their "
+                     f"{curation['windows_without_shots']:,} windows of {window_len} planned over whole clips span "
+                     f"a cut; planned inside shots they hold {curation['windows_inside_shots']:,}")
+    if curation["windows_tried"]:
+        lines.append(f"alignment and quality rules: {curation['windows_tried']:,} windows decoded and run through "
+                     f"the stages up to the last rule (at most {SAMPLE_WINDOWS_PER_CLIP} a clip)")
+    console.print("\n".join([title, *lines]))
+    if curation["rules"] or curation["errors"]:
+        table = Table(title="what each rule drops in the sample")
+        for column in ("rule", "stage", "dropped", "of"):
+            table.add_column(column, justify="left" if column in ("rule", "stage") else "right")
+        for rule, entry in sorted(curation["rules"].items()):
+            table.add_row(rule, entry["stage"], f"{entry['dropped']:,}", f"{entry['of']:,}")
+        for error, count in sorted(curation["errors"].items()):
+            table.add_row(f"{error} (error)", "", f"{count:,}", "")
+        console.print(table)
+    if curation["figures"]:
+        table = Table(title="figures the rules judge, sampled windows")
+        for column in ("figure", "windows", "min", "median", "max", "threshold"):
+            table.add_column(column, justify="left" if column == "figure" else "right")
+        for name, figure in sorted(curation["figures"].items()):
+            threshold = "off" if figure["threshold"] is None else f"{figure['threshold']:g}"
+            table.add_row(name, f"{figure['n']:,}", f"{figure['min']:.4g}", f"{figure['median']:.4g}",
+                          f"{figure['max']:.4g}", threshold)
+        console.print(table)
 
 
 #: Released windows whose traces ``magma-data check`` reads to see how far they reach.

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import click
 
+from magma_data.check import DEFAULT_SAMPLE_CLIPS, SAMPLE_WINDOWS_PER_CLIP
 from magma_data.config import ConfigValueError, RunConfig, parse_assignments
 from magma_data.pipelines import PIPELINES
 from magma_data.sources import available_sources, load_manifest
 from magma_data.export import EXPORT_FORMATS
+from magma_data.stages.shots import ShotsUnavailable
+from magma_data.stages.text_alignment import AlignmentUnavailable
 from magma_data.stages.track import TRACKERS, TrackConfig, TrackerUnavailable
 
 #: Exit status of a run that finished but turned some units into error rows (see errors/).
@@ -64,6 +67,9 @@ def main(verbose: bool) -> None:
 @click.option("--tracker", type=Registered(TRACKERS, "auto"),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="CoTracker3 weights (scaled_offline.pth).")
+@click.option("--clip-checkpoint", type=click.Path(path_type=Path),
+              help="A CLIP model folder (transformers CLIPModel + processor, e.g. openai/clip-vit-large-patch14-336): "
+                   "drop windows whose frames do not match their text before tracking (default: off).")
 @click.option("--precision", type=click.Choice(typing.get_args(typing.get_type_hints(TrackConfig)["precision"])),
               help="Tracker precision on GPU (default fp32).")
 @click.option("--grid-size", type=int, help="Query grid is N x N points (default 15).")
@@ -81,8 +87,9 @@ def main(verbose: bool) -> None:
 @click.option("--num-cpus", type=int, help="CPUs for the embedded local Ray.")
 @click.option("--overwrite", is_flag=True, help="Delete this source's earlier output in --output and start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs, CI).")
-def run(pipeline, source, root, videos, output, tracker, checkpoint, precision, grid_size, window_len, window_stride, fps,
-        height, seed, limit, batch_size, rows_per_shard, assignments, ray_address, num_cpus, overwrite, no_progress):
+def run(pipeline, source, root, videos, output, tracker, checkpoint, clip_checkpoint, precision, grid_size, window_len,
+        window_stride, fps, height, seed, limit, batch_size, rows_per_shard, assignments, ray_address, num_cpus,
+        overwrite, no_progress):
     """Run PIPELINE on a source and write Parquet shards, errors, filtered units and a dataset card to --output.
 
     Exit status: 0 when every unit became a row or was filtered by a rule of the recipe, 3 when
@@ -101,6 +108,7 @@ def run(pipeline, source, root, videos, output, tracker, checkpoint, precision, 
         "decode": {"height": height},
         "track": {"tracker": tracker, "grid_size": grid_size, "batch_size": batch_size, "precision": precision,
                   "checkpoint": str(checkpoint) if checkpoint else None},
+        "alignment": {"checkpoint": str(clip_checkpoint) if clip_checkpoint else None},
         "sink": {"rows_per_shard": rows_per_shard},
     }
     config = _run_config(RunConfig(pipeline=pipeline, source=source), manifest, seed, limit,
@@ -112,7 +120,7 @@ def run(pipeline, source, root, videos, output, tracker, checkpoint, precision, 
                          notify=lambda message: click.echo(message, err=True))
     try:
         summary = run_pipeline(config, options)
-    except TrackerUnavailable as error:
+    except (TrackerUnavailable, AlignmentUnavailable, ShotsUnavailable) as error:  # weights or packages missing
         raise RefusedUsage(str(error)) from None
     except RunInterrupted as interrupted:
         click.echo(f"interrupted: {interrupted}", err=True)
@@ -167,23 +175,40 @@ def _run_config(config: RunConfig, manifest, seed: int, limit: int | None, optio
 @click.option("--videos", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folders of your own videos (--input magma_video_tom; repeatable).")
 @click.option("--window-len", type=int, default=16, show_default=True, help="Frames (or robot steps) per window.")
+@click.option("--clip-checkpoint", type=click.Path(path_type=Path),
+              help="The CLIP model folder the run will take: try text alignment on the sample.")
+@click.option("--set", "assignments", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Config fields as the run will take them (e.g. --set shots.enabled=true); repeatable.")
+@click.option("--sample-clips", type=click.IntRange(min=0), default=DEFAULT_SAMPLE_CLIPS, show_default=True,
+              help="Clips (evenly spaced) decoded to try the curation rules that need frames: shot detection "
+                   f"decodes each whole; alignment and quality rules run on up to {SAMPLE_WINDOWS_PER_CLIP} windows "
+                   "of each (the quality rules track them). 0 decodes nothing.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
-def check(source, root, videos, window_len, report_path):
+def check(source, root, videos, window_len, clip_checkpoint, assignments, sample_clips, report_path):
     """Validate a source before any tracking time is spent.
 
     Reads the metadata as a run would, probes every video's header, and reports clips, videos,
     windows, missing or unreadable videos, clips shorter than a window, frame-rate outliers and
-    empty text. Exit status: 0 when some clip is usable, 1 when nothing is (or the source cannot
-    be read), 2 on a usage error.
+    empty text. With curation rules on (the source's defaults, or --set / --clip-checkpoint), it
+    tries them on --sample-clips clips and counts what each rule drops. Exit status: 0 when some
+    clip is usable, 1 when nothing is (or the source cannot be read), 2 on a usage error.
     """
     from magma_data.check import run_check
 
     _manifest(source)
     try:
+        overrides = parse_assignments(assignments)
+        if clip_checkpoint:
+            overrides.setdefault("alignment", {})["checkpoint"] = str(clip_checkpoint)
         report = run_check(source, root, window_len=window_len, report_path=report_path,
-                           source_options=source_options(videos), notify=lambda message: click.echo(message, err=True))
+                           source_options=source_options(videos), notify=lambda message: click.echo(message, err=True),
+                           overrides=overrides, sample_clips=sample_clips)
     except ConfigValueError as error:
-        raise RefusedUsage(f"--window-len: {error}") from None
+        given = next((f"--set {a}" for a in assignments if a.partition("=")[0].strip() == error.field_name),
+                     "--window-len")
+        raise RefusedUsage(f"{given}: {error}") from None
+    except (TrackerUnavailable, AlignmentUnavailable, ShotsUnavailable) as error:
+        raise RefusedUsage(str(error)) from None
     except (FileNotFoundError, ValueError, ImportError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -200,12 +225,13 @@ def source_options(videos: tuple[Path, ...]) -> dict:
 @main.command()
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--count", default=12, show_default=True, help="Windows on the contact sheet.")
-@click.option("--sheet", type=click.Path(path_type=Path), help="PNG to write (default: OUTPUT/show/contact_sheet.png).")
+@click.option("--sheet", type=click.Path(path_type=Path), help="PNG to write (default: OUTPUT/show/contact_sheet.png); "
+              "the score distributions go beside it as scores.png, when the curation stages ran.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of a table.")
 def show(output, count, sheet, as_json):
     """Statistics of a run's output and a contact sheet of SoM images with their moving traces."""
     from magma_data.progress import console
-    from magma_data.show import contact_sheet, dataset_stats, output_sources, stats_json, stats_tables
+    from magma_data.show import contact_sheet, dataset_stats, output_sources, score_plots, stats_json, stats_tables
 
     if not output_sources(output):
         raise RefusedUsage(f"{output} holds no magma-data output (no .magma/ or data/ folder); point it at the "
@@ -221,6 +247,9 @@ def show(output, count, sheet, as_json):
         return
     path = contact_sheet(output, count, sheet or output / "show" / "contact_sheet.png")
     click.echo(f"contact sheet: {path}", err=True)
+    scores = score_plots(output, (sheet.parent if sheet else output / "show") / "scores.png")
+    if scores is not None:
+        click.echo(f"score distributions (clip_score, mean motion, invisible share): {scores}", err=True)
 
 
 @main.command()

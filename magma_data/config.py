@@ -42,16 +42,22 @@ from magma_data.stages.camera import CameraConfig
 from magma_data.stages.decode import DecodeConfig
 from magma_data.stages.marks import MarksConfig
 from magma_data.stages.plan import PlanConfig
+from magma_data.stages.quality import QualityConfig
 from magma_data.stages.released_traces import ReleasedConfig
 from magma_data.stages.render import RenderConfig
+from magma_data.stages.shots import ShotsConfig
+from magma_data.stages.text_alignment import AlignmentConfig
 from magma_data.stages.track import TrackConfig, tracks_from_source
 
-#: Fields that change how fast a run goes or where its input lies, not what it writes.
-NOT_HASHED = ("track.batch_size", "track.device", "track.checkpoint", "root", "videos")
+#: Fields that change how fast a run goes or where its input lies, not what it writes (the
+#: weights a checkpoint holds are hashed as their digest: ``tracker_weights``, ``alignment_weights``).
+NOT_HASHED = ("track.batch_size", "track.device", "track.checkpoint", "alignment.checkpoint", "alignment.batch_size",
+              "alignment.device", "root", "videos")
 
 #: The format ``to_json`` writes. A config.json without ``format_version`` is format 1 (before
-#: ``root`` and ``videos`` were recorded); ``migrated`` reads every format up to this one.
-CONFIG_FORMAT = 2
+#: ``root`` and ``videos`` were recorded); format 3 added the curation sections (``ADDED``);
+#: ``migrated`` reads every format up to this one.
+CONFIG_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,17 @@ class Added:
 
 #: Fields added since format 1, oldest first; a new field whose ``before`` value is not its
 #: default still loads old folders right: their config.json lacks it and gets ``before``.
-ADDED: tuple[Added, ...] = ()
+ADDED: tuple[Added, ...] = (
+    # the curation stages (issue 18), each off before it existed
+    Added("shots", 3, ShotsConfig()),
+    Added("alignment", 3, AlignmentConfig()),
+    Added("alignment_weights", 3, ""),
+    Added("quality", 3, QualityConfig()),
+)
+
+#: Sections of stages a pipeline leaves out while they are off (``enabled`` false): their other
+#: fields then change no row, so the hash leaves the whole section out.
+OPTIONAL_SECTIONS = ("shots", "alignment", "quality")
 
 
 @dataclass(frozen=True)
@@ -85,8 +101,15 @@ class RunConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     action: ActionConfig = field(default_factory=ActionConfig)  # robot pipelines only
     released: ReleasedConfig = field(default_factory=ReleasedConfig)  # Magma's released traces only
+    #: curation (off unless a manifest or the user turns them on): windows inside shots, CLIP
+    #: text-frame alignment before tracking, quality rules after it
+    shots: ShotsConfig = field(default_factory=ShotsConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     tracker_weights: str = ""  # digest of the tracker's weights (stages.track.resolve_tracker), when it has any
+    #: digest of the CLIP weights (stages.text_alignment.checkpoint_digest), when alignment is on
+    alignment_weights: str = ""
     #: the folder the source was read from (``--root``, or the release found inside it); rows name
     #: their video relative to it (``video_file``). Set by the run, not hashed.
     root: str | None = None
@@ -133,6 +156,9 @@ class RunConfig:
             _pop(data, name)
         if not tracks_from_source(self.track):  # only runs on released traces read the section
             data.pop("released")
+        for section in OPTIONAL_SECTIONS:
+            if not getattr(self, section).enabled:
+                data.pop(section)
         for added in ADDED:
             if _get(data, added.name) == _plain(added.before):
                 _pop(data, added.name)

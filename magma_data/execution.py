@@ -19,7 +19,7 @@ import contextvars
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -89,7 +89,7 @@ def apply_stage(rows: list[Row], stage: Stage) -> None:
         retry = []
         for row, result in zip(pending, stage.process(pending) if pending else []):
             if isinstance(result, Filtered):
-                row.update(Dropped(FILTERED, stage.name, result.rule, result.message).columns())
+                row.update(Dropped(FILTERED, stage.name, result.rule, result.message, value=result.value).columns())
             elif not isinstance(result, BaseException):
                 row.update(result)
             elif isinstance(result, TRANSIENT_ERRORS) and attempt < MAX_ATTEMPTS:
@@ -130,13 +130,14 @@ class StageActor:
         return run_stage(batch, self.stage)
 
 
-def map_stage(windows, stage: Stage, batch_size: int, placement: Placement, num_cpus: float = 1.0):
+def map_stage(windows, stage: Stage, batch_size: int, placement: Placement, num_cpus: float = 1.0,
+              gpu_share: float = 1.0):
     """``stage`` over ``windows`` as one ``map_batches``, with bounded retries: the one place a placement
     becomes Ray's resources.
 
     "tasks": plain Ray tasks, which Ray fuses with the neighbouring task steps. "actors": a pool of
-    ``StageActor``, each loading the stage's model once: one actor per GPU, each holding one, on a
-    cluster with GPUs; one actor on CPU otherwise.
+    ``StageActor``, each loading the stage's model once: one actor per GPU, each holding
+    ``gpu_share`` of it, on a cluster with GPUs; one actor on CPU otherwise.
     """
     import ray
 
@@ -146,9 +147,37 @@ def map_stage(windows, stage: Stage, batch_size: int, placement: Placement, num_
     gpus = int(ray.cluster_resources().get("GPU", 0))
     return windows.map_batches(
         StageActor, fn_constructor_args=(stage,), batch_size=task_batch_size(batch_size),
-        num_gpus=1.0 if gpus else 0.0, num_cpus=num_cpus, compute=ray.data.ActorPoolStrategy(size=max(gpus, 1)),
+        num_gpus=gpu_share if gpus else 0.0, num_cpus=num_cpus, compute=ray.data.ActorPoolStrategy(size=max(gpus, 1)),
         **ACTOR_ARGS,
     )
+
+
+class RemoteCalls:
+    """Calls a function in a Ray task and waits for its answer: planning work that decodes (shot
+    detection) runs on the cluster's CPUs, in worker processes, while the planner's threads wait.
+
+    ``slots`` is how many such calls the cluster runs at once (its CPUs): the planner keeps that
+    many in flight. An exception the function raises is raised here as it was raised there; a task
+    whose worker died is retried ``TASK_RETRIES`` times, then raises Ray's error.
+    """
+
+    def __init__(self):
+        import ray
+
+        self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._remote = ray.remote(_call).options(num_cpus=1, max_retries=TASK_RETRIES)
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(self._remote.remote(function, *args))
+        except ray.exceptions.RayTaskError as error:
+            raise error.cause from None
+
+
+def _call(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
 
 
 def new_unit_row(plan_row: dict[str, Any]) -> Row:

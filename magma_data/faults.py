@@ -6,6 +6,7 @@ run``. Unset (the normal case) every call below is one dictionary lookup. Points
 within this process (so a point is reached whatever order Ray returns windows in, and whatever
 an earlier run committed):
 
+- ``shots_cached:N``   planning: the cuts of the N-th clip span this run detected are in the shot cache
 - ``during_stream:N``  the N-th finished row reached the shard collector (other windows are in flight)
 - ``during_write:N``   the N-th shard this run writes is on disk under its temporary name, not renamed
 - ``before_ledger:N``  the N-th shard is renamed into place, the ledger does not record it yet

@@ -29,6 +29,8 @@ from magma_data.schema import features
 from magma_data.sink import OutputFolder, ShardCollector, ShardPlan
 from magma_data.sources import load_manifest, open_source
 from magma_data.sources.base import Source, refuse_paths_outside, relative_video_paths
+from magma_data.stages.shots import require_scenedetect
+from magma_data.stages.text_alignment import check_checkpoint, checkpoint_digest
 from magma_data.stages.track import resolve_tracker
 from magma_data.summary import RunSummary, write_summary
 
@@ -55,22 +57,34 @@ class RunOptions:
 
 def resolve(config: RunConfig) -> tuple[RunConfig, str]:
     """The config a run executes and hashes: ``auto`` made the tracker that will run, its weights'
-    digest in ``tracker_weights``; and the line that says so. Resolving twice changes nothing."""
+    digest in ``tracker_weights``; the CLIP checkpoint checked and its weights' digest in
+    ``alignment_weights``; scenedetect found when shots are on; and the line that names the
+    tracker. Each check fails before any work, saying what to do. Resolving twice changes nothing."""
     tracker = resolve_tracker(config.track)
-    return dataclasses.replace(config, track=tracker.config, tracker_weights=tracker.weights_digest), tracker.note
+    if config.shots.enabled:
+        require_scenedetect()
+    alignment_weights = ""
+    if config.alignment.enabled:
+        alignment_weights = checkpoint_digest(check_checkpoint(config.alignment.checkpoint))
+    config = dataclasses.replace(config, track=tracker.config, tracker_weights=tracker.weights_digest,
+                                 alignment_weights=alignment_weights)
+    return config, tracker.note
 
 
 def run(config: RunConfig, options: RunOptions) -> RunSummary:
     started = time.perf_counter()
+    notify = options.notify or log.info
     config, note = resolve(config)
-    (options.notify or log.info)(note)
+    notify(note)
     pipeline = load_pipeline(config.pipeline)
-    source = open_source(load_manifest(config.source), options.root, notify=options.notify or log.info,
-                         **options.source_options)
+    source = open_source(load_manifest(config.source), options.root, notify=notify, **options.source_options)
+    for line in pipeline.check(source, config):  # what runs besides the tracker (curation), or a refusal
+        notify(line)
     roots = source.video_roots()
     config = dataclasses.replace(config, root=str(source.root),
                                  videos=tuple(str(folder) for folder in roots if folder != Path(source.root)))
-    context = PlanContext(output=options.output, connect_ray=lambda: init_ray(options.ray_address, options.num_cpus))
+    context = PlanContext(output=options.output, overwrite=options.overwrite,
+                          connect_ray=lambda: init_ray(options.ray_address, options.num_cpus))
     units = relative_video_paths(refuse_paths_outside(pipeline.plan(source, config, context), roots), roots)
     if not units:
         raise RuntimeError(f"source {config.source!r} planned no units under {options.root}; "

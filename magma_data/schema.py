@@ -17,7 +17,7 @@ from datasets import Features, Image, List, Value
 from magma_data.stages.base import Column
 
 #: The order of column groups in a shard and in the docs; within a group, the pipeline's order.
-GROUPS = ("identity", "text", "images", "image size", "traces", "camera", "marks", "ToM", "robot")
+GROUPS = ("identity", "text", "images", "image size", "traces", "camera", "quality", "marks", "ToM", "robot")
 
 _UNIT = {
     "unit_id": Value("string"),
@@ -30,9 +30,10 @@ _UNIT = {
 #: A unit that failed: where, why, after how many tries (``magma_data.dropped.record``).
 ERROR_FEATURES = Features({**_UNIT, "stage": Value("string"), "error_class": Value("string"),
                            "message": Value("string"), "attempt": Value("int32"), "config_hash": Value("string")})
-#: A unit a rule of the recipe dropped on purpose, and the rule.
-FILTERED_FEATURES = Features({**_UNIT, "rule": Value("string"), "message": Value("string"),
-                              "config_hash": Value("string")})
+#: A unit a rule of the recipe dropped on purpose: the rule, the figure it judged (null where it
+#: judged none; files written before the column existed lack it, and read it as null) and why.
+FILTERED_FEATURES = Features({**_UNIT, "rule": Value("string"), "value": Value("float64"),
+                              "message": Value("string"), "config_hash": Value("string")})
 
 
 class SchemaMismatch(ValueError):

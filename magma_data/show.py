@@ -3,7 +3,10 @@
 Prints per-source statistics (rows, errors by class, filtered units by rule, how often camera
 compensation fired and how well it fitted, marks and ToM coverage) and draws a contact sheet:
 each SoM image with the traces of its moving marks, as Magma's visualisation shows them, so a bad
-threshold or a drifting tracker is visible at a glance.
+threshold or a drifting tracker is visible at a glance. Where the curation stages ran, it also
+plots the distribution of each figure their rules judge (``clip_score``, ``mean_motion_px``,
+``invisible_fraction``): the kept rows, the windows the rule filtered (their ``value`` in
+``filtered/``), and the run's threshold, so a threshold is set by looking at what it cuts.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from magma_data.config import RunConfig
 from magma_data.dropped import ERROR, FILTERED
-from magma_data.outputs import STATE
+from magma_data.outputs import STATE, source_outputs
 from magma_data.parquet_writer import DATA, table_files
+from magma_data.stages import quality, text_alignment
 
 STAT_COLUMNS = ["camera_motion", "homography_ok", "inlier_ratio", "mark_ids", "mark_positive", "tom_steps", "tracker"]
 
@@ -111,6 +117,59 @@ def contact_sheet(root: Path, count: int, destination: Path, columns: int = 4, t
         sheet.paste(picture, ((i % columns) * cell_width, (i // columns) * thumb_height))
     destination.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(destination)
+    return destination
+
+
+#: The figure each curation rule judges (a filtered row's ``value``), by rule.
+RULE_FIGURES = {**text_alignment.RULE_FIGURES, **quality.RULE_FIGURES}
+SCORES = tuple(dict.fromkeys(column.name for column in RULE_FIGURES.values()))
+
+
+def score_values(root: Path, source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each curation figure a source's rows hold: (the kept rows' values, the filtered windows' values)."""
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    data = table_files(root, source, DATA)
+    present = set(pq.read_schema(data[0]).names) if data else set()
+    filtered = [pq.read_table(path) for path in table_files(root, source, FILTERED)]
+    filtered = [table for table in filtered if "value" in table.column_names]  # files older than the column: none
+    for name in SCORES:
+        if name not in present:
+            continue
+        kept = pq.read_table(data, columns=[name])[name].to_numpy().astype(np.float64)
+        rules = pa.array([rule for rule, column in RULE_FIGURES.items() if column.name == name])
+        dropped = [table.filter(pc.is_in(table["rule"], rules))["value"] for table in filtered]
+        values = np.concatenate([column.drop_null().to_numpy() for column in dropped] or [np.zeros(0)])
+        found[name] = (kept, values.astype(np.float64))
+    return found
+
+
+def score_plots(root: Path, destination: Path) -> Path | None:
+    """A PNG of histograms, one row per source and one column per figure it has; None when no source has any."""
+    from matplotlib.figure import Figure
+
+    configs = {output.source: output.config for output in source_outputs(root)}
+    panels = [(source, name, values) for source in output_sources(root)
+              for name, values in score_values(root, source).items()]
+    if not panels:
+        return None
+    figure = Figure(figsize=(4.5 * min(len(panels), 3), 3.2 * -(-len(panels) // 3)), layout="constrained")
+    for index, (source, name, (kept, dropped)) in enumerate(panels):
+        axes = figure.add_subplot(-(-len(panels) // 3), min(len(panels), 3), index + 1)
+        both = np.concatenate([kept, dropped])
+        bins = np.histogram_bin_edges(both, bins=30) if both.size else 10
+        axes.hist([kept, dropped], bins=bins, stacked=True, color=["tab:blue", "tab:red"],
+                  label=[f"rows ({kept.size})", f"filtered ({dropped.size})"])
+        config = configs.get(source, RunConfig())
+        threshold = {**text_alignment.figure_thresholds(config.alignment),
+                     **quality.figure_thresholds(config.quality)}[name]
+        if threshold is not None:
+            axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
+        axes.set_title(f"{source}: {name}")
+        axes.set_xlabel(name)
+        axes.set_ylabel("windows")
+        axes.legend(fontsize="small")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(destination, dpi=100)
     return destination
 
 

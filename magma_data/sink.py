@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -189,9 +188,15 @@ class OutputFolder:
         self.shards_committed = 0  # by this process; the crash test hook counts them
 
     def _clear(self) -> None:
+        """Every shard file, the ledger and the config. The state planning keeps in folders of its own
+        beside them (shot cuts) is the planner's: it emptied them itself before this run planned
+        (``PlanContext.state``), and what it wrote since is this run's."""
         for path in list(self.writer.files()):
             path.unlink()
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.state_dir.is_dir():
+            for path in self.state_dir.iterdir():
+                if not path.is_dir():
+                    path.unlink()
 
     def committed_shards(self) -> dict[int, dict]:
         return self.ledger.committed()

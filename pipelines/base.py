@@ -13,6 +13,7 @@ its rows); none compares its name.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from magma_data.config import RunConfig
-from magma_data.execution import map_stage
+from magma_data.execution import RemoteCalls, map_stage
+from magma_data.outputs import STATE
 from magma_data.registry import Registry
 from magma_data.sources.base import Source
 from magma_data.stages.base import Column, Placement, Stage
@@ -36,19 +38,18 @@ class StageSpec:
 
     ``batch_size``: windows a Ray batch hands the stage (a model stage's actors fill their own
     batches from it). ``placement``: "tasks" or "actors" (``stages.base.Placement``); ``num_cpus``
-    per task or actor. ``redraw``: ``magma-train --redraw-marks`` runs the stage again on stored
-    rows (the marks stage and those after it, which need only the stored traces and image).
+    per task or actor; ``gpu_share``: the share of one GPU each actor holds on a cluster with GPUs
+    (two model stages share each GPU: their shares add up to 1). ``redraw``: ``magma-train
+    --redraw-marks`` runs the stage again on stored rows (the marks stage and those after it, which
+    need only the stored traces and image).
     """
 
     stage: Stage
     batch_size: int
     placement: Placement = "tasks"
     num_cpus: float = 1.0
+    gpu_share: float = 1.0
     redraw: bool = False
-
-
-def _no_ray() -> None:
-    """Planning outside a run (``magma-data check``, tests): nothing to connect."""
 
 
 @dataclass
@@ -56,24 +57,48 @@ class PlanContext:
     """What planning may use besides the source and the config.
 
     ``output``: the run's output folder, where planning keeps what it computes once and a resumed
-    run finds again (oxe_tom's action statistics); None keeps nothing (``magma-data check``).
-    ``probes``: container reads of the videos, shared with the caller (``check`` reports the frame
-    rates the planner read). ``connect_ray``: connects this process to the run's Ray (the cluster,
-    or an embedded one) for planning work that runs on it. ``seen``: when a list, every unit the
-    source hands the planner through ``units`` is kept in it (``check`` counts them).
+    run finds again (oxe_tom's action statistics, video_tom's shot cuts); None keeps nothing
+    (``magma-data check``). ``overwrite``: the run starts over (``--overwrite``), so what earlier
+    runs kept for planning is thrown away first. ``probes``: container reads of the videos, shared
+    with the caller (``check`` reports the frame rates the planner read). ``connect_ray``: connects
+    this process to the run's Ray (the cluster, or an embedded one) for planning work that runs on
+    it; None (``check``, tests): such work runs in this process. ``seen``: when a list, every unit
+    the source hands the planner through ``units`` is kept in it (``check`` counts them).
+    ``keep``: when given, the planner sees only the units it answers true for (``check``'s sample).
     """
 
     output: Path | None = None
+    overwrite: bool = False
     probes: VideoProbes = field(default_factory=VideoProbes)
-    connect_ray: Callable[[], None] = _no_ray
+    connect_ray: Callable[[], None] | None = None
     seen: list | None = None
+    keep: Callable[[Any], bool] | None = None
 
     def units(self, source: Source) -> Iterator[Any]:
         """The source's units, in its order: what a planner reads (``seen`` keeps them when asked)."""
         for unit in source.clips():
+            if self.keep is not None and not self.keep(unit):
+                continue
             if self.seen is not None:
                 self.seen.append(unit)
             yield unit
+
+    def state(self, source: Source, name: str) -> Path | None:
+        """The folder where planning keeps ``name`` for ``source`` (``.magma/<source>/<name>/`` of the
+        output, beside the ledger), emptied first when the run overwrites; None without an output."""
+        if self.output is None:
+            return None
+        folder = Path(self.output) / STATE / source.name / name
+        if self.overwrite:
+            shutil.rmtree(folder, ignore_errors=True)
+        return folder
+
+    def remote_calls(self) -> RemoteCalls | None:
+        """Ray tasks for planning work that decodes, once connected; None where planning has no Ray."""
+        if self.connect_ray is None:
+            return None
+        self.connect_ray()
+        return RemoteCalls()
 
 
 class Pipeline(ABC):
@@ -85,6 +110,12 @@ class Pipeline(ABC):
     #: formats of ``magma-data export`` that cannot hold this pipeline's rows, with the reason (every
     #: other registered format can)
     refused_exports: ClassVar[Mapping[str, str]] = {}
+
+    def check(self, source: Source, config: RunConfig) -> list[str]:
+        """Before any work: refuse what this pipeline cannot run on ``source`` (``ValueError`` saying
+        what to change), and say what it decided, in the lines a run prints (which optional stages
+        run). ``plan`` refuses the same."""
+        return []
 
     @abstractmethod
     def plan(self, source: Source, config: RunConfig, context: PlanContext | None = None) -> list[dict]:
@@ -109,7 +140,7 @@ class Pipeline(ABC):
     def build(self, windows: ray.data.Dataset, config: RunConfig, source: Source | None = None) -> ray.data.Dataset:
         """The Ray Data graph from planned windows to finished rows: each spec, in order, as ``map_stage`` places it."""
         for spec in self.stage_specs(config, source):
-            windows = map_stage(windows, spec.stage, spec.batch_size, spec.placement, spec.num_cpus)
+            windows = map_stage(windows, spec.stage, spec.batch_size, spec.placement, spec.num_cpus, spec.gpu_share)
         return windows
 
 

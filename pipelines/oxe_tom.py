@@ -23,6 +23,7 @@ from magma_data.sources.robot import RobotSource
 from magma_data.stages.action_tokens import ActionTokensStage
 from magma_data.stages.camera import CameraStage
 from magma_data.stages.marks import MarksStage
+from magma_data.stages.quality import QualityStage, quality_note
 from magma_data.stages.render import RenderStage
 from magma_data.stages.robot_frames import RobotFramesStage
 from magma_data.stages.robot_plan import ROBOT_PLAN_COLUMNS, plan_episodes
@@ -36,24 +37,34 @@ class OxeTom(Pipeline):
     refused_exports = {"magma-video-tom": "Magma-Video-ToM holds video windows only (Magma-OXE-ToM's record layout "
                                           "is not established): use --format llava"}
 
-    def plan(self, source: Source, config: RunConfig, context: PlanContext | None = None) -> list[dict]:
-        """The windows of every episode; statistics kept in the output folder (none: computed, not kept)."""
-        context = context or PlanContext()
+    def check(self, source: Source, config: RunConfig) -> list[str]:
         if not isinstance(source, RobotSource):
             raise ValueError(f"source {source.name!r} holds no robot episodes; oxe_tom reads a robot source "
                              "(--input oxe)")
+        if config.shots.enabled or config.alignment.enabled:
+            raise ValueError("an episode has no camera cuts and Magma filtered no robot window by CLIP: shots and "
+                             "text alignment are video_tom's; leave shots.enabled and alignment.checkpoint "
+                             "(--clip-checkpoint) out (the quality rules do apply)")
+        return [quality_note(config.quality)] if config.quality.enabled else []
+
+    def plan(self, source: Source, config: RunConfig, context: PlanContext | None = None) -> list[dict]:
+        """The windows of every episode; statistics kept in the output folder (none: computed, not kept)."""
+        context = context or PlanContext()
+        self.check(source, config)
         path = Path(context.output) / STATISTICS_FILE if context.output is not None else None
         statistics = StatisticsFile(path, source.dataset_statistics, source.fingerprint, config.action.normalize)
         return plan_episodes(context.units(source), source.name, config.plan, statistics, limit=config.limit)
 
     def stage_specs(self, config: RunConfig, source: Source | None = None) -> list[StageSpec]:
         track = TrackStage(config.track)
+        quality = [QualityStage(config.quality, config.marks)] if config.quality.enabled else []
         return [
             # Frames exist only between the frame read and track; a reader reads an episode once per worker.
             StageSpec(RobotFramesStage(config.decode, source), batch_size=16),
             # GPU actors (CoTracker3), or tasks fused with the frame reader (Lucas-Kanade): the tracker's say
             StageSpec(track, batch_size=track.batch_size, placement=track.placement),
             StageSpec(CameraStage(config.camera), batch_size=16),
+            *(StageSpec(stage, batch_size=16) for stage in quality),  # the quality rules, when any is on
             StageSpec(MarksStage(config.marks, seed=config.seed), batch_size=16, redraw=True),
             StageSpec(RenderStage(config.render), batch_size=16, redraw=True),
             StageSpec(ActionTokensStage(config.action), batch_size=64, redraw=True),

@@ -3,8 +3,9 @@
 #   scripts/setup.sh            the tool and its demo
 #   scripts/setup.sh --cluster  also what a Ray cluster's nodes need (ray[default]: the job server)
 #   scripts/setup.sh --test     also the test tools, the Open-X extra (TensorFlow), the train extra
-#                               (magma-train: transformers, safetensors, tokenizers) and the cluster
-#                               extra, as CI uses
+#                               (magma-train: transformers, safetensors, tokenizers), the curate extra
+#                               (shot boundaries and CLIP alignment: scenedetect, transformers) and the
+#                               cluster extra, as CI uses
 # Every pip call takes constraints.txt: any spec that admits a newer torch would pull several GB
 # of CUDA packages onto a CPU machine. Re-running is quick: nothing is reinstalled unless
 # pyproject.toml, constraints.txt or the chosen extras changed.
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 extras="."
 [[ "${1:-}" == "--cluster" ]] && extras=".[cluster]"
-[[ "${1:-}" == "--test" ]] && extras=".[test,oxe,train,cluster]"
+[[ "${1:-}" == "--test" ]] && extras=".[test,oxe,train,curate,cluster]"
 
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then

@@ -95,13 +95,16 @@ class StageError(Exception):
 class Filtered:
     """A stage's answer for a row that a rule of the recipe drops on purpose (not an error).
 
-    ``rule`` names the rule (the filtered table's ``rule``), ``message`` says why, with the value
-    that decided it ("CLIP similarity 0.12 below 0.25"). The executor records the row as
-    ``Dropped("filtered", stage, rule, message)``; it goes to the filtered table, never the data.
+    ``rule`` names the rule (the filtered table's ``rule``), ``message`` says why in words the user
+    can act on ("CLIP similarity 0.12 below 0.25"), ``value`` is the figure the rule judged (the
+    filtered table's ``value``; None where it judged none). The executor records the row as
+    ``Dropped("filtered", stage, rule, message, value=value)``; it goes to the filtered table, never
+    the data.
     """
 
     rule: str
     message: str
+    value: float | None = None
 
 
 class Stage:

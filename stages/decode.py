@@ -209,6 +209,10 @@ class DecodeStage(Stage):
             self._open = (key, _DecordReader(path) if backend == "decord" else _PyAVReader(path))
         return self._open[1]
 
+    def close(self) -> None:
+        """Close the open video file, if any (a reader outside the pipeline, e.g. shot detection)."""
+        self._drop()
+
     def _drop(self) -> None:
         """Forget the open reader, closing its file (PyAV holds one open per reader)."""
         if self._open is not None and hasattr(self._open[1], "close"):

@@ -2,7 +2,9 @@
 
 A window is ``window_len`` frames taken every ``window_stride`` samples, at the video's native
 frame rate or resampled to ``fps``. Frame indices are native indices, so a row maps back to the
-source video. Clips that cannot hold one window are reported, never silently dropped.
+source video. Clips that cannot hold one window are reported, never silently dropped. Given a
+shot detector (``stages.shots``), windows are laid inside each shot of a clip, so none spans a
+cut; a shot too short to hold a window is a filtered unit (rule ``ShotTooShort``).
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ import hashlib
 import itertools
 import math
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
 from annotated_types import Ge, Gt
 
-from magma_data.dropped import Dropped, dropped_unit
+from magma_data.dropped import FILTERED, Dropped, dropped_unit
 from magma_data.sources.base import Clip, ClipProblem
 from magma_data.stages.base import Column, StageError
 from magma_data.stages.decode import decord_reader
+from magma_data.stages.shots import shot_spans
+
+#: What the planner asks for a clip's cuts: ``(video_path, start, end, fps) -> cut frame numbers``
+#: inside the native frame range ``[start, end)`` (``stages.shots.ShotDetector``).
+ShotFinder = Callable[[str, int, int, float], Sequence[int]]
 
 #: The columns of a planned window, before any stage: where its frames are and what it is about.
 PLAN_COLUMNS = (
@@ -105,26 +113,50 @@ def sample_id_for(source: str, clip_id: str, frame_index: int, config: PlanConfi
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
-def plan_windows(clip: Clip, info: VideoInfo, source: str, config: PlanConfig) -> list[dict]:
-    """The windows of one clip, as rows carrying everything later stages need to find the frames."""
+def clip_frames(clip: Clip, info: VideoInfo) -> tuple[int, int]:
+    """The clip's native frame range ``[start, end)`` in its video."""
     start_frame = 0 if clip.start_sec is None else int(round(clip.start_sec * info.fps))
     end_frame = info.num_frames if clip.end_sec is None else int(round(clip.end_sec * info.fps))
-    end_frame = min(end_frame, info.num_frames)
+    return start_frame, min(end_frame, info.num_frames)
+
+
+def _samples(span: int, step: float) -> int:
+    """How many frames a span of ``span`` native frames holds at one sample every ``step`` frames."""
+    return int(math.floor((span - 1) / step)) + 1 if span > 0 else 0
+
+
+def plan_windows(clip: Clip, info: VideoInfo, source: str, config: PlanConfig,
+                 shots: ShotFinder | None = None) -> list[dict]:
+    """The windows of one clip, as rows carrying everything later stages need to find the frames.
+
+    With ``shots``, the clip is cut at the cuts it finds and windows are tiled inside each shot
+    as they would be in a clip of its own, so no window spans a cut; a shot that cannot hold one
+    window comes back as a filtered unit, so the frames it covers are accounted for.
+    """
+    start_frame, end_frame = clip_frames(clip, info)
     step = 1.0 if config.fps is None else info.fps / config.fps
-    span = end_frame - start_frame
-    samples = int(math.floor((span - 1) / step)) + 1 if span > 0 else 0
+    samples = _samples(end_frame - start_frame, step)
     if samples < config.window_len:
         raise ClipTooShort(
             f"clip {clip.clip_id} has {max(samples, 0)} frames at the sampling rate, fewer than one "
             f"window of {config.window_len}; lower --window-len or --fps to keep it"
         )
-    starts = list(range(0, samples - config.window_len + 1, config.window_stride))
+    cuts = shots(clip.video_path, start_frame, end_frame, info.fps) if shots is not None else ()
+    starts: list[tuple[int, int]] = []  # each window's shot start (native) and first sample in the shot
+    short_shots: list[dict] = []
+    for shot_start, shot_end in shot_spans(cuts, start_frame, end_frame):
+        shot_samples = _samples(shot_end - shot_start, step)
+        if shot_samples < config.window_len:
+            short_shots.append(_short_shot(clip, source, shot_start, shot_end, shot_samples, config))
+            continue
+        firsts = range(0, shot_samples - config.window_len + 1, config.window_stride)
+        starts += [(shot_start, first) for first in firsts]
     if config.max_windows_per_clip and len(starts) > config.max_windows_per_clip:
         keep = np.linspace(0, len(starts) - 1, config.max_windows_per_clip).round().astype(int)
         starts = [starts[i] for i in keep]
     rows = []
-    for first in starts:
-        positions = start_frame + (first + np.arange(config.window_len)) * step
+    for shot_start, first in starts:
+        positions = shot_start + (first + np.arange(config.window_len)) * step
         frame_indices = np.minimum(np.round(positions).astype(np.int64), info.num_frames - 1)
         frame_index = int(frame_indices[0])
         rows.append(
@@ -143,7 +175,18 @@ def plan_windows(clip: Clip, info: VideoInfo, source: str, config: PlanConfig) -
                 "window_len": config.window_len,
             }
         )
-    return rows
+    return sorted(rows + short_shots, key=lambda unit: unit["frame_index"])
+
+
+def _short_shot(clip: Clip, source: str, start: int, end: int, samples: int, config: PlanConfig) -> dict:
+    """The filtered unit that stands for a shot too short to hold one window."""
+    dropped = Dropped(FILTERED, "shots", "ShotTooShort",
+                      f"the shot at frames {start}..{end - 1} holds {samples} frames at the sampling rate, fewer "
+                      f"than one window of {config.window_len}; a window there would span a cut (shots.threshold "
+                      "and shots.min_scene_len set where cuts are found)", value=samples)
+    unit = dropped_unit(f"{source}/{clip.clip_id}/shot-{start:08d}", source, dropped,
+                        clip_id=clip.clip_id, video_path=clip.video_path)
+    return {**unit, "frame_index": start}
 
 
 class VideoProbes:
@@ -169,12 +212,13 @@ class VideoProbes:
 
 
 def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None, threads: int = 8,
-                probes: VideoProbes | None = None) -> list[dict]:
+                probes: VideoProbes | None = None, shots: ShotFinder | None = None) -> list[dict]:
     """All units of a source in a stable order: window rows, and dropped units for clips that yield none.
 
     Videos are probed in a thread pool (header reads, no decoding) unless the source's metadata
     already gives the frame rate and frame count. Each video is probed once, however many clips
-    it holds (an EPIC-KITCHENS video has hundreds of narration segments).
+    it holds (an EPIC-KITCHENS video has hundreds of narration segments). ``shots`` finds each
+    clip's cuts (it decodes the clip, in the same pool), and windows are planned inside shots.
     """
     probe = probes or VideoProbes()
 
@@ -183,7 +227,7 @@ def plan_source(clips, source: str, config: PlanConfig, limit: int | None = None
             return [item.planned(source)]
         try:
             info = VideoInfo(item.fps, item.num_frames) if item.fps and item.num_frames else probe(item.video_path)
-            return plan_windows(item, info, source, config)
+            return plan_windows(item, info, source, config, shots)
         except Exception as error:
             return [dropped_unit(f"{source}/{item.clip_id}", source, Dropped.failure("plan", error),
                                  clip_id=item.clip_id, video_path=item.video_path)]

@@ -64,6 +64,45 @@ def write_stand_ins(folder: Path) -> Path:
     return folder
 
 
+def joined_video(parts: list[tuple[Path, int, int]], output: Path) -> Path:
+    """Frames ``[start, end)`` of each ``(video, start, end)`` one after the other, as one H.264 file at
+    the first video's size and rate: a hard cut at every join (``end`` None: to the video's end)."""
+    import av
+    import cv2
+
+    frames, size, fps = [], None, None
+    for path, start, end in parts:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = fps or float(stream.average_rate)
+            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        taken = decoded[start:end]
+        assert len(taken) == (end if end is not None else len(decoded)) - start, f"{path} is too short for {parts}"
+        size = size or (taken[0].shape[1], taken[0].shape[0])
+        frames += [cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in taken]
+    write_video(np.stack(frames), output, fps=fps)
+    return output
+
+
+#: Where ``curation_folder``'s joined clip cuts: bear frames 0-49, paragliding frames 0-19, bear frames 50-81.
+CUTS = (50, 70)
+
+
+def curation_folder(videos: Path, root: Path) -> Path:
+    """A folder source for the curation rules, from ``videos`` (the real clips or the stand-ins): the
+    joined clip with hard cuts at ``CUTS`` and its text, a cat clip with text, an apple clip without."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    joined_video([(videos / "bear.mp4", 0, CUTS[0]), (videos / "paragliding.mp4", 0, CUTS[1] - CUTS[0]),
+                  (videos / "bear.mp4", CUTS[0], None)], root / "joined.mp4")
+    (root / "joined.txt").write_text("a bear walks over the rocks, then a paraglider flies")
+    shutil.copy(videos / "cat.mp4", root / "cat.mp4")
+    (root / "cat.txt").write_text("a cat looks around")
+    shutil.copy(videos / "apple.mp4", root / "apple.mp4")  # no text
+    return root
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python tests/media.py DIR")

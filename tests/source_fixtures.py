@@ -131,6 +131,23 @@ def ego4d_filtered_only(root: Path) -> Path:
     return root
 
 
+#: Where the second scene of ``ego4d_with_a_cut``'s video starts.
+EGO4D_CUT = 40
+
+
+def ego4d_with_a_cut(root: Path) -> Path:
+    """An Ego4D ``v2/`` of one 30 fps video of two different scenes (a hard cut at ``EGO4D_CUT``) and
+    one narration spanning all of it (96 frames, 3.2 s)."""
+    scenes = np.concatenate([frames(EGO4D_CUT, 128, 96, seed=0), frames(96 - EGO4D_CUT, 128, 96, seed=7)])
+    write_video(scenes, root / "full_scale" / "vid-cut.mp4", 30.0)
+    write_json(root / "ego4d.json", {"date": "2022-01-01", "version": "v2",
+                                     "videos": [_ego4d_video("vid-cut", fps=30.0, num_frames=96)]})
+    write_json(root / "annotations" / "narration.json", {"vid-cut": {"narration_pass_1": _narrations(
+        (0.0, "#C C opens the drawer"),
+    )}})
+    return root
+
+
 # --- EPIC-KITCHENS-100 ---------------------------------------------------------------------------
 
 EPIC_COLUMNS = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",

@@ -116,3 +116,24 @@ def test_robot_episodes(tmp_path):
     assert (report.clips, report.videos, report.usable, report.windows) == (3, 2, 3, 20 + 3 + 4)
     assert report.short_episodes == 2
     assert report.problems == {"EpisodeWithoutInstruction": 1, "ImageKeyMissing": 1, "TextNotUtf8": 1}
+
+
+def test_curation_rules_are_tried_on_a_bounded_sample_and_said_so(ego4d_root, tmp_path):
+    """Ego4D's manifest turns shots on (Magma's recipe): check decodes the clips of its sample only."""
+    runner = CliRunner()
+    result = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(ego4d_root), "--sample-clips", "1",
+                                  "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "curation rules on a sample of 1 of 2 usable clips" in result.output
+    assert "decoded every frame of the sampled clips" in result.output
+    curation = json.loads((tmp_path / "r.json").read_text())["curation"]
+    assert curation["clips"] == 1 and curation["frames_decoded_for_shots"] == 16 and curation["cuts"] == 0
+
+    off = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(ego4d_root), "--set", "shots.enabled=false",
+                               "--report", str(tmp_path / "off.json")])
+    assert off.exit_code == 0 and json.loads((tmp_path / "off.json").read_text())["curation"] is None
+    bad = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(ego4d_root), "--set", "shots.enabled=maybe"])
+    assert bad.exit_code == 2 and "--set shots.enabled=maybe" in bad.output
+    missing = runner.invoke(main, ["check", "--input", "ego4d", "--root", str(ego4d_root),
+                                   "--clip-checkpoint", str(tmp_path / "no-clip")])
+    assert missing.exit_code == 2 and "is not a folder" in missing.output

@@ -124,8 +124,11 @@ def test_the_readme_tables_are_the_declarations():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     tables = re.findall(r"<!-- columns: [^>]*-->\n(.*?)\n<!-- /columns -->", readme, re.S)
     video = shard_columns(load_pipeline("video_tom"), RunConfig())
+    curated = RunConfig().with_overrides({"alignment": {"checkpoint": "/clip"},
+                                          "quality": {"drop_camera_fallback": True}})
+    curation = [c for c in shard_columns(load_pipeline("video_tom"), curated) if c not in video]
     robot = [c for c in shard_columns(load_pipeline("oxe_tom"), RunConfig(pipeline="oxe_tom")) if c.group == "robot"]
-    assert tables == [column_table(video), column_table(robot)]
+    assert tables == [column_table(video), column_table(robot), column_table(curation)]
 
 
 def test_stages_import_neither_ray_nor_the_ray_adapters():

@@ -8,6 +8,7 @@ refused when the field changes them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -35,28 +36,47 @@ def test_hashes_are_those_configs_had_before_the_format_was_recorded():
     assert RunConfig(root="/data/ego4d", videos=("/videos",)).hash() == RunConfig().hash()
 
 
+def test_the_curation_sections_off_hash_as_before_they_existed_and_fill_format_2_files():
+    """Format 3 added shots, alignment, alignment_weights and quality; off, they change no hash, and a
+    format 2 config.json (without them) loads with them off."""
+    format_2 = {name: value for name, value in CONFIG.to_dict().items()
+                if name not in ("shots", "alignment", "alignment_weights", "quality")}
+    assert RunConfig.from_dict({**format_2, "format_version": 2}) == CONFIG
+    assert CONFIG.hashed().keys() == format_2.keys() - {"root", "videos", "released"}
+    # off, a section's other fields change nothing it writes: not hashed either
+    assert CONFIG.with_overrides({"shots": {"threshold": 40}, "quality": {"drop_camera_fallback": False}}).hash() == \
+        CONFIG.hash()
+    on = CONFIG.with_overrides({"shots": {"enabled": True}})
+    assert on.hash() != CONFIG.hash() and on.with_overrides({"shots": {"threshold": 40}}).hash() != on.hash()
+    aligned = dataclasses.replace(CONFIG.with_overrides({"alignment": {"checkpoint": "/clip", "batch_size": 4}}),
+                                  alignment_weights="0123456789abcdef")
+    moved = aligned.with_overrides({"alignment": {"checkpoint": "/elsewhere", "batch_size": 8, "device": "cpu"}})
+    assert aligned.hash() != CONFIG.hash() and moved.hash() == aligned.hash()  # the weights count, not their path
+    assert dataclasses.replace(aligned, alignment_weights="fedcba9876543210").hash() != aligned.hash()
+
+
 def test_a_format_1_config_loads_and_a_newer_format_is_refused():
     written = CONFIG.to_dict()
     old = {name: value for name, value in written.items() if name not in ("root", "videos")}
     assert RunConfig.from_dict(old) == CONFIG
     assert RunConfig.from_dict(json.loads(CONFIG.to_json())) == CONFIG
-    with pytest.raises(ValueError, match="format 3, newer than this magma-data reads \\(2\\); upgrade"):
-        RunConfig.from_dict({"format_version": 3, **written})
+    with pytest.raises(ValueError, match="format 4, newer than this magma-data reads \\(3\\); upgrade"):
+        RunConfig.from_dict({"format_version": 4, **written})
 
 
 def test_an_added_field_at_its_old_value_hashes_as_before_and_fills_older_files(monkeypatch):
-    """A field added in format 3 whose value 90 makes the old rows, and whose new default (95) does not."""
+    """A field added in format 4 whose value 90 makes the old rows, and whose new default (95) does not."""
     old = CONFIG.with_overrides({"render": {"jpeg_quality": 90}})
     before, before_the_section = _old_hash(old, "render.jpeg_quality"), _old_hash(CONFIG, "render")
     assert old.hash() != before  # unregistered, the field is one more thing the hash covers
-    monkeypatch.setattr(config_module, "CONFIG_FORMAT", 3)
-    monkeypatch.setattr(config_module, "ADDED", (Added("render.jpeg_quality", 3, 90),))
+    monkeypatch.setattr(config_module, "CONFIG_FORMAT", 4)
+    monkeypatch.setattr(config_module, "ADDED", (*config_module.ADDED, Added("render.jpeg_quality", 4, 90)))
     assert old.hash() == before
     assert CONFIG.hash() != before  # the new default changes the rows: another dataset
     file = _without(old.to_dict(), "render.jpeg_quality")
-    assert RunConfig.from_dict({**file, "format_version": 2}) == old  # an older file gets the old value
-    assert RunConfig.from_dict({**_without(CONFIG.to_dict(), "render"), "format_version": 2}).render.jpeg_quality == 90
-    monkeypatch.setattr(config_module, "ADDED", (Added("render", 3, CONFIG.render),))  # a whole new section
+    assert RunConfig.from_dict({**file, "format_version": 3}) == old  # an older file gets the old value
+    assert RunConfig.from_dict({**_without(CONFIG.to_dict(), "render"), "format_version": 3}).render.jpeg_quality == 90
+    monkeypatch.setattr(config_module, "ADDED", (*config_module.ADDED, Added("render", 4, CONFIG.render)))  # a section
     assert CONFIG.hash() == before_the_section
 
 
@@ -92,7 +112,8 @@ def test_a_folder_written_before_the_root_was_recorded_resumes_and_exports(finis
     summary = run(CONFIG, RunOptions(output=folder, num_cpus=2, progress=False))
     assert (summary.shards_skipped, summary.shards) == (2, 3)
     rewritten = json.loads(config_file.read_text())
-    assert rewritten["format_version"] == 2 and rewritten["root"]  # migrated, and where the clips lie now
+    assert rewritten["format_version"] == 3 and rewritten["root"]  # migrated, and where the clips lie now
+    assert not rewritten["shots"]["enabled"] and rewritten["alignment"]["checkpoint"] is None  # the sections, off
     [exported] = export(folder, "llava", tmp_path / "llava")
     assert exported.rows == 6
 
@@ -111,8 +132,9 @@ def test_a_folder_from_before_a_field_was_added_resumes_while_the_field_keeps_it
     db.close()
     with pytest.raises(ConfigMismatch):  # unregistered, the field would make it another config
         run(CONFIG, RunOptions(output=folder, num_cpus=2, progress=False))
-    monkeypatch.setattr(config_module, "CONFIG_FORMAT", 3)
-    monkeypatch.setattr(config_module, "ADDED", (Added("render.jpeg_quality", 3, CONFIG.render.jpeg_quality),))
+    monkeypatch.setattr(config_module, "CONFIG_FORMAT", 4)
+    monkeypatch.setattr(config_module, "ADDED",
+                        (*config_module.ADDED, Added("render.jpeg_quality", 4, CONFIG.render.jpeg_quality)))
     summary = run(CONFIG, RunOptions(output=folder, num_cpus=2, progress=False))
     assert (summary.shards_skipped, summary.rows_written, summary.config_hash) == (2, 6, old_hash)
     [redone] = folder.glob("data/sample/train-00002-of-*.parquet")

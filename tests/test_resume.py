@@ -131,3 +131,61 @@ def test_a_shard_rewritten_after_a_crash_before_its_ledger_commit_leaves_no_stal
     assert not list((tmp_path / "errors").glob("*.parquet"))
     assert pq.read_table(tmp_path / "data" / "src" / "train-00000-of-00002.parquet").num_rows == 1
     assert rerun.committed_shards()[0]["errors"] == 0
+
+
+# -- with the curation stages on ------------------------------------------------------------------
+
+#: Killed while planning (the first clip's cuts cached), while streaming, with a shard half written,
+#: and between shards.
+CURATED_KILL_POINTS = ("shots_cached:1", "during_stream:3", "during_write:1", "after_shard:2")
+
+
+@pytest.fixture(scope="module")
+def curated_args(video_clips, tmp_path_factory):
+    """The CLI arguments of a folder run with shots, CLIP alignment (a tiny random CLIP, its threshold
+    between the windows' scores) and a quality rule on: rows, and filtered units of every curation rule."""
+    from clip_fixtures import save_tiny_clip, scores_and_split
+    from media import curation_folder
+
+    from magma_data.config import RunConfig
+
+    root = curation_folder(video_clips, tmp_path_factory.mktemp("curation-folder"))
+    checkpoint = save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+    config = RunConfig(source="folder").with_overrides({
+        "plan": {"window_len": 24, "window_stride": 12}, "decode": {"height": 96}, "shots": {"enabled": True},
+        "alignment": {"checkpoint": str(checkpoint)}})
+    _, threshold = scores_and_split(root, config)
+    return ("--input", "folder", "--root", str(root), "--tracker", "lk", "--height", "96", "--grid-size", "4",
+            "--window-len", "24", "--window-stride", "12", "--rows-per-shard", "2", "--no-progress",
+            "--clip-checkpoint", str(checkpoint), "--set", "shots.enabled=true", "--set",
+            f"alignment.threshold={threshold!r}", "--set", "quality.min_mean_motion_px=0.0")
+
+
+def _tables(output):
+    """Every data, errors and filtered file: relative path -> sha256."""
+    import hashlib
+
+    files = sorted(p for kind in ("data/*", "errors", "filtered") for p in output.glob(f"{kind}/*.parquet"))
+    return {p.relative_to(output).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.mark.slow
+def test_killed_curated_runs_resume_to_the_uninterrupted_dataset_byte_for_byte(curated_args, tmp_path):
+    baseline = tmp_path / "uninterrupted"
+    first = magma_run(baseline, *curated_args)
+    assert first.returncode == 0, first.stderr
+    rules = {row["rule"] for path in baseline.glob("filtered/*.parquet") for row in pq.read_table(path).to_pylist()}
+    assert rules == {"ShotTooShort", "ClipScoreBelowThreshold", "NoTaskText"}
+
+    output = tmp_path / "killed"
+    for point in CURATED_KILL_POINTS:
+        result = magma_run(output, *curated_args, crash_at=point)
+        assert result.returncode == -signal.SIGKILL, f"{point} was not reached:\n{result.stderr[-3000:]}"
+        if point == "shots_cached:1":  # killed while planning: the cuts found so far are kept, no shard yet
+            cached = list((output / ".magma" / "folder" / "shots").glob("*.json"))
+            assert 1 <= len(cached) < 3  # the first clip's (another may have landed in the same instant)
+            assert not list(output.glob("data/*/*.parquet"))
+    final = magma_run(output, *curated_args)
+    assert final.returncode == 0, final.stderr
+    assert _tables(output) == _tables(baseline) and len(_tables(baseline)) > 4
+    assert stray_files(output) == []

@@ -33,7 +33,9 @@ def test_a_python_run_with_tracker_auto_continues_the_dataset_the_cli_made_with_
     cli_summary = json.loads((output / "summary.json").read_text())["sample"]
     assert summary.nothing_to_do and summary.config_hash == cli_summary["config_hash"]
     assert summary.tracker == cli_summary["tracker"] == "lk"
-    assert notes == ["tracker: Lucas-Kanade on CPU (no CoTracker3 checkpoint found; --checkpoint to use one)"]
+    assert notes == ["tracker: Lucas-Kanade on CPU (no CoTracker3 checkpoint found; --checkpoint to use one)",
+                     "text alignment: off (no CLIP checkpoint; --clip-checkpoint DIR drops windows whose frames do "
+                     "not match their text)"]  # each said once, before any work
 
 
 def test_a_tracker_that_needs_weights_and_has_none_is_refused_with_one_message(tmp_path, monkeypatch):

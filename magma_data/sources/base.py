@@ -44,18 +44,20 @@ class Clip:
 @dataclass(frozen=True)
 class ClipProblem:
     """A unit the source did not turn into a clip: a problem (missing video, unusable metadata row),
-    or with ``kind`` "filtered" a unit a rule of the recipe drops, ``error_class`` naming the rule."""
+    or with ``kind`` "filtered" a unit a rule of the recipe drops, ``error_class`` naming the rule
+    and ``value`` the figure it judged (a span's length), if any."""
 
     unit_id: str
     error_class: str
     message: str
     video_path: str = ""
     kind: Literal["error", "filtered"] = ERROR
+    value: float | None = None
 
     def planned(self, source: str) -> dict:
         """The planned unit that stands for this problem: it goes straight to the errors or filtered table."""
-        return dropped_unit(self.unit_id, source, Dropped(self.kind, "plan", self.error_class, self.message),
-                            video_path=self.video_path)
+        dropped = Dropped(self.kind, "plan", self.error_class, self.message, value=self.value)
+        return dropped_unit(self.unit_id, source, dropped, video_path=self.video_path)
 
 
 class Source(Protocol):

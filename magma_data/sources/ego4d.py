@@ -197,7 +197,8 @@ class Ego4DSource(Source):
             if end - start < self.min_duration_sec:
                 yield ClipProblem(unit, "NarrationTooShort",
                                   f"span {start:.3f}-{end:.3f} s is shorter than min_duration_sec "
-                                  f"{self.min_duration_sec} s (Magma's Ego4D filter)", str(path), kind=FILTERED)
+                                  f"{self.min_duration_sec} s (Magma's Ego4D filter)", str(path), kind=FILTERED,
+                                  value=round(end - start, 6))
                 continue
             yield Clip(
                 clip_id=clip_id,
