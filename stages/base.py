@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -161,6 +162,13 @@ class OneOf:
         if value not in tuple(self.choices()):
             raise ValueError(f"{value!r} is not one of {', '.join(self.choices())}")
         return value
+
+
+def update_with_file(digest: Any, path: Path) -> None:
+    """Feed ``path``'s bytes to ``digest`` in 1 MiB blocks: weight files run to gigabytes."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
 
 
 def seeded_rng(seed: int, sample_id: str, purpose: str) -> np.random.Generator:

@@ -39,7 +39,7 @@ from typing import Annotated
 import numpy as np
 from annotated_types import Ge, Interval
 
-from .base import Column, Filtered, Row, Stage, StageError
+from .base import Column, Filtered, Row, Stage, StageError, update_with_file
 from .decode import FRAMES
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,7 @@ def checkpoint_digest(checkpoint: str | Path) -> str:
     folder = Path(checkpoint)
     for path in sorted([*folder.glob("model*.safetensors"), *folder.glob("pytorch_model*.bin")]):
         digest.update(path.name.encode() + b"\x00")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, path)
     return digest.hexdigest()[:16]
 
 

@@ -28,7 +28,7 @@ from annotated_types import Ge
 
 from magma_data.models.point_tracking import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER_CALL, grid_points
 from magma_data.registry import Registry
-from magma_data.stages.base import Column, OneOf, Placement, Row, Stage
+from magma_data.stages.base import Column, OneOf, Placement, Row, Stage, update_with_file
 from magma_data.stages.decode import FRAMES
 
 log = logging.getLogger(__name__)
@@ -254,9 +254,7 @@ class ResolvedTracker:
 def file_digest(path: Path) -> str:
     """sha256 of a weights file, as the config hash names it (16 hex digits)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    update_with_file(digest, path)
     return digest.hexdigest()[:16]
 
 
