@@ -173,7 +173,7 @@ def test_llava_json_rows_follow_magmas_image_branch(processor, tmp_path):
     assert (type(source), source.name, source.weight) == (LlavaJson, "chat", 2.0)
     maker = SampleMaker(processor)
     read = _rows(source)
-    assert read == rows and source.units(0, 0) == ["a.png", "2", "missing.png"]  # what the split holds out
+    assert read == rows and source.units(0, 0) == source.shard_units(0) == ["a.png", "2", "missing.png"]  # held out whole
 
     with_image = maker(read[0], source)
     text = processor.tokenizer.decode(with_image.input_ids)

@@ -115,7 +115,7 @@ class Order:
         key = (epoch, window)
         if key not in self._windows:
             self._windows[key] = self._deal(epoch, window)
-            _trim(self._windows, 4 * self.config.lanes)
+            _trim(self._windows, 8)  # lanes of a process are at most a few windows apart; a dealing is cheap to redo
         return self._windows[key][lane]
 
     def _deal(self, epoch: int, window: int) -> list[list[Block]]:

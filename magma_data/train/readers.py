@@ -16,6 +16,7 @@ To add a layout: a class with the ``Reader`` methods, and its line in ``open_dat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -85,6 +86,7 @@ class SplitRule:
         return held if self.split == "validation" else ~held
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def held_out(unit: str, fraction: float) -> bool:
     """The same answer in every run and process: a hash of the unit, not a random draw."""
     digest = hashlib.sha256(f"validation\x00{unit}".encode()).digest()
@@ -105,6 +107,9 @@ class Reader(Protocol):
 
     def units(self, shard: int, block: int) -> list[str]:
         """Each row's unit, the key of the split (the block's small id column)."""
+
+    def shard_units(self, shard: int) -> list[str]:
+        """The units of every row of the shard, in one read (counting the split)."""
 
     def rows(self, shard: int, block: int, indices: np.ndarray, columns: Sequence[str] | None) -> list[dict[str, Any]]:
         """The block's rows at ``indices``, with ``columns`` (None: all)."""
@@ -161,6 +166,9 @@ class MagmaShards:
 
     def units(self, shard: int, block: int) -> list[str]:
         return self._file(shard).read_row_group(block, columns=[UNIT_COLUMN]).column(0).to_pylist()
+
+    def shard_units(self, shard: int) -> list[str]:
+        return self._file(shard).read(columns=[UNIT_COLUMN]).column(0).to_pylist()
 
     def rows(self, shard: int, block: int, indices: np.ndarray, columns: Sequence[str] | None) -> list[dict[str, Any]]:
         file = self._file(shard)
@@ -252,6 +260,9 @@ class LlavaJson:
             units.append(str(image) if image else str(record.get("id")))
         return units
 
+    def shard_units(self, shard: int) -> list[str]:
+        return [unit for block in range(len(self.block_rows(shard))) for unit in self.units(shard, block)]
+
     def rows(self, shard: int, block: int, indices: np.ndarray, columns: Sequence[str] | None) -> list[dict[str, Any]]:
         records = self._block(shard, block)
         return [records[int(index)] for index in indices]
@@ -306,11 +317,8 @@ def split_rows(reader: Reader, rule: SplitRule, limit: int | None = None, rank: 
 
 def count_rows(reader: Reader, rule: SplitRule, rank: int = 0, world_size: int = 1) -> int:
     """Rows of the split in the shards ``s`` with ``s % world_size == rank``: unit columns only."""
-    return sum(
-        int(rule.keeps(reader.units(shard, block)).sum())
-        for shard in range(rank, reader.shard_count(), world_size)
-        for block in range(len(reader.block_rows(shard)))
-    )
+    shards = range(rank, reader.shard_count(), world_size)
+    return sum(int(rule.keeps(reader.shard_units(shard)).sum()) for shard in shards)
 
 
 def _is_number(text: str) -> bool:
