@@ -75,7 +75,8 @@ def io_counters() -> dict[str, int]:
 
 
 def loader(data: Path, model: Path, workers: int, steps: int):
-    """The trainer's data path for one process: readers, order, RankRows, samples, DataLoader."""
+    """The trainer's data path for one process (readers, order, RankRows, samples, DataLoader), and the
+    clock and I/O counters read once the imports and the processor are done."""
     from torch.utils.data import DataLoader
 
     from magma_data.train import MagmaProcessor
@@ -87,7 +88,7 @@ def loader(data: Path, model: Path, workers: int, steps: int):
     from magma_data.train.trainer import StepPlan
 
     processor = MagmaProcessor.from_pretrained(model)
-    start = time.perf_counter()
+    counters, start = io_counters(), time.perf_counter()
     readers = open_data([DataSpec(data)])
     config = TrainConfig.from_recipe("pretrain", data=(str(data),), model=model, output="-", batch_size=BATCH,
                                      max_steps=steps, validation_fraction=VALIDATION_FRACTION)
@@ -96,13 +97,12 @@ def loader(data: Path, model: Path, workers: int, steps: int):
     samples = TrainingSamples(readers, SampleMaker(processor), config.seed)
     batches = DataLoader(samples, batch_sampler=rows, collate_fn=Collator(processor.tokenizer.pad_token_id),
                          num_workers=workers)
-    return start, readers, batches
+    return start, counters, batches
 
 
 def measure_first(data: Path, model: Path, workers: int) -> dict:
     """Opening the data and the first micro-batch; what was read, written and held meanwhile."""
-    before = io_counters()
-    start, _, batches = loader(data, model, workers, steps=1)
+    start, before, batches = loader(data, model, workers, steps=1)
     first = next(iter(batches))
     seconds = time.perf_counter() - start
     after = io_counters()
@@ -113,8 +113,7 @@ def measure_first(data: Path, model: Path, workers: int) -> dict:
 
 def measure_rate(data: Path, model: Path, workers: int, samples: int) -> dict:
     """The loader alone: samples/s after the first batch."""
-    before = io_counters()
-    _, _, batches = loader(data, model, workers, steps=1 + samples // BATCH)
+    _, before, batches = loader(data, model, workers, steps=1 + samples // BATCH)
     iterator = iter(batches)
     next(iterator)
     start, made = time.perf_counter(), 0
@@ -216,7 +215,8 @@ def measured(kind: str, data: Path, scratch: Path, **options) -> dict:
     for folder in (cache, temporary):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "TMPDIR": str(temporary), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "TMPDIR": str(temporary), "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONDONTWRITEBYTECODE": "1"}  # what the data path writes, not Python's compiled modules
     command = [sys.executable, __file__, "--measure", kind, "--data", str(data)]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
