@@ -4,8 +4,9 @@ A checkpoint (``checkpoint-<step>/``) is a Magma-format folder (``MagmaForCausal
 and ``magma-train eval`` read it; weights in the start model's dtype; with LoRA, merged or the
 adapters alone, as ``--lora-save`` says) plus ``trainer/``: the fp32 master weights and the
 optimizer state, written shard by shard with ``torch.distributed.checkpoint``, and
-``trainer_state.pt`` (step, scheduler, counts, the data order and each lane's position in it). It is written under a temporary name
-and renamed when complete, so a crash never leaves a half checkpoint that ``--resume`` would take.
+``trainer_state.pt`` (step, scheduler, counts, the data order and each lane's position in it). It
+is written under a temporary name and renamed when complete, so a crash never leaves a half
+checkpoint that ``--resume`` would take.
 The run's final model goes to ``--output`` itself, with ``training.json``.
 """
 
@@ -111,7 +112,7 @@ class CheckpointManager:
         return final
 
     def load(self, checkpoint: Path) -> tuple[int, dict[int, LanePosition]]:
-        """fp32 master weights, optimizer and scheduler of ``checkpoint``; returns its step and the lanes' positions."""
+        """fp32 master weights, optimizer and scheduler of ``checkpoint``; returns its step and its lanes' positions."""
         state = torch.load(checkpoint / TRAINER_FOLDER / TRAINER_STATE, weights_only=True)
         expected = self.config.data_order(self.processes.world_size)
         if state["data_order"] != expected:
