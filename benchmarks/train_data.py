@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[40, 4000], help="shards in each corpus")
     parser.add_argument("--samples", type=int, default=96, help="samples timed per loader setting")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 8])
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each first-batch figure (the median is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each first-batch figure (the median is kept)")
     parser.add_argument("--read-rows", type=int, default=8192, help="rows read for the read amplification")
     parser.add_argument("--before", action="store_true", help="also time datasets.load_dataset at the smallest size")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a new temporary one, removed after)")
@@ -273,15 +273,19 @@ def main() -> None:
         if not local.exists():
             shutil.copyfile(shard, local)
         model = work / "tiny" if (work / "tiny" / "config.json").exists() else create_tiny(work / "tiny")
+        corpora = {size: linked_corpus(local, work / f"corpus-{size}", size) for size in args.sizes}
+        # first batches in rounds over the sizes, so a busy spell of the machine falls on each alike
+        tries: dict[tuple[int, int], list[dict]] = {(size, workers): [] for size in args.sizes for workers in (0, 2)}
+        for _ in range(args.repeats):
+            for size, workers in tries:
+                tries[size, workers].append(measured("first", corpora[size], work, model=model, loader_workers=workers))
         figures = {}
-        for size in args.sizes:
-            corpus = linked_corpus(local, work / f"corpus-{size}", size)
+        for size, corpus in corpora.items():
             runs = {"count": measured("count", corpus, work), "shuffle": measured("shuffle", corpus, work),
                     "reads": measured("reads", corpus, work, rows=args.read_rows)}
             for workers in (0, 2):
-                tries = [measured("first", corpus, work, model=model, loader_workers=workers)
-                         for _ in range(args.repeats)]
-                runs[f"first-{workers}"] = sorted(tries, key=lambda figures: figures["first_batch_s"])[len(tries) // 2]
+                ranked = sorted(tries[size, workers], key=lambda figures: figures["first_batch_s"])
+                runs[f"first-{workers}"] = ranked[len(ranked) // 2]
             for workers in args.workers:
                 runs[f"rate-{workers}"] = measured("rate", corpus, work, model=model, loader_workers=workers,
                                                    samples=args.samples)
@@ -315,7 +319,8 @@ def report(figures: dict, shard: Path, args: argparse.Namespace) -> str:
         f"{shown(find_videos(args.videos))} ({metadata.num_rows} rows, {metadata.num_row_groups} row groups, "
         f"{shard.stat().st_size / 1e6:.0f} MB) hard-linked into "
         f"{' and '.join(f'{size:,} shards ({rows[size]:,} rows)' for size in sizes)}; micro-batches of {BATCH}, "
-        f"each figure from a fresh process (first batch: median of {args.repeats}); the trainer's default order "
+        f"each figure from a fresh process (first batch: median of {args.repeats}, the sizes in turn); the trainer's "
+        "default order "
         "(`--shuffle-window 64 --shuffle-buffer 16`, one lane), validation fraction 0.05.",
         "",
         "| rows | first batch, 0 workers | first batch, 2 workers | read before it | bytes written | left in caches "
@@ -345,7 +350,9 @@ def report(figures: dict, shard: Path, args: argparse.Namespace) -> str:
         f"First batch at {rows[large]:,} rows over {rows[small]:,}: {ratio:.2f}x with 0 workers, {ratio2:.2f}x with 2. "
         f"Read amplification over {reads['rows']:,} rows given: {reads['read_mb']:,.0f} MB read for rows of "
         f"{reads['stored_kb_per_row']:.0f} kB stored each (the sample's columns: two JPEGs, text, ids), footers and "
-        "unit columns included; the first batch alone reads the buffer's first row groups.",
+        "unit columns included; the first batch alone reads the buffer's first row groups. Bytes written: the "
+        "loader workers' interprocess files (Python's temporary files, deleted at once), nothing of the data; "
+        "caches and temporary folders were empty after every run.",
         "",
         f"Shuffle: 32 consecutive samples of the first window ({shuffle['window_rows']:,} rows) come from "
         + ", ".join(f"{shuffle[str(b)][0]:.1f} row groups of {shuffle[str(b)][1]:.1f} shards with a buffer of {b}"
