@@ -21,6 +21,7 @@ from magma_data import config as config_module
 from magma_data.config import Added, RunConfig
 from magma_data.export import export
 from magma_data.outputs import UnfinishedOutput, finished_sources
+from magma_data.pipelines import load_pipeline, shard_columns
 from magma_data.runner import RunOptions, run
 from magma_data.sink import ConfigMismatch
 
@@ -30,9 +31,12 @@ CONFIG = RunConfig(source="sample", limit=6).with_overrides(SMALL)
 
 
 def test_hashes_are_those_configs_had_before_the_format_was_recorded():
-    """Format 1 (no ``format_version``, ``root`` or ``videos``) gave these; its folders keep resuming."""
-    assert RunConfig().hash() == "2fa9d3320cf0ef1b"
-    assert RunConfig(pipeline="oxe_tom", source="oxe").hash() == "769af3178f37cffd"
+    """Format 1 (no ``format_version``, ``root`` or ``videos``) gave these; its folders keep resuming. They
+    marked frame 0: today's default draws the marked frame (format 4), which makes other rows."""
+    first = {"marks": {"frame_pos": "first"}}
+    assert RunConfig().with_overrides(first).hash() == "2fa9d3320cf0ef1b"
+    assert RunConfig(pipeline="oxe_tom", source="oxe").with_overrides(first).hash() == "769af3178f37cffd"
+    assert RunConfig().hash() != "2fa9d3320cf0ef1b"
     assert RunConfig(root="/data/ego4d", videos=("/videos",)).hash() == RunConfig().hash()
 
 
@@ -64,6 +68,17 @@ def test_shots_made_before_0_6s_rules_resume_with_0_7s_and_a_format_3_file_gets_
     assert (loaded.shots.filter_mode, loaded.shots.downscale) == ("merge", "exact")
     assert loaded.hashed()["shots"] == format_3["shots"]  # what the code before format 4 hashed
     assert on.hash() != loaded.hash()  # today's rules cut other shots: another dataset
+
+
+def test_a_format_3_folder_marked_frame_0_and_resumes_so():
+    """Format 4 added marks.frame_pos (Magma's per-sample draw) and marks.step_rightmost_ratio; a format 3
+    config.json loads pinned to frame 0, hashes as before, and its rows keep their columns (no frame_pos)."""
+    format_3 = _without(_without(CONFIG.to_dict(), "marks.frame_pos"), "marks.step_rightmost_ratio")
+    loaded = RunConfig.from_dict({**format_3, "format_version": 3})
+    assert loaded.marks.frame_pos == "first" and json.loads(json.dumps(loaded.hashed()["marks"])) == format_3["marks"]
+    pipeline = load_pipeline("video_tom")
+    assert "frame_pos" not in {column.name for column in shard_columns(pipeline, loaded)}
+    assert "frame_pos" in {column.name for column in shard_columns(pipeline, CONFIG)}
 
 
 def test_a_format_1_config_loads_and_a_newer_format_is_refused():

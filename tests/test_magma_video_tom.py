@@ -68,7 +68,7 @@ def test_the_released_traces_are_the_tracks_in_working_pixels(release):
     np.testing.assert_allclose(out["tracks"], trace * np.array([width / TRACED[0], height / TRACED[1]]), rtol=1e-6)
     np.testing.assert_array_equal(out["visibility"], visibility)
     native = DecodeStage(DecodeConfig()).read(row["video_path"], np.array([8]))
-    np.testing.assert_array_equal(out["frame0"], resize_frames(native, 128)[0])
+    np.testing.assert_array_equal(out["marked_frame"], resize_frames(native, 128)[0])
     assert (out["tracker"], out["released_dataset"], out["released_frame_index"]) == ("released", "ego4d", 0)
     assert out["released_video_name"] == RECORDS[0][2]
 

@@ -234,16 +234,17 @@ def redraw_marks(
     """The row with marks, ``som_image``, ToM targets and turns drawn again by the pipeline's stages.
 
     The marks stage is seeded from (run seed, epoch) and keys its draws on the sample id, so a
-    sample gets new marks every epoch and the same marks in every run. ``image`` stays as stored.
+    sample gets new marks every epoch and the same marks in every run. ``image`` stays as stored, and
+    so does the marked frame it is (``frame_pos``: the row keeps that frame's pixels only).
     The stages take NumPy arrays, as the pipeline hands them: ``features`` says which columns are.
     """
     stage_seed = int.from_bytes(hashlib.sha256(f"redraw\x00{seed}\x00{epoch}".encode()).digest()[:4], "little")
     stages = load_pipeline(config.pipeline).redraw_stages(config, stage_seed)  # robot: the action turn goes first again
-    redrawn = dict(row, frame0=np.asarray(_decode(row["image"])))
+    redrawn = dict(row, marked_frame=np.asarray(_decode(row["image"])))  # the row's frame_pos stays
     redrawn.update({name: np.asarray(row[name]) for name in array_columns(features) if name in row})
     for stage in stages:
         redrawn.update(stage(redrawn))
-    del redrawn["frame0"]
+    del redrawn["marked_frame"]
     redrawn["image"] = row["image"]
     return redrawn
 
