@@ -153,11 +153,14 @@ class TrainConfig(ModelData):
     warmup_ratio: Annotated[float, Interval(ge=0, le=1)] = option(help="Share of steps warming up.")
     weight_decay: Annotated[float, Ge(0)] = option(0.0, help="AdamW weight decay (Magma's scripts: 0).")
     max_grad_norm: Annotated[float, Gt(0)] = option(1.0, help="Gradient-norm clipping (Magma's train.py: 1).")
-    seed: Annotated[int, Ge(0)] = option(0, help="Data order, re-drawn marks, dropout.")
+    seed: Annotated[int, Ge(0)] = option(0, help="Data order, re-drawn marks, the SoM/ToM drop, dropout.")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward (less memory).")
     strategy: Literal["ddp", "fsdp"] = option(
         "ddp", help="Several processes: replicate the model (ddp) or shard it (fsdp; for Magma-8B).")
     redraw_marks: bool = option(False, help="New marks every epoch, drawn from the stored traces.")
+    som_tom_drop: Annotated[float, Interval(ge=0, le=1)] = option(
+        0.2, help="Share of video samples made without their SoM/ToM turn, drawn per (seed, epoch, sample) "
+                  "(Magma's data/conversations.py: 0.2; robot samples keep theirs).")
     resume: bool = option(False, help="Continue from the newest checkpoint in --output.")
     save_every: Annotated[int, Ge(1)] = option(500, help="Steps between checkpoints.")
     keep_checkpoints: Annotated[int, Ge(1)] = option(1, help="Checkpoints kept on disk.")
@@ -203,6 +206,7 @@ class TrainConfig(ModelData):
         return {
             "data": list(self.data), "seed": self.seed, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
             "validation_fraction": self.validation_fraction, "redraw_marks": self.redraw_marks,
+            **({"som_tom_drop": self.som_tom_drop} if self.som_tom_drop else {}),  # checkpoints before it: 0
         }
 
 
