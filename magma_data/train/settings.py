@@ -148,6 +148,9 @@ class TrainConfig(ModelData):
     max_steps: Annotated[int, Ge(1)] | None = option(None, help="Stop after this many optimizer steps (overrides --epochs).")
     batch_size: Annotated[int, Ge(1)] = option(1, help="Samples per process and micro-batch.")
     grad_accum: Annotated[int, Ge(1)] = option(1, help="Micro-batches per optimizer step.")
+    global_batch: Annotated[int, Ge(1)] | None = option(
+        None, help="Samples per optimizer step over all processes (a recipe's source's batch): --grad-accum becomes "
+                   "global-batch / (batch-size x processes), which must divide.")
     lr: Annotated[float, Gt(0)] = option(help="Peak learning rate (AdamW).")
     schedule: Literal["constant", "cosine"] = option(help="Learning-rate schedule after the warm-up.")
     warmup_ratio: Annotated[float, Interval(ge=0, le=1)] = option(help="Share of steps warming up.")
@@ -188,6 +191,9 @@ class TrainConfig(ModelData):
             raise ValueError("--train takes parts among vision, projector, llm (or 'all'); got none")
         if self.bits != 16 and not self.lora:
             raise ValueError(f"--bits {self.bits} quantizes weights that then cannot train: add --lora (QLoRA)")
+        if self.global_batch and self.grad_accum != 1:
+            raise ValueError(f"--global-batch {self.global_batch} and --grad-accum {self.grad_accum} both set the samples "
+                             "of a step: give one of them (--global-batch N overrides a recipe's)")
         if self.lora and self.train != ("llm",):
             raise ValueError(
                 f"with --lora only the adapters on the language model train, not {','.join(self.train)}: "
@@ -200,6 +206,18 @@ class TrainConfig(ModelData):
                 f"a {self.bits}-bit model cannot take its adapters merged: add --lora-save adapter (and merge onto "
                 "the 16-bit start model later: magma_data.train.lora.load_model)"
             )
+
+    def for_processes(self, world_size: int) -> TrainConfig:
+        """The config with ``grad_accum`` set from ``global_batch`` for ``world_size`` processes (as it is without one)."""
+        if not self.global_batch:
+            return self
+        per_step = self.batch_size * world_size
+        if self.global_batch % per_step:
+            raise ValueError(
+                f"--global-batch {self.global_batch} is not a multiple of --batch-size {self.batch_size} x {world_size} "
+                f"processes ({per_step}): choose a --batch-size that divides {self.global_batch // world_size or 1}, or "
+                "another --global-batch")
+        return dataclasses.replace(self, grad_accum=self.global_batch // per_step, global_batch=None)
 
     def data_order(self) -> dict[str, Any]:
         """What fixes which sample a position holds: resuming with other values is refused."""

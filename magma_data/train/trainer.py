@@ -49,7 +49,7 @@ def train(config: TrainConfig) -> Path:
     """Train and write the final model to ``config.output``; returns that folder."""
     processes = Processes.start()
     try:
-        return _train(config.resolved(torch.cuda.is_available()), processes)
+        return _train(config.resolved(torch.cuda.is_available()).for_processes(processes.world_size), processes)
     finally:
         processes.end()
 
