@@ -83,8 +83,9 @@ class VideoTom(Pipeline):
         # every time ends as error rows instead of looping forever.
         marked_frame = MarkedFrame(config.marks.frame_pos, config.marks.step_rightmost_ratio, config.seed)
         if tracks_from_source(config.track):  # reads the traces, decodes one frame a window
-            frames_and_tracks = [StageSpec(ReleasedTracesStage(config.decode, config.released, config.track.grid_size**2,
-                                                               config.video_roots(), marked_frame), batch_size=16)]
+            released = ReleasedTracesStage(config.decode, config.released, config.track.grid_size**2,
+                                           config.video_roots(), marked_frame)
+            frames_and_tracks = [StageSpec(released, batch_size=16)]
         else:
             track = TrackStage(config.track, marked_frame=marked_frame)  # draws frame_pos, keeps that frame
             align = [TextAlignmentStage(config.alignment)] if config.alignment.enabled else []

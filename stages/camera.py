@@ -115,8 +115,8 @@ class _Fit:
 
 
 CAMERA_COLUMNS = (
-    Column("homography", "float32", ("T", 3, 3), doc="frame t -> the marked frame (frame_pos); identity where not applied",
-           group="camera"),
+    Column("homography", "float32", ("T", 3, 3), group="camera",
+           doc="frame t -> the marked frame (frame_pos); identity where not applied"),
     Column("homography_ok", "bool", ("T",),
            doc="frame t is aligned to the marked frame (all false when not compensated)", group="camera"),
     Column("inlier_ratio", "float32", ("T",), doc="share of RANSAC inliers of frame t's fit; 0 where not fitted",

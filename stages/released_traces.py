@@ -28,8 +28,8 @@ from magma_data.sources.base import ClipProblem
 from magma_data.sources.magma_video_tom import ReleasedWindow, open_release
 from magma_data.stages.base import Column, Row, Stage, StageError
 from magma_data.stages.decode import IMAGE_HEIGHT, IMAGE_WIDTH, DecodeConfig, DecodeStage, resize_frames
-from magma_data.stages.plan import PlanConfig, VideoProbes, plan_in_threads, sample_id_for
 from magma_data.stages.marked_frame import FIRST_FRAME, MARKED_FRAME, MarkedFrame
+from magma_data.stages.plan import PlanConfig, VideoProbes, plan_in_threads, sample_id_for
 from magma_data.stages.track import TRACKER, TRACKS, VISIBILITY
 
 

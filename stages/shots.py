@@ -48,7 +48,7 @@ from .decode import DecodeConfig, DecodeStage
 
 @dataclass(frozen=True)
 class ShotsConfig:
-    """Shot boundaries by PySceneDetect's ContentDetector, as 0.6 (Magma's ``detect(path, ContentDetector())``) ran it."""
+    """Shot boundaries by PySceneDetect's ContentDetector as 0.6 ran Magma's ``detect(path, ContentDetector())``."""
 
     #: plan windows inside shots, as Magma did; off, windows are planned over whole clips
     enabled: bool = False
@@ -74,8 +74,8 @@ class ShotsConfig:
 def shots_note(config: ShotsConfig) -> str:
     """The line a run says once when shots are on: what planning now decodes."""
     return (f"shots: windows planned inside shots (PySceneDetect ContentDetector, threshold {config.threshold:g}, "
-            f"min_scene_len {config.min_scene_len}, {config.filter_mode}); planning decodes every frame of every clip once, cached for "
-            "a resumed run")
+            f"min_scene_len {config.min_scene_len}, {config.filter_mode}); planning decodes every frame of every clip "
+            "once, cached for a resumed run")
 
 
 #: Frames decoded per read while a span is scanned: a bound on the memory of one detection.

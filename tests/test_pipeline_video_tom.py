@@ -127,8 +127,8 @@ def test_image_marks_camera_and_tom_targets_start_at_the_marked_frame(folder_run
             assert row["homography_ok"][pos] and np.allclose(row["homography"][pos], np.eye(3))
         tracks = np.asarray(row["tracks"], np.float32)
         np.testing.assert_allclose(row["mark_xy"], tracks[pos, row["mark_track_index"]].reshape(-1, 2))
-        starts = {mark: xy for mark, xy in zip(row["mark_ids"], to_grid(np.asarray(row["mark_xy"]).reshape(-1, 2),
-                                                                          row["image_width"], row["image_height"], 256))}
+        grid = to_grid(np.asarray(row["mark_xy"]).reshape(-1, 2), row["image_width"], row["image_height"], 256)
+        starts = dict(zip(row["mark_ids"], grid))
         seen = {mark for mark, index in zip(row["mark_ids"], row["mark_track_index"]) if row["visibility"][pos][index]}
         for mark, target in zip(row["tom_mark_ids"], row["tom_targets"]):
             if mark in seen:  # a trace's first usable point from frame_pos on: its mark, where the mark is seen

@@ -192,8 +192,8 @@ class TrainConfig(ModelData):
         if self.bits != 16 and not self.lora:
             raise ValueError(f"--bits {self.bits} quantizes weights that then cannot train: add --lora (QLoRA)")
         if self.global_batch and self.grad_accum != 1:
-            raise ValueError(f"--global-batch {self.global_batch} and --grad-accum {self.grad_accum} both set the samples "
-                             "of a step: give one of them (--global-batch N overrides a recipe's)")
+            raise ValueError(f"--global-batch {self.global_batch} and --grad-accum {self.grad_accum} both set the "
+                             "samples of a step: give one of them (--global-batch N overrides a recipe's)")
         if self.lora and self.train != ("llm",):
             raise ValueError(
                 f"with --lora only the adapters on the language model train, not {','.join(self.train)}: "
@@ -208,15 +208,15 @@ class TrainConfig(ModelData):
             )
 
     def for_processes(self, world_size: int) -> TrainConfig:
-        """The config with ``grad_accum`` set from ``global_batch`` for ``world_size`` processes (as it is without one)."""
+        """The config with ``grad_accum`` from ``global_batch`` for ``world_size`` processes (as it is without one)."""
         if not self.global_batch:
             return self
         per_step = self.batch_size * world_size
         if self.global_batch % per_step:
             raise ValueError(
-                f"--global-batch {self.global_batch} is not a multiple of --batch-size {self.batch_size} x {world_size} "
-                f"processes ({per_step}): choose a --batch-size that divides {self.global_batch // world_size or 1}, or "
-                "another --global-batch")
+                f"--global-batch {self.global_batch} is not a multiple of --batch-size {self.batch_size} x "
+                f"{world_size} processes ({per_step}): choose a --batch-size that divides "
+                f"{self.global_batch // world_size or 1}, or another --global-batch")
         return dataclasses.replace(self, grad_accum=self.global_batch // per_step, global_batch=None)
 
     def data_order(self) -> dict[str, Any]:
