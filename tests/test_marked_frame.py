@@ -8,6 +8,7 @@ import torch
 
 from magma_data.stages.marked_frame import FIRST_FRAME, FRAME_POS, MarkedFrame, frame_pos, frame_rightmost
 from magma_data.stages.track import TrackConfig, TrackStage
+from stage_contract import assert_stage_contract
 
 
 def magmas_frame_rightmost(tracks: np.ndarray, ratio: float) -> int:
@@ -80,6 +81,7 @@ def test_the_track_stage_keeps_the_drawn_frame_and_writes_frame_pos():
     stage = TrackStage(TrackConfig(tracker="lk"), tracker=_EvenMotion(), marked_frame=MarkedFrame(seed=1))
     results = stage.process(rows)
     assert FRAME_POS in stage.columns
+    assert_stage_contract(stage, results[0])
     positions = [int(result["frame_pos"]) for result in results]
     assert all(0 <= pos < 7 for pos in positions) and len(set(positions)) > 1
     for result, pos in zip(results, positions):
@@ -87,4 +89,5 @@ def test_the_track_stage_keeps_the_drawn_frame_and_writes_frame_pos():
     pinned = TrackStage(TrackConfig(tracker="lk"), tracker=_EvenMotion())
     assert FRAME_POS not in pinned.columns
     [result] = pinned.process(rows[:1])
+    assert_stage_contract(pinned, result)
     assert "frame_pos" not in result and (result["marked_frame"] == 0).all()
