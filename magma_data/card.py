@@ -60,8 +60,9 @@ def dataset_card(root: Path, license: str) -> str:
     pipelines = sorted({o.config.pipeline for o in outputs})
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# SoM/ToM windows made by magma-data ({', '.join(pipelines) or 'no run yet'})", "",
-             "One row per window: the first frame (`image`), the frame with numbered marks (`som_image`), point",
-             "tracks after camera-motion removal, homographies and their quality, marks, Trace-of-Mark targets on",
+             "One row per window: the marked frame (`image`; frame `frame_pos` of the window, drawn as Magma",
+             "draws it), the same frame with numbered marks (`som_image`), point tracks after camera-motion removal,",
+             "homographies and their quality, marks, Trace-of-Mark targets on",
              "the 256x256 grid, and Magma conversation turns (`conversations`). Units that failed are listed with",
              "stage, error class and message under `errors/`; units a rule of the recipe dropped (Magma's Ego4D",
              "verb filter), with the rule, under `filtered/`.", "",

@@ -30,6 +30,7 @@ from magma_data.models.point_tracking import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER
 from magma_data.registry import Registry
 from magma_data.stages.base import Column, OneOf, Placement, Row, Stage, update_with_file
 from magma_data.stages.decode import FRAMES
+from magma_data.stages.marked_frame import FIRST_FRAME, MARKED_FRAME, MarkedFrame
 
 log = logging.getLogger(__name__)
 
@@ -332,31 +333,35 @@ TRACKER = Column("tracker", "string", group="traces",
                  doc="the tracker that made the tracks (lk, cotracker3; released: Magma's Magma-Video-ToM traces)")
 TRACKS = Column("tracks", "float32", ("T", "N", 2), group="traces",
                 doc="x, y of every grid point in every frame, in pixels of the working frames; after the camera "
-                    "stage, in the window's first frame wherever homography_ok")
+                    "stage, in the marked frame's coordinates (frame_pos) wherever homography_ok")
 VISIBILITY = Column("visibility", "bool", ("T", "N"), doc="the tracker sees the point in that frame", group="traces")
-FRAME0 = Column("frame0", "uint8", ("H", "W", 3), doc="the window's first frame, kept for rendering")
 TRACK_OOM_HALVINGS = Column("track_oom_halvings", "int32",
                             doc="how often the window's batch was halved after running out of memory (run summary)")
 
 
 class TrackStage(Stage):
-    """Batches windows of equal shape through the tracker; keeps the first frame for rendering.
+    """Batches windows of equal shape through the tracker; keeps the marked frame for rendering.
 
     On out-of-memory the batch is halved and retried (the rows record how often); a batch that
     fails otherwise is retried window by window, so one bad window fails alone. The tracker is
     built on first use (``setup`` in an actor), so the stage itself is cheap to make and to ship.
+    Which frame is marked (``frame_pos``) needs the tracks, and the decoded frames go no further
+    than this stage, so it is drawn here (``stages.marked_frame``).
     """
 
     name = "track"
-    columns = (TRACKER, TRACKS, VISIBILITY, FRAME0, TRACK_OOM_HALVINGS)
     consumes = (FRAMES.name,)
 
-    def __init__(self, config: TrackConfig, tracker: PointTracker | None = None):
+    def __init__(self, config: TrackConfig, tracker: PointTracker | None = None,
+                 marked_frame: MarkedFrame = FIRST_FRAME):
         """``tracker``: a point tracker to use as it is (tests); else the registered one of ``config.tracker``,
-        built on first use. The stage keeps its registry entry, so a worker builds it without the registry."""
+        built on first use. The stage keeps its registry entry, so a worker builds it without the registry.
+        ``marked_frame``: how the frame the marks sit on is drawn (the pipelines pass the run's; frame 0 else)."""
         self.config = config
         self.entry = TRACKERS.get(config.tracker)  # None while ``auto``: resolved on first use
         self._tracker = tracker
+        self.marked_frame = marked_frame
+        self.columns = (TRACKER, TRACKS, VISIBILITY, MARKED_FRAME, TRACK_OOM_HALVINGS, *marked_frame.columns)
 
     @property
     def placement(self) -> Placement:
@@ -416,10 +421,12 @@ class TrackStage(Stage):
                 results[indices[0]] = error
             return
         for k, i in enumerate(indices):
+            frame_pos = self.marked_frame.draw(tracks[k], rows[i])
             results[i] = {
                 "tracker": self.tracker.name,
                 "tracks": tracks[k].astype(np.float32),
                 "visibility": visibility[k].astype(bool),
-                "frame0": rows[i]["frames"][0],
+                "marked_frame": rows[i]["frames"][frame_pos],
                 "track_oom_halvings": np.int32(halvings),
+                **self.marked_frame.columns_for(frame_pos),
             }
