@@ -79,6 +79,8 @@ ADDED: tuple[Added, ...] = (
     Added("alignment", 3, AlignmentConfig()),
     Added("alignment_weights", 3, ""),
     Added("quality", 3, QualityConfig()),
+    # a tracker's input resolution (issue 26, TAPNext++'s 256 or 512); None: the tracker's own
+    Added("track.resolution", 3, None),
 )
 
 #: Sections of stages a pipeline leaves out while they are off (``enabled`` false): their other
