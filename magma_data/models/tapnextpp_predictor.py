@@ -155,8 +155,10 @@ def load_tapnextpp(
     found = find_checkpoint(path, resolution)
     if found is None:
         raise FileNotFoundError(checkpoint_missing(resolution))
-    model = TAPNext()
-    model.load_state_dict(read_weights(found), strict=True)
+    with torch.device("meta"):  # no memory, no initialisation: every tensor comes from the file
+        model = TAPNext()
+    model.load_state_dict(read_weights(found, mmap=True), strict=True, assign=True)
+    model.float()  # the official loader copies into fp32 parameters, whatever the file holds
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return TAPNextPPPredictor(model, resolution, dtype=dtype).to(device)
 
