@@ -198,9 +198,11 @@ class TAPNextPPPredictor(nn.Module):
         return tracks.float().flip(-1) * to_input, visible_logits[..., 0] > 0
 
 
-#: Peak memory of an fp32 forward per token (a patch or a point on one frame), measured on CPU by
-#: ``benchmarks/tracker_memory.py``: the released width's activations inside one TRecViT block.
-BYTES_PER_TOKEN = 100 * 1024
+#: Peak memory of an fp32 forward per token (a patch or a point on one frame): the released width's
+#: activations inside one TRecViT block. Measured on CPU by ``benchmarks/tracker_memory.py --tracker
+#: tapnextpp``: 133-136 KiB at 64 and 128 input, 174 KiB at 256 (a frame's attention scores grow with
+#: its tokens squared there); the largest is kept. ``tracker_gpu.py`` checks it on a card.
+BYTES_PER_TOKEN = 176 * 1024
 
 
 def forward_memory_bytes(batch: int, frames: int, points: int, resolution: int = DEFAULT_RESOLUTION) -> int:
