@@ -166,7 +166,8 @@ def main() -> None:
     parser.add_argument("--official-path", type=Path, required=True, help="a google-deepmind/tapnet checkout")
     parser.add_argument("--videos", type=Path, help="folder of the clips (default: clips.VIDEO_DIRS)")
     parser.add_argument("--clips", default=",".join(CLIPS))
-    parser.add_argument("--resolution", type=int, default=256, help="256 (tapnextpp_ckpt.pt) or 512 (tapnextpp_512.ckpt)")
+    parser.add_argument("--resolution", type=int, default=256,
+                        help="256 (tapnextpp_ckpt.pt) or 512 (tapnextpp_512.ckpt)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--grid", type=int, default=15, help="grid x grid query points on frame 0 (Magma: 15)")
     parser.add_argument("--seed", type=int, default=0)

@@ -431,8 +431,8 @@ def tapnextpp_markdown(report: Report) -> list[str]:
         lines.append(f"| {row['run']} | {row['against']} | {100 * row['within']:.3f} % | {row['p999_px']:.2e} | "
                      f"{row['max_px']:.2e} | {100 * row['visibility_agreement']:.3f} % | "
                      f"{100 * row['visible_share']:.1f} % | {row['reference_motion_px']:.1f} | {budget} |")
-    lines += ["", "Throughput (ours: the batch in one call; official: `track_frame`, a frame a call, a window at a time, "
-              "fp32 beside our fp32 and its float16 autocast beside our bf16):", "",
+    lines += ["", "Throughput (ours: the batch in one call; official: `track_frame`, a frame a call, a window at a "
+              "time, fp32 beside our fp32 and its float16 autocast beside our bf16):", "",
               "| precision | batch | ours s/call | ours point-frames/s | ours peak GiB | GiB/window | official s | "
               "official point-frames/s | ours / official |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case in part["cases"]:
@@ -451,7 +451,8 @@ def tapnextpp_markdown(report: Report) -> list[str]:
         lines += [f"| {r['batch']} | {gib(r['measured_bytes'])} | {gib(r['model_bytes'])} | "
                   f"{r['model_bytes'] / r['measured_bytes']:.2f} |" for r in model["by_batch"]]
     if "chosen_batch" in model:
-        lines += ["", f"`batch_size_for_memory` with {gib(model['free_bytes'])} GiB free: batch {model['chosen_batch']}."]
+        lines += ["", f"`batch_size_for_memory` with {gib(model['free_bytes'])} GiB free: "
+                      f"batch {model['chosen_batch']}."]
     return lines
 
 

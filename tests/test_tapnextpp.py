@@ -294,8 +294,9 @@ def test_a_folder_run_with_tapnextpp_writes_rows_whose_marks_and_text_come_from_
     output = tmp_path / "out"
     command = [sys.executable, "-m", "magma_data", "run", "video_tom", "--input", "folder", "--root", str(video_clips),
                "--output", str(output), "--tracker", "tapnextpp", "--checkpoint", str(random_weights),
-               "--set", "track.resolution=32", "--set", "camera.global_motion_fraction=1", "--limit", "2", "--window-len", "8", "--grid-size", "4",
-               "--height", "128", "--batch-size", "2", "--num-cpus", "2", "--no-progress"]
+               "--set", "track.resolution=32", "--set", "camera.global_motion_fraction=1", "--limit", "2",
+               "--window-len", "8", "--grid-size", "4", "--height", "128", "--batch-size", "2", "--num-cpus", "2",
+               "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"tracker: TAPNext++ at 32x32 from {random_weights}" in done.stderr

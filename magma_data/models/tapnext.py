@@ -113,7 +113,8 @@ class TAPNext(nn.Module):
         return torch.where(frame < query_frame, self.unknown_token, tokens)
 
     def prediction_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Point tokens [..., C] -> tracks [..., 2] (y, x), coordinate logits [..., 2 * COORDINATE_BINS], visibility logits [..., 1].
+        """Point tokens [..., C] -> tracks [..., 2] (y, x), coordinate logits [..., 2 * COORDINATE_BINS] and
+        visibility logits [..., 1].
 
         A position is the softmax-weighted mean of the bins within ``SOFT_ARGMAX_RADIUS`` of the
         argmax, at the bin centres (+0.5)."""

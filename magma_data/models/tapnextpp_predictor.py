@@ -87,7 +87,8 @@ class UnusableWeights(ValueError):
 
 
 def _state_dict(checkpoint: object) -> object:
-    """What the official loader takes from a checkpoint: its ``state_dict`` (or the whole), keys without ``tapnext.``."""
+    """What the official loader takes from a checkpoint: its ``state_dict`` (or the whole), keys without
+    ``tapnext.``."""
     if isinstance(checkpoint, dict):
         state = checkpoint.get("state_dict", checkpoint)
         if isinstance(state, dict):
@@ -258,7 +259,8 @@ class TAPNextPPPointTracker:
         return self._batch_sizes[shape]
 
     def track(self, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """video uint8 [B, T, 3, H, W] RGB -> tracks float32 [B, T, N, 2] (x, y) input pixels, visibility bool [B, T, N]."""
+        """video uint8 [B, T, 3, H, W] RGB -> tracks float32 [B, T, N, 2] (x, y) in input pixels and visibility
+        bool [B, T, N]."""
         batch, _, _, height, width = video.shape
         frames = torch.from_numpy(np.ascontiguousarray(video)).to(self.device).float()
         grid = torch.from_numpy(grid_points(self.grid_size, height, width)).to(self.device)
