@@ -14,7 +14,8 @@ frame 0, offline model, 6 iterations), in this order, so that the figures that m
 3. peak GPU memory per window, and the per-window memory model of ``magma_data.models.cotracker3``
    checked against it, with the batch size it would choose for this card.
 
-Then TAPNext++ (``tapnextpp_part``) on the same windows with the grid as queries, at 256x256: accuracy of
+Then TAPNext++ (``tapnextpp_part``) on the same windows with the grid as queries, at 256x256
+(``--tapnextpp-resolution 512``: the 512 checkpoint's input, its position embedding resized): accuracy of
 ours fp32 (the windows as one batch) against the official ``TAPNextPP.track_frame`` loop (a frame a
 call, a window at a time) on the same seeded random weights, budget 1e-3 px on 99.9 % of point-frames
 and visibility on 99.9 %; ours bf16 against fp32, and the official float16 autocast (what it runs on
@@ -422,8 +423,9 @@ def tapnextpp_markdown(report: Report) -> list[str]:
     part = report.tapnextpp
     if not part:
         return []
-    lines = ["", f"TAPNext++ at {TAPNEXTPP_RESOLUTION}x{TAPNEXTPP_RESOLUTION} (the dry run: the tiny network at 32), "
-             "the same windows, the grid as queries; every frame. Accuracy:", "",
+    side = part["resolution"]
+    lines = ["", f"TAPNext++ at {side}x{side} (a dry run: the tiny network at 32), the same windows, the grid as "
+             "queries; every frame. Accuracy:", "",
              "| run | against | within 1e-3 px | p99.9 px | max px | visibility agreement | visible | "
              "motion px | within budget |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for row in part["accuracy"]:
@@ -458,7 +460,6 @@ def tapnextpp_markdown(report: Report) -> list[str]:
 
 # --- TAPNext++ -------------------------------------------------------------------------------------------
 
-TAPNEXTPP_RESOLUTION = 256
 #: the dry run's network: the released layout shrunk (a 32x32 square, width 32, 2 blocks)
 TAPNEXTPP_TINY = {"image_size": 32, "width": 32, "num_heads": 2, "depth": 2}
 TAPNEXTPP_BUDGET_PX = 1e-3
@@ -525,8 +526,8 @@ def tapnextpp_part(report: Report, windows: torch.Tensor, args, shape: Shape, de
                    save) -> None:
     """Accuracy, throughput and memory of TAPNext++ on ``windows``; fills ``report.tapnextpp``."""
     part = report.tapnextpp
-    part.update(accuracy=[], cases=[], memory_model={})
-    resolution = 32 if args.tiny else TAPNEXTPP_RESOLUTION
+    resolution = 32 if args.tiny else args.tapnextpp_resolution
+    part.update(resolution=resolution, accuracy=[], cases=[], memory_model={})
     ours, official, why_not = tapnextpp_networks(args.tapnet, args.tiny)
     if why_not:
         report.skipped.append(why_not)
@@ -654,6 +655,7 @@ def main() -> None:
     parser.add_argument("--official", type=Path, default=OFFICIAL_DIR, help="co-tracker checkout")
     parser.add_argument("--tapnet", type=Path, default=OFFICIAL_DIR.parent / "tapnet", help="tapnet checkout")
     parser.add_argument("--trackers", default="cotracker3,tapnextpp", help="which trackers to time")
+    parser.add_argument("--tapnextpp-resolution", type=int, default=256, help="256 or 512 (its two checkpoints)")
     parser.add_argument("--tapnextpp-budget-s", type=float, default=200,
                         help="start no TAPNext++ timing after this many seconds of its part")
     parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse, where git is)")
