@@ -86,6 +86,8 @@ ADDED: tuple[Added, ...] = (
     # Magma's per-sample draw of the marked frame (issue 24); rows made before it mark frame 0
     Added("marks.frame_pos", 4, "first"),
     Added("marks.step_rightmost_ratio", 4, 0.5),
+    # a tracker's input resolution (issue 26, TAPNext++'s 256 or 512); None: the tracker's own
+    Added("track.resolution", 4, None),
 )
 
 #: Sections of stages a pipeline leaves out while they are off (``enabled`` false): their other
