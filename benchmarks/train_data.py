@@ -91,10 +91,11 @@ def loader(data: Path, model: Path, workers: int, steps: int):
     counters, start = io_counters(), time.perf_counter()
     readers = open_data([DataSpec(data)])
     config = TrainConfig.from_recipe("pretrain", data=(str(data),), model=model, output="-", batch_size=BATCH,
-                                     max_steps=steps, validation_fraction=VALIDATION_FRACTION)
+                                     global_batch=None, max_steps=steps, validation_fraction=VALIDATION_FRACTION)
     order = Order(readers, OrderConfig(config.seed, 1, config.shuffle_window, config.shuffle_buffer))
     rows = RankRows(order, SplitRule("train", VALIDATION_FRACTION), SAMPLE_COLUMNS, StepPlan(config, 1, None), 0)
-    samples = TrainingSamples(readers, SampleMaker(processor), config.seed)
+    maker = SampleMaker(processor, som_tom_drop=config.som_tom_drop, seed=config.seed)
+    samples = TrainingSamples(readers, maker, config.seed)
     batches = DataLoader(samples, batch_sampler=rows, collate_fn=Collator(processor.tokenizer.pad_token_id),
                          num_workers=workers)
     return start, counters, batches
@@ -136,7 +137,8 @@ def measure_reads(data: Path, rows: int) -> dict:
     from magma_data.train.trainer import StepPlan
 
     config = TrainConfig.from_recipe("pretrain", data=(str(data),), model="-", output="-", batch_size=BATCH,
-                                     max_steps=rows // BATCH, validation_fraction=VALIDATION_FRACTION)
+                                     global_batch=None, max_steps=rows // BATCH,
+                                     validation_fraction=VALIDATION_FRACTION)
     before = io_counters()
     readers = open_data([DataSpec(data)])
     order = Order(readers, OrderConfig(config.seed, 1, config.shuffle_window, config.shuffle_buffer))

@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
 def micro_batches(sources, samples: int, batch_size: int, redraw: bool = False) -> RankRows:
     """One process's micro-batches of ``batch_size`` rows, ``samples`` in all, as the trainer reads them."""
     config = TrainConfig.from_recipe("pretrain", data=("-",), model="-", output="-", batch_size=batch_size,
-                                     max_steps=-(-samples // batch_size), redraw_marks=redraw)
+                                     global_batch=None, max_steps=-(-samples // batch_size), redraw_marks=redraw)
     order = Order(sources, OrderConfig(0, 1, config.shuffle_window, config.shuffle_buffer))
     return RankRows(order, SplitRule("all", 0.0), None if redraw else SAMPLE_COLUMNS, StepPlan(config, 1, None), 0)
 

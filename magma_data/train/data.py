@@ -12,7 +12,8 @@
    rows of a step are the same whatever the number of workers, and a resume restarts from the
    lanes' positions saved in the checkpoint.
 4. ``TrainingSamples`` (here, in the workers): ``--redraw-marks`` draws the row's marks again
-   (``Reader.redraw``); ``samples.SampleMaker`` makes Magma's sample.
+   (``Reader.redraw``); ``samples.SampleMaker`` makes Magma's sample (a video row loses its SoM / ToM
+   turn in ``--som-tom-drop`` of the draws, per (seed, epoch, sample)).
 5. ``Collator``: Magma's ``DataCollatorForSupervisedDataset`` (right padding, crops and image grids
    zero-padded across the batch).
 """
@@ -158,7 +159,7 @@ class TrainingSamples(torch.utils.data.Dataset):
         try:
             if self.redraw:
                 row = source.redraw(row, self.seed, item.epoch)
-            return self.maker(row, source)
+            return self.maker(row, source, item.epoch)
         except BadRow as bad:
             return Skipped(source.name, bad.reason, f"{row.get('sample_id', row.get('id', '?'))}: {bad.detail}")
 

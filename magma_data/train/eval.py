@@ -155,7 +155,7 @@ def answer_tom_question(
     model: MagmaForCausalLM, maker: SampleMaker, source: Reader, row: dict[str, Any], max_new_tokens: int, device
 ) -> str:
     """The model's greedy answer to the row's ToM question, after the turns before it."""
-    turns, images, num_crops = source.content(maker, row)
+    turns, images, num_crops = source.content(maker, row, epoch=0)  # eval's maker drops no turn
     maker.check_tokens(turns)
     questions = [i for i, turn in enumerate(turns) if turn["from"] == "human" and asks_about_marks(turn["value"])]
     if not questions:

@@ -114,8 +114,10 @@ class Reader(Protocol):
     def rows(self, shard: int, block: int, indices: np.ndarray, columns: Sequence[str] | None) -> list[dict[str, Any]]:
         """The block's rows at ``indices``, with ``columns`` (None: all)."""
 
-    def content(self, maker: SampleMaker, row: dict[str, Any]) -> tuple[list[dict], list[Image.Image], int | None]:
-        """The row's turns, its images and their crop count, by the branch of Magma's loader the layout follows."""
+    def content(self, maker: SampleMaker, row: dict[str, Any], epoch: int
+                ) -> tuple[list[dict], list[Image.Image], int | None]:
+        """The row's turns, its images and their crop count, by the branch of Magma's loader the layout follows
+        (``epoch``: the SoM / ToM drop's draw)."""
 
     def redraw(self, row: dict[str, Any], seed: int, epoch: int) -> dict[str, Any]:
         """The row with new marks (``--redraw-marks``), or as it is where the layout has none."""
@@ -175,8 +177,8 @@ class MagmaShards:
         names = None if columns is None else [name for name in columns if name in file.schema_arrow.names]
         return file.read_row_group(block, columns=names).take(pa.array(indices, pa.int64())).to_pylist()
 
-    def content(self, maker: SampleMaker, row: dict[str, Any]):
-        return maker.magma_content(row)
+    def content(self, maker: SampleMaker, row: dict[str, Any], epoch: int):
+        return maker.magma_content(row, epoch)
 
     def check_redraw(self) -> None:
         if self.run_config is None:
@@ -190,19 +192,20 @@ class MagmaShards:
 
         The marks stage is seeded from (run seed, epoch) and keys its draws on the sample id, so a
         sample gets new marks every epoch and the same marks in every run, as Magma draws new marks
-        each time it loads a sample. ``image`` stays as stored. The stages take NumPy arrays, as the
+        each time it loads a sample. ``image`` stays as stored, and so does the marked frame it is
+        (``frame_pos``: the row keeps that frame's pixels only). The stages take NumPy arrays, as the
         pipeline hands them: the shards' fixed-size list columns are.
         """
         stage_seed = int.from_bytes(hashlib.sha256(f"redraw\x00{seed}\x00{epoch}".encode()).digest()[:4], "little")
         stages = load_pipeline(self.run_config.pipeline).redraw_stages(self.run_config, stage_seed)
-        redrawn = dict(row, frame0=np.asarray(decode_image(row["image"])))
+        redrawn = dict(row, marked_frame=np.asarray(decode_image(row["image"])))  # the row's frame_pos stays
         redrawn.update({name: np.asarray(row[name]) for name in self.array_columns() if name in row})
         try:
             for stage in stages:  # robot rows: the action turn goes first again
                 redrawn.update(stage(redrawn))
         except StageError as error:
             raise BadRow("marks cannot be redrawn", str(error)) from error
-        del redrawn["frame0"]
+        del redrawn["marked_frame"]
         redrawn["image"] = row["image"]
         return redrawn
 
@@ -267,7 +270,7 @@ class LlavaJson:
         records = self._block(shard, block)
         return [records[int(index)] for index in indices]
 
-    def content(self, maker: SampleMaker, row: dict[str, Any]):
+    def content(self, maker: SampleMaker, row: dict[str, Any], epoch: int):
         return maker.llava_content(row, self.image_folder)
 
     def check_redraw(self) -> None:

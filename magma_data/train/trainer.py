@@ -54,7 +54,7 @@ def train(config: TrainConfig) -> Path:
     """Train and write the final model to ``config.output``; returns that folder."""
     processes = Processes.start()
     try:
-        return _train(config.resolved(torch.cuda.is_available()), processes)
+        return _train(config.resolved(torch.cuda.is_available()).for_processes(processes.world_size), processes)
     finally:
         processes.end()
 
@@ -76,7 +76,7 @@ def _train(config: TrainConfig, processes: Processes) -> Path:
         processor = MagmaProcessor.from_pretrained(config.model)
         model, added = load_for_training(config.model, config, processes, processor)
         rows = [int(processes.sum(count)) for count in counting.result()] if counting else None
-    maker = SampleMaker(processor, config.max_length)
+    maker = SampleMaker(processor, config.max_length, config.som_tom_drop, config.seed)
     plan = StepPlan(config, processes.world_size, order.rows_per_epoch(rows) if rows else None)
     if plan.epoch_length == 0:
         raise ValueError("the data hold no row for this split; check --data and --validation-fraction")
