@@ -96,8 +96,8 @@ def test_overfitting_eight_rows_cuts_the_loss_five_times_and_beats_the_untrained
     shards = tom_shards(tmp_path_factory)
     result = CliRunner().invoke(main, [
         "pretrain", "--data", str(shards), "--model", str(tiny_magma(tmp_path_factory)), "--output", str(tmp_path / "run"),
-        "--max-steps", "80", "--batch-size", "8", "--lr", "1e-2", "--train", "llm,projector", "--validation-fraction", "0",
-        "--num-workers", "1", "--no-progress",
+        "--max-steps", "80", "--batch-size", "8", "--global-batch", "8", "--lr", "1e-2", "--train", "llm,projector",
+        "--validation-fraction", "0", "--num-workers", "1", "--no-progress",
     ])
     assert result.exit_code == 0, result.output
     losses = [record["loss"] for record in read_log(tmp_path / "run")]
