@@ -354,7 +354,8 @@ def report(figures: dict, shard: Path, args: argparse.Namespace) -> str:
         f"{reads['stored_kb_per_row']:.0f} kB stored each (the sample's columns: two JPEGs, text, ids), footers and "
         "unit columns included; the first batch alone reads the buffer's first row groups. Bytes written: the "
         "loader workers' interprocess files (Python's temporary files, deleted at once), nothing of the data; "
-        "caches and temporary folders were empty after every run.",
+        "caches and temporary folders were empty after every run. Samples/s: one run of each setting, "
+        f"{args.samples} samples; on a shared machine they move between runs more than between settings.",
         "",
         f"Shuffle: 32 consecutive samples of the first window ({shuffle['window_rows']:,} rows) come from "
         + ", ".join(f"{shuffle[str(b)][0]:.1f} row groups of {shuffle[str(b)][1]:.1f} shards with a buffer of {b}"
