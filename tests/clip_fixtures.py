@@ -43,12 +43,13 @@ def save_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
 
 def scores_and_split(root: Path, config) -> tuple[dict[tuple[str, int], float], float]:
     """The CLIP score ``config``'s alignment stage gives each window with text of the folder source at
-    ``root`` (here, in one process: plan, decode, score), by (clip, start); and a threshold the better
-    half of them reaches and the rest do not."""
+    ``root`` (here, in one process: plan, decode, score), by (clip, start); and a threshold in the widest
+    gap between the scores of the middle half: some windows reach it and the rest do not, and none is
+    within ``BATCH_TOLERANCE`` of it, so a run decides each as here whatever its batches."""
     from magma_data.pipelines import load_pipeline
     from magma_data.sources import load_manifest, open_source
     from magma_data.stages.decode import DecodeStage
-    from magma_data.stages.text_alignment import TextAlignmentStage
+    from magma_data.stages.text_alignment import BATCH_TOLERANCE, TextAlignmentStage
 
     scoring = config.with_overrides({"alignment": {"threshold": -1.0}})  # every window passes, with its score
     units = load_pipeline("video_tom").plan(open_source(load_manifest("folder"), root), scoring)
@@ -56,4 +57,7 @@ def scores_and_split(root: Path, config) -> tuple[dict[tuple[str, int], float], 
     scores = {(unit["clip_id"], unit["frame_index"]): float(align.process([{**unit, **decode(unit)}])[0]["clip_score"])
               for unit in units if not unit.get("drop_kind") and unit["task"]}
     ranked = sorted(scores.values())
-    return scores, (ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2
+    quarter = len(ranked) // 4
+    split = max(range(max(1, quarter), len(ranked) - quarter), key=lambda k: ranked[k] - ranked[k - 1])
+    assert ranked[split] - ranked[split - 1] > 2 * BATCH_TOLERANCE, f"no gap between the scores {ranked}"
+    return scores, (ranked[split - 1] + ranked[split]) / 2
