@@ -24,8 +24,8 @@ SMALL = ("--input", "sample", "--tracker", "lk", "--height", "128", "--grid-size
          "--window-stride", "8", "--limit", "8", "--rows-per-shard", "2", "--no-progress")
 
 
-#: How long a run may take before a test calls it hung: a guard, not a measure (a loaded 2-core
-#: machine runs ``SMALL`` in about a minute).
+#: How long a run may take before a test calls it hung: a guard, not a measure (``SMALL`` takes 10
+#: to 60 s on a shared 2-core machine under heavy load).
 HUNG_S = 600
 
 
