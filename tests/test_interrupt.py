@@ -8,7 +8,10 @@ Every wait is for a condition; the time limits only tell a hung run from a slow 
 The run is started with SIGINT as a terminal leaves it, and as a script's background job leaves
 it: ignored (``cmd &`` in a non-interactive shell, so under many CI runners and agents), which
 Python keeps unless the program restores it. A test suite started that way passed the ignored
-SIGINT on to the run this test started, which then held on until the test gave up on it.
+SIGINT on to the run this test started, which then held on until the test gave up on it. Each
+test sets SIGINT itself, as a shell does between fork and exec, so neither depends on how the
+suite was started; it does so in a parent that then execs the run (``preexec_fn`` is not safe in
+a process with threads, and an earlier test's in-process Ray leaves threads in this one).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 from cli_runs import HUNG_S, MAGMA_DATA, SMALL, in_session, magma_run, reap, run_env, sample_ids
@@ -25,6 +29,9 @@ from magma_data.cli import EXIT_INTERRUPTED
 
 #: 24 windows, 12 shards: enough left to do when the first shard is in
 LONGER = (*SMALL, "--limit", "24")  # the last of a repeated option wins
+#: A parent that sets SIGINT as a shell would for the command it starts, then becomes that command
+#: (same process, so the test's pid and session are the run's).
+SETS_SIGINT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.{}); os.execv(sys.argv[1], sys.argv[1:])"
 
 
 def committed_shards(output) -> int:
@@ -39,9 +46,9 @@ def interrupted_run(output, sigint) -> tuple[int, str, list[str]]:
     """Start the run with SIGINT set to ``sigint``, Ctrl-C it once its first shard is committed; its exit
     status, its stderr, and the processes of its session still alive once Ray had time to stop them."""
     command = [MAGMA_DATA, "run", "video_tom", "--output", str(output), "--num-cpus", "2", *LONGER]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           env=run_env(MAGMA_DATA_HOLD_AT="after_shard:1"),
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    parent = [sys.executable, "-c", SETS_SIGINT.format(sigint.name)]
+    run = subprocess.Popen([*parent, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env=run_env(MAGMA_DATA_HOLD_AT="after_shard:1"))
     try:
         deadline = time.monotonic() + HUNG_S
         while committed_shards(output) < 1 and run.poll() is None and time.monotonic() < deadline:
@@ -50,7 +57,7 @@ def interrupted_run(output, sigint) -> tuple[int, str, list[str]]:
         assert committed_shards(output) == 1, f"no shard committed in {HUNG_S} s"
         os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         _, stderr = run.communicate(timeout=HUNG_S)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HUNG_S
         while (left := in_session(run.pid)) and time.monotonic() < deadline:
             time.sleep(0.5)  # Ray's workers exit on their own once the driver stopped their raylet
         return run.returncode, stderr, [process.name() for process in left]
