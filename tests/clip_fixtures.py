@@ -1,11 +1,17 @@
 """A tiny random CLIP checkpoint, saved as transformers saves openai/clip-vit-large-patch14-336: model,
-tokenizer (from vocab.json and merges.txt written here) and image processor, in one folder; and the
-threshold that splits a folder's windows by their scores under it."""
+tokenizer (from vocab.json and merges.txt written here) and image processor, in one folder; the
+threshold that splits a folder's windows by their scores under it; and how two runs that scored their
+windows in other batches are compared."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+#: The data's columns that hold CLIP scores (and a ClipScoreBelowThreshold row's value, which its message
+#: quotes): two runs that batch their windows otherwise (a resumed run and a clean one) write these within
+#: ``BATCH_TOLERANCE`` of each other, not bit for bit on every CPU.
+SCORE_COLUMNS = ("clip_scores", "clip_score")
 
 
 def save_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
@@ -61,3 +67,47 @@ def scores_and_split(root: Path, config) -> tuple[dict[tuple[str, int], float], 
     split = max(range(max(1, quarter), len(ranked) - quarter), key=lambda k: ranked[k] - ranked[k - 1])
     assert ranked[split] - ranked[split - 1] > 2 * BATCH_TOLERANCE, f"no gap between the scores {ranked}"
     return scores, (ranked[split - 1] + ranked[split]) / 2
+
+
+def batching_differences(output: Path, reference: Path) -> list[str]:
+    """How ``output``'s shards, errors and filtered files depart from ``reference``'s: the same files with the
+    same rows, every value equal but CLIP scores, which may differ by ``BATCH_TOLERANCE``."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from magma_data.stages.text_alignment import BATCH_TOLERANCE
+
+    def files(folder):
+        return sorted(p.relative_to(folder).as_posix()
+                      for kind in ("data/*", "errors", "filtered") for p in folder.glob(f"{kind}/*.parquet"))
+
+    if files(output) != files(reference):
+        return [f"files {files(output)} instead of {files(reference)}"]
+    problems = []
+    for name in files(reference):
+        ours, theirs = (pq.read_table(folder / name).to_pylist() for folder in (output, reference))
+        if len(ours) != len(theirs):
+            problems.append(f"{name}: {len(ours)} rows instead of {len(theirs)}")
+            continue
+        for row, want in zip(ours, theirs):
+            scores = SCORE_COLUMNS
+            if want.get("rule") == "ClipScoreBelowThreshold":
+                scores, row, want = ("value",), {**row, "message": None}, {**want, "message": None}
+            for column in scores:
+                if column in want and not np.allclose(row[column], want[column], rtol=0, atol=BATCH_TOLERANCE):
+                    problems.append(f"{name}: {column} {row[column]} instead of {want[column]}")
+            if not same_values({k: v for k, v in row.items() if k not in scores},
+                               {k: v for k, v in want.items() if k not in scores}):
+                problems.append(f"{name}: a row differs beyond its scores: {row.get('sample_id', row.get('unit_id'))}")
+    return problems
+
+
+def same_values(a, b) -> bool:
+    """Equal values of a Parquet row, NaN equal to NaN (reprojection_error is NaN where no homography was fitted)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(same_values, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
+    return a == b

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from cli_runs import magma_run
-from clip_fixtures import save_tiny_clip, scores_and_split
+from clip_fixtures import same_values, save_tiny_clip, scores_and_split
 from media import CUTS, curation_folder
 from PIL import Image
 from source_fixtures import EGO4D_CUT, ego4d_with_a_cut
@@ -55,17 +55,6 @@ def cut_folder(curation_root, tmp_path_factory):
 def _tables(output, kind):
     folder = {"data": output / "data" / "folder", "filtered": output / "filtered"}[kind]
     return [row for path in sorted(folder.glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
-
-
-def _same(a, b) -> bool:
-    """Equal values of a Parquet row, NaN equal to NaN (reprojection_error is NaN where no homography was fitted)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (a != a and b != b)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
 
 
 def _spans_a_cut(indices) -> bool:
@@ -258,7 +247,7 @@ def test_a_curated_run_killed_after_its_first_shard_resumes_to_the_clean_run(cur
             left_out = {*scores, "message"}  # a filtered row's message quotes its score
             assert ours.keys() == theirs.keys()
             differing = [column for column in theirs if column not in left_out
-                         and not _same(ours[column], theirs[column])]
+                         and not same_values(ours[column], theirs[column])]
             assert not differing, f"{ours[key]} differs in {differing}"
 
 
