@@ -54,8 +54,8 @@ MINUTES = (("854x480, 30 fps (bear, paragliding)", ("bear.mp4", "paragliding.mp4
 #: What the figures say, as measured when this benchmark was written (2-core shared CPU).
 READING = """Reading it: shot detection decodes every frame of a clip at its own size, as decoding all of a
 clip's windows does, so on CPU the two cost about the same per video-minute and the detector's
-own scoring (at 256 px) is lost in the noise of the read; with shots on, a clip is decoded twice
-(once to plan, in Ray tasks, once for its windows). Cuts found: every join of the looped
+own scoring (frames shrunk by width // 256, as PySceneDetect 0.6 did) is lost in the noise of the
+read; with shots on, a clip is decoded twice (once to plan, in Ray tasks, once for its windows). Cuts found: every join of the looped
 bear/paragliding minute (23), none in the apple orbit. CLIP ViT-L/14@336px costs 6 to 10 s a
 window on this CPU (10.2 s in an earlier run of this benchmark, under more load), far above
 Lucas-Kanade (about 0.1 s a window, "video_tom stages") and a sixth to a tenth of CoTracker3 on CPU
@@ -187,8 +187,8 @@ def main() -> None:
     lines = [f"{datetime.date.today()} · commit {git_commit()} · 2-core {platform.machine()} CPU, shared, no GPU · "
              f"torch {torch.__version__}, {threads} threads · median of {args.repeats} · clips {shown(videos)}", "",
              "Seconds per minute of video (one process; the pipeline's decode: every 16-frame window resized to "
-             "height 512; whole read: every frame at native size, as detection reads it; shots: read + 256 px "
-             "downscale + ContentDetector):", "",
+             "height 512; whole read: every frame at native size, as detection reads it; shots: read + downscale by "
+             "width // 256 + ContentDetector, PySceneDetect 0.6's rules):", "",
              "| video | pipeline decode s/min | whole read s/min | shots s/min | shots / pipeline decode "
              "| cuts found |",
              "|---|---:|---:|---:|---:|---:|"]

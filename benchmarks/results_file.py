@@ -32,3 +32,17 @@ def replace_section(title: str, body: str, path: Path = RESULTS) -> str:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
     return section
+
+
+def append_to_section(title: str, block: str, intro: str = "", path: Path = RESULTS) -> None:
+    """Add ``block`` (a ``###`` run of a benchmark) at the end of section ``## title``, made with ``intro``
+    when absent, so that runs of one benchmark on several inputs stand together."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    heading = f"## {title}\n"
+    if heading not in text:
+        text = text.rstrip("\n") + f"\n\n{heading}\n" + (f"{intro.strip()}\n" if intro else "")
+    start = text.index(heading) + len(heading)
+    end = text.find("\n## ", start)
+    end = len(text) if end == -1 else end + 1
+    before, after = text[:end].rstrip("\n"), text[end:]
+    path.write_text(f"{before}\n\n{block.strip()}\n" + (f"\n{after}" if after else ""))

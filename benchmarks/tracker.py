@@ -1,9 +1,11 @@
-"""Tracker throughput: point-frames per second (points x frames / s) of our CoTracker3.
+"""Tracker throughput: point-frames per second (points x frames / s) of our CoTracker3 and TAPNext++.
 
 The pipeline's workload is a batch of 16-frame windows at 384x512 with a 15x15 grid on frame 0;
-``--batches``, ``--frames`` and ``--grid`` shrink it for CPU machines. With ``--official-path``
-(a checkout of facebookresearch/co-tracker) the reference predictor runs the same windows in the
-same process, one window per call since it cannot batch, and the ratio ours/official is reported.
+``--batches``, ``--frames`` and ``--grid`` shrink it for CPU machines. TAPNext++ (``--tapnextpp``,
+on by default; ``--tapnextpp-resolution`` 256 or 512) tracks the same windows in the same runs, so
+the cost of a window of each stands side by side. With ``--official-path`` (a checkout of
+facebookresearch/co-tracker) the reference CoTracker3 predictor runs the same windows in the same
+process, one window per call since it cannot batch, and the ratio ours/official is reported.
 Results are appended to the "Tracker" section of benchmarks/RESULTS.md.
 
     python benchmarks/tracker.py                                  # the full workload
@@ -22,6 +24,9 @@ from results_file import git_commit
 from tracker_common import device_name, official_predictor, time_interleaved
 
 from magma_data.models.cotracker3_predictor import CoTracker3Offline, CoTracker3Online, CoTracker3Predictor
+from magma_data.models.point_tracking import grid_points
+from magma_data.models.tapnext import TAPNext
+from magma_data.models.tapnextpp_predictor import TAPNextPPPredictor
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Tracker"
@@ -42,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (the median is kept)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per case")
     parser.add_argument("--official-path", help="facebookresearch/co-tracker checkout to time side by side")
+    parser.add_argument("--tapnextpp", action=argparse.BooleanOptionalAction, default=True,
+                        help="time TAPNext++ on the same windows (random weights; speed does not depend on them)")
+    parser.add_argument("--tapnextpp-resolution", type=int, default=256, help="256 or 512 (its two checkpoints)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to append to")
     parser.add_argument("--note", default="", help="free text written under the results table")
     return parser.parse_args()
@@ -83,10 +91,15 @@ def main() -> None:
     official = official.to(device) if official is not None else None
     points = args.grid**2
 
+    tapnextpp = TAPNext().eval() if args.tapnextpp else None
+    queries = torch.from_numpy(grid_points(args.grid, args.height, args.width)).to(device)
+
     rows = []
     for precision in args.precisions.split(","):
         dtype = PRECISIONS[precision]
         ours = CoTracker3Predictor(model, dtype=dtype).to(device)
+        tapnext = (TAPNextPPPredictor(tapnextpp, args.tapnextpp_resolution, dtype=dtype).to(device)
+                   if tapnextpp is not None else None)
         autocast = (
             (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
         )
@@ -94,6 +107,8 @@ def main() -> None:
             video = torch.randint(0, 256, (batch, args.frames, 3, args.height, args.width), device=device).float()
             point_frames = batch * args.frames * points
             runs = {"ours": lambda: ours(video, grid_size=args.grid)}
+            if tapnext is not None:
+                runs["tapnextpp"] = lambda: tapnext(video, queries.expand(len(video), -1, -1))
             if official is not None:
 
                 def run_official():
@@ -116,6 +131,20 @@ def main() -> None:
         f"median of {args.repeats} interleaved runs after {args.warmup} warm-up "
         f"({'wall' if device.type == 'cuda' else 'CPU'} seconds), torch {torch.__version__}.\n"
     )
+    if args.tapnextpp:
+        header += (f"TAPNext++ at {args.tapnextpp_resolution}x{args.tapnextpp_resolution} on the same windows and "
+                   "queries, in the same interleaved runs.\n")
+        table = ["| precision | batch | CoTracker3 s/window | TAPNext++ s/window | TAPNext++ / CoTracker3 | "
+                 "TAPNext++ point-frames/s |", "|---|---|---:|---:|---:|---:|"]
+        for row in rows:
+            ours, theirs = row["ours"], row.get("tapnextpp")
+            cells = [row["precision"], str(row["batch"])]
+            cells += [f"{t / row['batch']:.2f}" if isinstance(t, float) else str(t) for t in (ours, theirs)]
+            both = isinstance(ours, float) and isinstance(theirs, float)
+            cells += [f"{theirs / ours:.1f}x" if both else "-",
+                      f"{row['point_frames'] / theirs:,.0f}" if isinstance(theirs, float) else "-"]
+            table.append("| " + " | ".join(cells) + " |")
+        header += "\n" + "\n".join(table) + "\n\nCoTracker3 against its official predictor:\n"
     table = ["| precision | batch | ours s/call | ours point-frames/s | official s | official point-frames/s | ours / official |"]
     table.append("|---|---|---|---|---|---|---|")
     for row in rows:

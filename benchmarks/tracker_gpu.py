@@ -1,4 +1,4 @@
-"""CoTracker3 on a GPU beside the official code: throughput, accuracy and memory, in one run.
+"""CoTracker3 and TAPNext++ on a GPU beside the official code: throughput, accuracy, memory and FLOPs, in one run.
 
 On the same seeded random weights and the same real clips (16-frame windows at 384x512, grid 15 on
 frame 0, offline model, 6 iterations), in this order, so that the figures that matter most come first:
@@ -14,10 +14,22 @@ frame 0, offline model, 6 iterations), in this order, so that the figures that m
 3. peak GPU memory per window, and the per-window memory model of ``magma_data.models.cotracker3``
    checked against it, with the batch size it would choose for this card.
 
-The run stops starting new timings after ``--budget-s`` seconds and writes what it has. It imports only
-torch, numpy and OpenCV (a GPU machine's own Python has no Ray, decord or PyAV) and finds the official
-code in ``.official/co-tracker`` and the clips in ``--videos`` (``clips.find_videos``). Output:
-``tracker_gpu.json`` and ``tracker_gpu.md`` in the folder given.
+Then TAPNext++ (``tapnextpp_part``) on the same windows with the grid as queries, at 256x256
+(``--tapnextpp-resolution 512``: the 512 checkpoint's input, its position embedding resized): accuracy of
+ours fp32 (the windows as one batch) against the official ``TAPNextPP.track_frame`` loop (a frame a
+call, a window at a time) on the same seeded random weights, budget 1e-3 px on 99.9 % of point-frames
+and visibility on 99.9 %; ours bf16 against fp32, and the official float16 autocast (what it runs on
+CUDA) against its fp32, so the precision's cost sits beside its speed; throughput and peak memory per
+batch until out of memory, the official a window at a time; its memory model. Last, the FLOPs of one
+window of each tracker (``torch.utils.flop_counter`` on the meta device: no time, no memory), at this
+run's shape and at the pipeline's.
+
+The run stops starting new timings after ``--budget-s`` seconds (TAPNext++'s after
+``--tapnextpp-budget-s`` more) and writes what it has. It imports only torch, numpy and OpenCV (a GPU
+machine's own Python has no Ray, decord or PyAV) and finds the official code in ``.official/co-tracker``
+and ``.official/tapnet`` (the official TAPNext++ also needs torchvision and einops: without them its
+side is skipped, with the reason in the report), and the clips in ``--videos`` (``clips.find_videos``).
+Output: ``tracker_gpu.json`` and ``tracker_gpu.md`` in the folder given.
 
     python benchmarks/tracker_gpu.py out/tracker-gpu            # the whole matrix (< 8 min on one H200)
     python benchmarks/tracker_gpu.py out/tracker-tiny --tiny    # dry run on a tiny shape, any device
@@ -52,8 +64,12 @@ from tracker_common import (
     time_interleaved,
 )
 
+from magma_data.models import tapnextpp_predictor
 from magma_data.models.cotracker3 import CoTracker3Offline, batch_size_for_memory, forward_memory_bytes
 from magma_data.models.cotracker3_predictor import CoTracker3Predictor
+from magma_data.models.point_tracking import grid_points
+from magma_data.models.tapnext import TAPNext
+from magma_data.models.tapnextpp_predictor import TAPNextPPPredictor
 
 #: autocast dtype per precision; "tf32" is fp32 with TF32 tensor-core matmuls and convolutions (CUDA only)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "tf32": None}
@@ -102,6 +118,8 @@ class Report:
     memory_model: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tapnextpp: dict = field(default_factory=dict)  # accuracy, cases, memory_model, as above, for TAPNext++
+    flops: list[dict] = field(default_factory=list)  # per window, each tracker, this run's shape and the pipeline's
 
 
 class CudaGraphNetwork(torch.nn.Module):
@@ -390,9 +408,234 @@ def markdown(report: Report) -> str:
     if "chosen_batch" in model:
         lines += ["", f"`batch_size_for_memory` with {gib(model['free_bytes'])} GiB free of {gib(model['total_bytes'])}: "
                       f"batch {model['chosen_batch']}."]
+    lines += tapnextpp_markdown(report)
+    if report.flops:
+        lines += ["", "FLOPs of one window (`FlopCounterMode` on the meta device: matrix products and convolutions):",
+                  "", "| shape | tracker | frames | points | input | TFLOP |", "|---|---|---:|---:|---|---:|"]
+        lines += [f"| {r['shape']} | {r['tracker']} | {r['frames']} | {r['points']} | {r['input'][0]}x{r['input'][1]} "
+                  f"| {r['tflops']:.3f} |" for r in report.flops]
     if report.skipped:
         lines += ["", "Not run: " + "; ".join(report.skipped) + "."]
     return "\n".join(lines) + "\n"
+
+
+def tapnextpp_markdown(report: Report) -> list[str]:
+    part = report.tapnextpp
+    if not part:
+        return []
+    side = part["resolution"]
+    lines = ["", f"TAPNext++ at {side}x{side} (a dry run: the tiny network at 32), the same windows, the grid as "
+             "queries; every frame. Accuracy:", "",
+             "| run | against | within 1e-3 px | p99.9 px | max px | visibility agreement | visible | "
+             "motion px | within budget |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in part["accuracy"]:
+        budget = {True: "yes", False: "**no**", None: "-"}[row.get("within_budget")]
+        lines.append(f"| {row['run']} | {row['against']} | {100 * row['within']:.3f} % | {row['p999_px']:.2e} | "
+                     f"{row['max_px']:.2e} | {100 * row['visibility_agreement']:.3f} % | "
+                     f"{100 * row['visible_share']:.1f} % | {row['reference_motion_px']:.1f} | {budget} |")
+    lines += ["", "Throughput (ours: the batch in one call; official: `track_frame`, a frame a call, a window at a "
+              "time, fp32 beside our fp32 and its float16 autocast beside our bf16):", "",
+              "| precision | batch | ours s/call | ours point-frames/s | ours peak GiB | GiB/window | official s | "
+              "official point-frames/s | ours / official |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in part["cases"]:
+        ours_rate = case.point_frames / case.ours_s if case.ours_s else None
+        official_rate = case.point_frames / case.official_s if case.official_s else None
+        per_window = case.ours_peak_bytes / case.batch if case.ours_peak_bytes else None
+        lines.append("| " + " | ".join([
+            case.precision, str(case.batch), f"{case.ours_s:.3f}" if case.ours_s else case.note or "-",
+            f"{ours_rate:,.0f}" if ours_rate else "-", gib(case.ours_peak_bytes), gib(per_window),
+            f"{case.official_s:.3f}" if case.official_s else "-", f"{official_rate:,.0f}" if official_rate else "-",
+            f"{ours_rate / official_rate:.2f}x" if ours_rate and official_rate else "-"]) + " |")
+    model = part.get("memory_model", {})
+    if model.get("by_batch"):
+        lines += ["", "Memory model (`tapnextpp_predictor.forward_memory_bytes`) against the fp32 peaks:", "",
+                  "| batch | measured GiB | model GiB | model / measured |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['batch']} | {gib(r['measured_bytes'])} | {gib(r['model_bytes'])} | "
+                  f"{r['model_bytes'] / r['measured_bytes']:.2f} |" for r in model["by_batch"]]
+    if "chosen_batch" in model:
+        lines += ["", f"`batch_size_for_memory` with {gib(model['free_bytes'])} GiB free: "
+                      f"batch {model['chosen_batch']}."]
+    return lines
+
+
+# --- TAPNext++ -------------------------------------------------------------------------------------------
+
+#: the dry run's network: the released layout shrunk (a 32x32 square, width 32, 2 blocks)
+TAPNEXTPP_TINY = {"image_size": 32, "width": 32, "num_heads": 2, "depth": 2}
+TAPNEXTPP_BUDGET_PX = 1e-3
+TAPNEXTPP_SHARE = 0.999
+
+
+def tapnextpp_networks(path: Path, tiny: bool, seed: int = 0):
+    """(ours, the official ``TAPNextPP`` wrapper or None, why not): the same seeded random weights, built
+    by the official modules with their ``torch.empty`` parameters filled (benchmarks/tapnextpp_parity.py)."""
+    if tiny:
+        ours = TAPNext(**TAPNEXTPP_TINY)
+    else:
+        ours = TAPNext()
+    try:
+        from tapnextpp_parity import centre_visibility, fill_random, import_official
+
+        official_class, wrapper_class = import_official(path)
+    except (ImportError, SystemExit) as error:  # no checkout, or no torchvision / einops
+        torch.manual_seed(seed)
+        return ours.eval(), None, f"official TAPNext++ ({type(error).__name__}: {error})"[:300]
+    torch.manual_seed(seed)
+    shape = dict(image_size=(32, 32), width=32, patch_size=(8, 8), num_heads=2, lru_width=32, depth=2) if tiny else {
+        "image_size": (256, 256)}
+    official = official_class(**shape).eval()
+    fill_random(official, seed)
+    ours.load_state_dict(official.state_dict(), strict=True)
+    return ours.eval(), (official, wrapper_class, centre_visibility), None
+
+
+def official_tapnextpp_call(official, device: torch.device, resolution: int, half: bool):
+    """The official loop per window: BGR uint8 frames to ``track_frame``, a frame a call; float16 autocast
+    on CUDA when ``half`` (its default there), fp32 otherwise. Returns [B, T, N, 2] x, y and [B, T, N]."""
+    network, wrapper_class, _ = official
+    wrapper = wrapper_class(network, device, input_resolution=resolution)
+
+    def run(windows: torch.Tensor, queries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = windows.round().clamp(0, 255).byte().flip(2).permute(0, 1, 3, 4, 2).cpu().numpy()  # B T H W 3 BGR
+        tracks, visible = [], []
+        for window in frames:
+            positions, seen, state = wrapper.track_frame(window[0], query_points_xy=queries, autocast=half)
+            out, vis = [positions], [seen]
+            for frame in window[1:]:
+                positions, seen, state = wrapper.track_frame(frame, state=state, autocast=half)
+                out.append(positions)
+                vis.append(seen)
+            tracks.append(np.stack(out))
+            visible.append(np.stack(vis))
+        return torch.from_numpy(np.stack(tracks)), torch.from_numpy(np.stack(visible))
+
+    return run
+
+
+def tapnextpp_deviation(tracks, visible, reference, reference_visible, name: str, against: str) -> dict:
+    """The issue's figures: share of point-frames within 1e-3 px, p99.9 and max px, visibility agreement."""
+    distance = (tracks.cpu().double() - reference.cpu().double()).norm(dim=-1).flatten().numpy()
+    return {"run": name, "against": against, "within": float((distance <= TAPNEXTPP_BUDGET_PX).mean()),
+            "p999_px": float(np.quantile(distance, TAPNEXTPP_SHARE)), "max_px": float(distance.max()),
+            "visibility_agreement": float((visible.cpu() == reference_visible.cpu()).double().mean()),
+            "visible_share": float(reference_visible.double().mean()),
+            "reference_motion_px": float((reference[:, 1:] - reference[:, :1]).norm(dim=-1).mean())}
+
+
+def tapnextpp_part(report: Report, windows: torch.Tensor, args, shape: Shape, device: torch.device, deadline: float,
+                   save) -> None:
+    """Accuracy, throughput and memory of TAPNext++ on ``windows``; fills ``report.tapnextpp``."""
+    part = report.tapnextpp
+    resolution = 32 if args.tiny else args.tapnextpp_resolution
+    part.update(resolution=resolution, accuracy=[], cases=[], memory_model={})
+    ours, official, why_not = tapnextpp_networks(args.tapnet, args.tiny)
+    if why_not:
+        report.skipped.append(why_not)
+    queries_np = grid_points(shape.grid, *shape.resolution)
+    queries = torch.from_numpy(queries_np).to(device)
+    if official is not None:  # the official threshold both ways: half the point-frames visible
+        network, wrapper_class, centre_visibility = official
+        network.to(device)
+        first_window = windows[0].round().clamp(0, 255).byte().flip(1).permute(0, 2, 3, 1).cpu().numpy()  # T H W BGR
+        centre_visibility(network, wrapper_class(network, device, input_resolution=resolution), first_window,
+                          queries_np)
+        ours.load_state_dict(network.state_dict(), strict=True)
+    ours = ours.to(device)
+    precisions = args.precisions.split(",")
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "tf32": None}
+
+    def predictor(precision: str) -> TAPNextPPPredictor:
+        return TAPNextPPPredictor(ours, resolution, dtype=dtypes[precision])
+
+    results = {}
+    with torch.no_grad():
+        for precision in precisions:
+            with tensor_float32(precision):
+                results[("ours", precision)] = predictor(precision)(windows, queries.expand(len(windows), -1, -1))
+        if official is not None:
+            with tensor_float32("fp32"):
+                results[("official", "fp32")] = official_tapnextpp_call(official, device, resolution, False)(
+                    windows, queries_np)
+            if device.type == "cuda":
+                results[("official", "fp16")] = official_tapnextpp_call(official, device, resolution, True)(
+                    windows, queries_np)
+            else:
+                report.skipped.append("official TAPNext++ fp16 (its autocast is CUDA only)")
+    pairs = [(("ours", "fp32"), ("official", "fp32"))] + [(("ours", p), ("ours", "fp32")) for p in precisions[1:]]
+    pairs += [(("official", "fp16"), ("official", "fp32")), (("ours", "bf16"), ("official", "fp16"))]
+    part["accuracy"] = [tapnextpp_deviation(*results[run], *results[against], " ".join(run), " ".join(against))
+                        for run, against in pairs if run in results and against in results]
+    for row in part["accuracy"][:1]:
+        if row["against"] == "official fp32":
+            row["within_budget"] = row["within"] >= TAPNEXTPP_SHARE and row["visibility_agreement"] >= TAPNEXTPP_SHARE
+    print(json.dumps(part["accuracy"], indent=1), flush=True)
+    save()
+
+    official_batches = {int(b) for b in args.official_batches.split(",")}
+    for precision in precisions:
+        for batch in [int(b) for b in args.batches.split(",")]:
+            if time.monotonic() > deadline:
+                report.skipped.append(f"TAPNext++ {precision} batch {batch} (time budget)")
+                continue
+            case = Case(precision, "eager", batch, batch * shape.frames * shape.points)
+            video = windows[torch.arange(batch, device=device) % len(windows)]
+            run = predictor(precision)
+            with torch.no_grad(), tensor_float32(precision):
+                ours_call = lambda: run(video, queries.expand(batch, -1, -1))  # noqa: E731
+                try:
+                    _, case.ours_peak_bytes = peak_bytes(ours_call, device)
+                except Exception as error:
+                    traceback.print_exc()
+                    case.note = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+                    part["cases"].append(case)
+                    if is_out_of_memory(error):
+                        break
+                    continue
+                runs = {"ours": ours_call}
+                if official is not None and batch in official_batches and precision in ("fp32", "bf16"):
+                    # the official's own precision beside ours: fp32, or its float16 autocast beside our bf16
+                    call = official_tapnextpp_call(official, device, resolution, precision == "bf16")
+                    runs["official"] = lambda: call(video, queries_np)
+                for name, took in time_interleaved(runs, device, args.repeats, args.warmup).items():
+                    if isinstance(took, float):
+                        setattr(case, f"{name}_s", took)
+                    else:
+                        case.note += f"{name}: {took} "
+            del run, video
+            release(device)
+            part["cases"].append(case)
+            print(asdict(case), flush=True)
+            save()
+
+    rows = [{"batch": c.batch, "measured_bytes": c.ours_peak_bytes,
+             "model_bytes": tapnextpp_predictor.forward_memory_bytes(c.batch, shape.frames, shape.points, resolution)}
+            for c in part["cases"] if c.precision == "fp32" and c.ours_peak_bytes]
+    part["memory_model"] = {"by_batch": rows}
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        part["memory_model"].update(free_bytes=free, total_bytes=total, chosen_batch=(
+            tapnextpp_predictor.batch_size_for_memory(free, shape.frames, shape.points, max_batch=64,
+                                                      resolution=resolution, input_size=shape.resolution)))
+
+
+def window_flops(shapes: dict[str, Shape]) -> list[dict]:
+    """FLOPs of one window of each tracker (matrix products and convolutions, as ``FlopCounterMode`` counts
+    them), on the meta device: exact shapes, no arithmetic."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows = []
+    for label, shape in shapes.items():
+        for tracker, resolution in (("CoTracker3 offline", None), ("TAPNext++ 256", 256), ("TAPNext++ 512", 512)):
+            with torch.device("meta"), FlopCounterMode(display=False) as counter:
+                video = torch.zeros(1, shape.frames, 3, *shape.resolution)
+                if resolution is None:
+                    CoTracker3Predictor(CoTracker3Offline())(video, grid_size=shape.grid)
+                else:
+                    points = torch.zeros(1, shape.points, 2)
+                    TAPNextPPPredictor(TAPNext(), resolution)(video, points)
+            rows.append({"shape": label, "tracker": tracker, "frames": shape.frames, "points": shape.points,
+                         "input": list(shape.resolution), "tflops": counter.get_total_flops() / 1e12})
+    return rows
 
 
 def main() -> None:
@@ -410,6 +653,11 @@ def main() -> None:
     parser.add_argument("--compile-min-s", type=float, default=150,
                         help="start a torch.compile case only with this much of the budget left (compiling is slow)")
     parser.add_argument("--official", type=Path, default=OFFICIAL_DIR, help="co-tracker checkout")
+    parser.add_argument("--tapnet", type=Path, default=OFFICIAL_DIR.parent / "tapnet", help="tapnet checkout")
+    parser.add_argument("--trackers", default="cotracker3,tapnextpp", help="which trackers to time")
+    parser.add_argument("--tapnextpp-resolution", type=int, default=256, help="256 or 512 (its two checkpoints)")
+    parser.add_argument("--tapnextpp-budget-s", type=float, default=200,
+                        help="start no TAPNext++ timing after this many seconds of its part")
     parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse, where git is)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--videos", type=Path, help="folder of the clips (default: clips.VIDEO_DIRS)")
@@ -436,11 +684,7 @@ def main() -> None:
                     shape={"frames": shape.frames, "grid": shape.grid, "resolution": list(shape.resolution)},
                     started=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
                     skipped=[f"{name} ({reason})" for name, reason in dropped.items()])
-    state = random_state("offline", resolution=shape.resolution)
-    official = official_predictor(state, "offline", shape.resolution, path=args.official).to(device)
-    network = CoTracker3Offline(model_resolution=shape.resolution)
-    network.load_state_dict(state, strict=True)
-    network = network.eval().to(device)
+    trackers = args.trackers.split(",")
     windows = torch.from_numpy(clip_windows(find_videos(args.videos), shape.frames, shape.resolution, clips)).to(device).float()
 
     def save() -> None:
@@ -451,11 +695,23 @@ def main() -> None:
         (args.out / "tracker_gpu.json").write_text(json.dumps(asdict(report), indent=1))
         (args.out / "tracker_gpu.md").write_text(markdown(report))
 
-    accuracy(report, network, official, windows, precisions, shape, device)
-    print(json.dumps(report.accuracy, indent=1), flush=True)
-    save()
-    throughput(report, network, official, windows, args, shape, device, deadline, save)
-    save()
+    report.flops = window_flops({"this run": shape, "the pipeline's": FULL})
+    if "cotracker3" in trackers:
+        state = random_state("offline", resolution=shape.resolution)
+        official = official_predictor(state, "offline", shape.resolution, path=args.official).to(device)
+        network = CoTracker3Offline(model_resolution=shape.resolution)
+        network.load_state_dict(state, strict=True)
+        network = network.eval().to(device)
+        accuracy(report, network, official, windows, precisions, shape, device)
+        print(json.dumps(report.accuracy, indent=1), flush=True)
+        save()
+        throughput(report, network, official, windows, args, shape, device, deadline, save)
+        save()
+        del network, official
+        release(device)
+    if "tapnextpp" in trackers:
+        tapnextpp_part(report, windows, args, shape, device, time.monotonic() + args.tapnextpp_budget_s, save)
+        save()
     print(markdown(report))
 
 

@@ -1,14 +1,16 @@
-"""Peak memory of our CoTracker3 forward on CPU, and the memory model in the model module checked
-against it.
+"""Peak memory of our CoTracker3 and TAPNext++ forwards on CPU, and the memory models in the model
+modules checked against it.
 
 Peak memory is read from the profiler's allocation records (every allocation and free of the
 forward, in order), so it is exact for fp32 on CPU and does not depend on the allocator. It measures
 the two phases of a forward apart (the encoder, per frame and pixel; one refinement iteration, per
 frame and per point-frame), fits the constants that ``forward_memory_bytes`` uses, and compares the
-model with whole forwards, including one whose frames exceed an encoder chunk. GPU figures come
-from ``tracker_gpu.py``, which checks the same model on the card.
+model with whole forwards, including one whose frames exceed an encoder chunk. TAPNext++
+(``--tracker tapnextpp``): the released network's peak per token (a patch or a point on one frame)
+from two forwards, and its model (``tapnextpp_predictor.BYTES_PER_TOKEN``) against whole forwards.
+GPU figures come from ``tracker_gpu.py``, which checks the same models on the card.
 
-    python benchmarks/tracker_memory.py
+    python benchmarks/tracker_memory.py [--tracker tapnextpp]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from magma_data.models import tapnextpp_predictor
 from magma_data.models.cotracker3 import (
     ENCODER_BYTES_PER_PIXEL,
     REFINE_BYTES_PER_FRAME,
@@ -57,10 +60,43 @@ def refine_peak(model: CoTracker3Offline, batch: int, frames: int, points: int, 
     return peak_bytes(lambda: model.refine(pyramid, coords, logits, logits, feats, iters=1))
 
 
+def tapnextpp_memory(frames: int) -> None:
+    """TAPNext++'s peak per token, from a forward of few tokens and one of twice as many windows."""
+    from magma_data.models.point_tracking import grid_points
+    from magma_data.models.tapnext import PATCH_SIZE, TAPNext
+    from magma_data.models.tapnextpp_predictor import TAPNextPPPredictor
+
+    size = (384, 512)
+    predictor = TAPNextPPPredictor(TAPNext().eval(), 64)
+
+    def measured(batch: int, frames: int, grid: int, resolution: int) -> tuple[int, int]:
+        predictor.resolution = resolution
+        video = torch.randint(0, 256, (batch, frames, 3, *size)).float()
+        queries = torch.from_numpy(grid_points(grid, *size)).expand(batch, -1, -1)
+        tokens = batch * frames * ((resolution // PATCH_SIZE) ** 2 + grid**2)
+        resized = batch * frames * 3 * 4 * resolution**2  # the frames at the model resolution, before the network
+        return peak_bytes(lambda: predictor(video, queries)) - resized, tokens
+
+    with torch.no_grad():
+        (one, tokens_one), (two, tokens_two) = measured(1, frames, 5, 64), measured(2, frames, 5, 64)
+        print(f"TAPNext++: {(two - one) / (tokens_two - tokens_one) / 1024:.1f} KiB per token "
+              f"(model: {tapnextpp_predictor.BYTES_PER_TOKEN / 1024:.1f})")
+        print("\n| batch x frames, points, resolution | measured peak MiB | model MiB | model / measured |")
+        print("|---|---:|---:|---:|")
+        for batch, frames_, grid, resolution in ((1, frames, 15, 64), (2, frames, 15, 128), (1, 2, 15, 256)):
+            peak, _ = measured(batch, frames_, grid, resolution)
+            estimate = tapnextpp_predictor.forward_memory_bytes(batch, frames_, grid**2, resolution)
+            print(f"| {batch} x {frames_}, {grid**2}, {resolution} | {peak / MIB:,.0f} | {estimate / MIB:,.0f} | "
+                  f"{estimate / peak:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--tracker", choices=("cotracker3", "tapnextpp"), default="cotracker3")
     args = parser.parse_args()
+    if args.tracker == "tapnextpp":
+        return tapnextpp_memory(args.frames)
     size = (384, 512)
     pixels = size[0] * size[1]
     T = args.frames

@@ -81,7 +81,9 @@ def take_ctrl_c() -> None:
 @click.option("--output", type=click.Path(path_type=Path), help="Output folder (default: out/<input>).")
 @click.option("--tracker", type=Registered(TRACKERS, "auto"),
               help="auto (default): CoTracker3 when a checkpoint is found, else Lucas-Kanade on CPU.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="CoTracker3 weights (scaled_offline.pth).")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="The tracker's weights (CoTracker3: scaled_offline.pth; TAPNext++: tapnextpp_ckpt.pt, or "
+                   "tapnextpp_512.ckpt with --set track.resolution=512).")
 @click.option("--clip-checkpoint", type=click.Path(path_type=Path),
               help="A CLIP model folder (transformers CLIPModel + processor, e.g. openai/clip-vit-large-patch14-336): "
                    "drop windows whose frames do not match their text before tracking (default: off).")
@@ -146,12 +148,14 @@ def run(pipeline, source, root, videos, output, tracker, checkpoint, clip_checkp
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+    from magma_data.card import tracks_license_line
+
     print_summary(summary)
     if summary.nothing_to_do:
         click.echo(f"nothing to do: all {summary.shards} shards of {source!r} in {options.output} were committed by "
                    "an earlier run with this config (--overwrite starts over)", err=True)
     else:
-        click.echo(f"wrote {options.output}", err=True)
+        click.echo(f"wrote {options.output}; {tracks_license_line(summary.tracker)}", err=True)
     if summary.error_rows:
         sys.exit(EXIT_SOME_UNITS_FAILED)
 
@@ -299,7 +303,8 @@ def export(output, fmt, destination, sources, overwrite):
 @click.option("--repo-id", required=True, help="The dataset repository, org/name (created if absent).")
 @click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
 @click.option("--revision", help="Branch to push to (created if absent; default: main).")
-@click.option("--license", help="The card's licence field (default: the card's current one, else 'other').")
+@click.option("--license", help="The card's licence field (default: the card's current one, else 'other'); "
+              "warned about when it allows more than the tracks' licence (CoTracker3's weights are non-commercial).")
 @click.option("--dry-run", is_flag=True, help="Refresh the card and list what would be sent; send nothing.")
 def push(output, repo_id, private, revision, license, dry_run):
     """Upload a finished output folder to the Hugging Face Hub (resumable: run it again after an interruption).
@@ -311,7 +316,8 @@ def push(output, repo_id, private, revision, license, dry_run):
     from magma_data.push import push as push_output
 
     try:
-        plan = push_output(output, repo_id, private=private, revision=revision, license=license, dry_run=dry_run)
+        plan = push_output(output, repo_id, private=private, revision=revision, license=license, dry_run=dry_run,
+                           notify=lambda line: click.echo(line, err=True))
     except UnfinishedOutput as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)

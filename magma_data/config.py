@@ -55,9 +55,10 @@ NOT_HASHED = ("track.batch_size", "track.device", "track.checkpoint", "alignment
               "alignment.device", "root", "videos")
 
 #: The format ``to_json`` writes. A config.json without ``format_version`` is format 1 (before
-#: ``root`` and ``videos`` were recorded); format 3 added the curation sections (``ADDED``);
-#: ``migrated`` reads every format up to this one.
-CONFIG_FORMAT = 3
+#: ``root`` and ``videos`` were recorded); format 3 added the curation sections, format 4 Magma's
+#: shot-detector rules and its draw of the marked frame (``ADDED``); ``migrated`` reads every format
+#: up to this one.
+CONFIG_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,14 @@ ADDED: tuple[Added, ...] = (
     Added("alignment", 3, AlignmentConfig()),
     Added("alignment_weights", 3, ""),
     Added("quality", 3, QualityConfig()),
+    # PySceneDetect as 0.6 ran it for Magma (issue 24); shots made before it used 0.7's defaults
+    Added("shots.filter_mode", 4, "merge"),
+    Added("shots.downscale", 4, "exact"),
+    # Magma's per-sample draw of the marked frame (issue 24); rows made before it mark frame 0
+    Added("marks.frame_pos", 4, "first"),
+    Added("marks.step_rightmost_ratio", 4, 0.5),
+    # a tracker's input resolution (issue 26, TAPNext++'s 256 or 512); None: the tracker's own
+    Added("track.resolution", 4, None),
 )
 
 #: Sections of stages a pipeline leaves out while they are off (``enabled`` false): their other

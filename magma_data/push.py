@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from magma_data.card import write_dataset_card
-from magma_data.outputs import STATE, finished_sources
+from magma_data.card import card_license, license_warnings, tracks_license_line, write_dataset_card
+from magma_data.outputs import STATE, finished_sources, source_outputs
 
 #: Never uploaded: the runs' ledgers and resolved configs, and half-written files.
 IGNORE_PATTERNS = [f"{STATE}/*", "*.partial"]
@@ -27,6 +28,9 @@ class PushPlan:
     repo_id: str
     revision: str | None
     files: list[tuple[str, int]]  # path in the repository, size in bytes
+    license: str  # the card's licence field
+    tracks_licenses: list[str]  # what each tracker's tracks allow, one line a tracker
+    license_warnings: list[str]  # where the card's licence claims more than the tracks allow
 
     @property
     def size(self) -> int:
@@ -44,11 +48,20 @@ def selection(root: Path) -> list[tuple[str, int]]:
 
 
 def push(root: Path, repo_id: str, private: bool = False, revision: str | None = None, license: str | None = None,
-         dry_run: bool = False) -> PushPlan:
-    """Refuse an unfinished folder, refresh its card, and upload it (or, with ``dry_run``, only say what would go)."""
+         dry_run: bool = False, notify: Callable[[str], None] | None = None) -> PushPlan:
+    """Refuse an unfinished folder, refresh its card, and upload it (or, with ``dry_run``, only say what would go).
+
+    Before the upload ``notify`` hears the card's licence and what the tracks allow, and a warning
+    where the licence claims more (commercial use of CoTracker3's tracks): warned, not refused."""
     finished_sources(Path(root))
-    write_dataset_card(Path(root), license)
-    plan = PushPlan(repo_id, revision, selection(root))
+    license = card_license(write_dataset_card(Path(root), license))
+    trackers = sorted({output.config.track.tracker for output in source_outputs(Path(root))})
+    plan = PushPlan(repo_id, revision, selection(root), license, [tracks_license_line(name) for name in trackers],
+                    license_warnings(Path(root), license))
+    if notify is not None:
+        notify(f"licence: {plan.license}; " + "; ".join(plan.tracks_licenses))
+        for warning in plan.license_warnings:
+            notify(f"warning: {warning}")
     if dry_run:
         return plan
     from huggingface_hub import HfApi

@@ -28,6 +28,7 @@ from magma_data.dropped import ERROR, FILTERED
 from magma_data.outputs import STATE, source_outputs
 from magma_data.parquet_writer import DATA, table_files
 from magma_data.stages import quality, text_alignment
+from magma_data.stages.marked_frame import FRAME_POS, frame_pos
 
 STAT_COLUMNS = ["camera_motion", "homography_ok", "inlier_ratio", "mark_ids", "mark_positive", "tom_steps", "tracker"]
 
@@ -81,16 +82,16 @@ def dataset_stats(root: Path) -> list[SourceStats]:
 
 
 def draw_traces(row: dict) -> Image.Image:
-    """The SoM image with each moving mark's compensated trace drawn from its start, fading in."""
+    """The SoM image with each moving mark's compensated trace drawn from the marked frame on, fading in."""
     image = Image.open(io.BytesIO(row["som_image"]["bytes"])).convert("RGB")
     draw = ImageDraw.Draw(image)
     tracks = np.asarray(row["tracks"], np.float32)  # T N 2
     visibility = np.asarray(row["visibility"], bool)  # T N
-    steps = len(tracks)
+    first, steps = frame_pos(row), len(tracks)
     for index, positive in zip(row["mark_track_index"], row["mark_positive"]):
         if not positive:
             continue
-        points = [tuple(tracks[t, index]) for t in range(steps) if visibility[t, index]]
+        points = [tuple(tracks[t, index]) for t in range(first, steps) if visibility[t, index]]
         for t, (start, end) in enumerate(zip(points, points[1:])):
             shade = int(80 + 175 * (t + 1) / max(len(points) - 1, 1))
             draw.line([start, end], fill=(255, shade, 0), width=3)
@@ -99,10 +100,11 @@ def draw_traces(row: dict) -> Image.Image:
 
 def contact_sheet(root: Path, count: int, destination: Path, columns: int = 4, thumb_height: int = 256) -> Path:
     """A grid of the first ``count`` rows (across sources, in shard order) with their traces."""
-    wanted = ["som_image", "tracks", "visibility", "mark_track_index", "mark_positive"]
+    wanted = ["som_image", "tracks", "visibility", "mark_track_index", "mark_positive", FRAME_POS.name]
     pictures = []
     for path in (path for source in output_sources(root) for path in table_files(root, source, DATA)):
-        for row in pq.read_table(path, columns=wanted).slice(0, count - len(pictures)).to_pylist():
+        present = [name for name in wanted if name in pq.read_schema(path).names]  # frame_pos: when drawn
+        for row in pq.read_table(path, columns=present).slice(0, count - len(pictures)).to_pylist():
             picture = draw_traces(row)
             width = max(1, round(picture.width * thumb_height / picture.height))
             pictures.append(picture.resize((width, thumb_height), Image.Resampling.LANCZOS))

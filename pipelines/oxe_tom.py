@@ -45,6 +45,10 @@ class OxeTom(Pipeline):
             raise ValueError("an episode has no camera cuts and Magma filtered no robot window by CLIP: shots and "
                              "text alignment are video_tom's; leave shots.enabled and alignment.checkpoint "
                              "(--clip-checkpoint) out (the quality rules do apply)")
+        if config.marks.frame_pos != "first":
+            raise ValueError("a robot window's marks sit on its own step's frame, the one its action turn shows "
+                             "(Magma's robot loader draws no frame_pos): set marks.frame_pos: first in the source "
+                             "manifest's defaults (as manifests/oxe.yaml does), or --set marks.frame_pos=first")
         return [quality_note(config.quality)] if config.quality.enabled else []
 
     def plan(self, source: Source, config: RunConfig, context: PlanContext | None = None) -> list[dict]:
@@ -56,7 +60,7 @@ class OxeTom(Pipeline):
         return plan_episodes(context.units(source), source.name, config.plan, statistics, limit=config.limit)
 
     def stage_specs(self, config: RunConfig, source: Source | None = None) -> list[StageSpec]:
-        track = TrackStage(config.track)
+        track = TrackStage(config.track)  # marks on the step's own frame (frame_pos 0: check refuses another)
         quality = [QualityStage(config.quality, config.marks)] if config.quality.enabled else []
         return [
             # Frames exist only between the frame read and track; a reader reads an episode once per worker.

@@ -13,7 +13,7 @@ quality rules (after camera, before marks: ``stages.quality``). A stage that is 
 so rows keep their columns and bytes.
 
 Windows of Magma's released traces (a ``TracesSource``: ``--input magma_video_tom``, tracker
-``released``) come with their tracks: one stage reads them and decodes only the first frame, in
+``released``) come with their tracks: one stage reads them and decodes only the marked frame, in
 place of decode and track; camera, marks and render are the same.
 """
 
@@ -24,6 +24,7 @@ from magma_data.pipelines.base import PlanContext, Pipeline, StageSpec, register
 from magma_data.sources.base import Source, TracesSource
 from magma_data.stages.camera import CameraStage
 from magma_data.stages.decode import DecodeStage
+from magma_data.stages.marked_frame import MarkedFrame
 from magma_data.stages.marks import MarksStage
 from magma_data.stages.plan import PLAN_COLUMNS, plan_source
 from magma_data.stages.quality import QualityStage, quality_note
@@ -80,11 +81,13 @@ class VideoTom(Pipeline):
     def stage_specs(self, config: RunConfig, source: Source | None = None) -> list[StageSpec]:
         # Every step carries bounded Ray retries (execution.map_stage): a file that crashes its decoder
         # every time ends as error rows instead of looping forever.
+        marked_frame = MarkedFrame(config.marks.frame_pos, config.marks.step_rightmost_ratio, config.seed)
         if tracks_from_source(config.track):  # reads the traces, decodes one frame a window
-            frames_and_tracks = [StageSpec(ReleasedTracesStage(config.decode, config.released,
-                                                               config.track.grid_size**2, config.video_roots()), batch_size=16)]
+            released = ReleasedTracesStage(config.decode, config.released, config.track.grid_size**2,
+                                           config.video_roots(), marked_frame)
+            frames_and_tracks = [StageSpec(released, batch_size=16)]
         else:
-            track = TrackStage(config.track)
+            track = TrackStage(config.track, marked_frame=marked_frame)  # draws frame_pos, keeps that frame
             align = [TextAlignmentStage(config.alignment)] if config.alignment.enabled else []
             frames_and_tracks = [
                 # Decoded frames (~20 MB a window at 512x768) exist only between decode and track: small batches.

@@ -1,8 +1,11 @@
-"""Camera-motion removal: bring every frame's track positions into the window's first frame.
+"""Camera-motion removal: bring every frame's track positions into the window's marked frame.
 
-Magma fits, per frame, a homography from that frame's track positions to frame 0 (RANSAC, 4 px)
-and applies it when more than 80 % of the kept traces move over 1 px per frame, or always for
-egocentric sources (docs/magma-som-tom.md §Homography, §Camera-motion rule). We do the same, with the checks the released code lacks (docs/magma-som-tom.md §Defects 1):
+Magma fits, per frame, a homography from that frame's track positions to the marked frame's
+(``frame_pos``, ``stages.marked_frame``; RANSAC, 4 px), for the frames after it and those before
+alike, and applies them when more than 80 % of the traces kept from ``frame_pos`` on move over
+1 px per frame from there, or always for egocentric sources (docs/magma-som-tom.md §Video loader
+step 5, §Homography, §Camera-motion rule). We do the same, with the checks the released code lacks
+(docs/magma-som-tom.md §Defects 1):
 each fit uses only points seen in both frames, records its inlier ratio and inlier RMS error, and
 a frame whose fit is missing or implausible stays uncompensated, flagged in ``homography_ok`` and
 named in ``camera_status``.
@@ -21,6 +24,7 @@ import numpy as np
 from annotated_types import Ge, Gt, Interval
 
 from .base import Column, Row, Stage, StageError
+from .marked_frame import frame_pos
 from .track import TRACKS
 
 
@@ -34,7 +38,7 @@ class CameraConfig:
     global_motion_px: Annotated[float, Ge(0)] = 1.0
     #: the camera is taken to move when more than this fraction of kept traces moves
     global_motion_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.8
-    #: traces visible in more than this fraction of frames are the ones the motion rule counts
+    #: traces visible in more than this fraction of the frames from frame_pos on are the ones the motion rule counts
     min_visible_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.5
     #: RANSAC reprojection threshold in pixels (cv2.findHomography)
     reprojection_threshold_px: Annotated[float, Gt(0)] = 4.0
@@ -111,28 +115,29 @@ class _Fit:
 
 
 CAMERA_COLUMNS = (
-    Column("homography", "float32", ("T", 3, 3), doc="frame t -> frame 0; identity where not applied",
-           group="camera"),
-    Column("homography_ok", "bool", ("T",), doc="frame t is aligned to frame 0 (all false when not compensated)",
-           group="camera"),
+    Column("homography", "float32", ("T", 3, 3), group="camera",
+           doc="frame t -> the marked frame (frame_pos); identity where not applied"),
+    Column("homography_ok", "bool", ("T",),
+           doc="frame t is aligned to the marked frame (all false when not compensated)", group="camera"),
     Column("inlier_ratio", "float32", ("T",), doc="share of RANSAC inliers of frame t's fit; 0 where not fitted",
            group="camera"),
     Column("reprojection_error", "float32", ("T",), doc="inlier RMS of frame t's fit in pixels; NaN where not fitted",
            group="camera"),
     Column("camera_motion", "bool", doc="the window is compensated: the motion rule fired, or compensation is forced",
            group="camera"),
-    Column("moving_fraction", "float32", doc="share of kept traces over global_motion_px before compensation",
-           group="camera"),
+    Column("moving_fraction", "float32", group="camera",
+           doc="share of the traces kept from frame_pos on that move over global_motion_px, before compensation"),
     Column("camera_status", "string", group="camera",
            doc='"static", "applied", "forced" or "fallback: frames ... could not be fitted (reasons)"'),
 )
 
 
 class CameraStage(Stage):
-    """Removes camera motion from a window's tracks with per-frame homographies to frame 0.
+    """Removes camera motion from a window's tracks with per-frame homographies to the marked frame.
 
-    Replaces ``tracks`` (now in frame-0 coordinates where aligned) and adds the fits and their
-    quality (``CAMERA_COLUMNS``).
+    Replaces ``tracks`` (now in the coordinates of frame ``frame_pos`` where aligned) and adds the
+    fits and their quality (``CAMERA_COLUMNS``). The motion rule reads the frames from
+    ``frame_pos`` on, as Magma's does; every other frame, before it or after, is fitted.
     """
 
     name = "camera"
@@ -147,10 +152,14 @@ class CameraStage(Stage):
         width, height = int(row["image_width"]), int(row["image_height"])
         _check_shapes(tracks, np.asarray(row["visibility"]))
         visible = in_frame_visibility(tracks, row["visibility"], width, height)
-        num_frames = len(tracks)
+        num_frames, reference = len(tracks), frame_pos(row)
+        if not 0 <= reference < num_frames - 1:
+            raise StageError(f"frame_pos {reference} is outside the window's first {num_frames - 1} frames; "
+                             "check the track stage's draw")
 
-        kept = visible.sum(axis=0) > cfg.min_visible_fraction * num_frames
-        lengths = mean_step_length(tracks, visible)[kept]
+        future, future_visible = tracks[reference:], visible[reference:]
+        kept = future_visible.sum(axis=0) > cfg.min_visible_fraction * len(future)
+        lengths = mean_step_length(future, future_visible)[kept]
         moving_fraction = float((lengths > cfg.global_motion_px).mean()) if kept.any() else 0.0
         rule_fires = moving_fraction > cfg.global_motion_fraction
 
@@ -163,9 +172,11 @@ class CameraStage(Stage):
         failures: dict[int, str] = {}
 
         if camera_motion:
-            homography_ok[0], inlier_ratio[0], reprojection_error[0] = True, 1.0, 0.0
-            for frame in range(1, num_frames):
-                fit = self._fit(tracks, visible, frame, width, height)
+            homography_ok[reference], inlier_ratio[reference], reprojection_error[reference] = True, 1.0, 0.0
+            for frame in range(num_frames):
+                if frame == reference:
+                    continue
+                fit = self._fit(tracks, visible, frame, reference, width, height)
                 if isinstance(fit, str):
                     failures[frame] = fit
                     continue
@@ -196,15 +207,15 @@ class CameraStage(Stage):
         }
 
     def _fit(
-        self, tracks: np.ndarray, visible: np.ndarray, frame: int, width: int, height: int
+        self, tracks: np.ndarray, visible: np.ndarray, frame: int, reference: int, width: int, height: int
     ) -> _Fit | str:
-        """The homography from ``frame`` to frame 0, or why there is none."""
+        """The homography from ``frame`` to ``reference``, or why there is none."""
         cfg = self.config
-        both = visible[frame] & visible[0]
+        both = visible[frame] & visible[reference]
         count = int(both.sum())
         if count < cfg.min_fit_points:
-            return f"{count} points visible in frames 0 and {frame}, need {cfg.min_fit_points}"
-        source, target = tracks[frame, both], tracks[0, both]
+            return f"{count} points visible in frames {reference} and {frame}, need {cfg.min_fit_points}"
+        source, target = tracks[frame, both], tracks[reference, both]
         try:
             homography, mask = cv2.findHomography(
                 source, target, cv2.RANSAC, cfg.reprojection_threshold_px

@@ -1,7 +1,8 @@
 """Marks: pick the few traces a Set-of-Mark image labels, split into moving and static.
 
-Magma keeps traces visible in more than half the window, calls a trace moving when its mean
-step (after camera compensation) exceeds a threshold, clusters the moving and the static traces
+Magma keeps traces visible in more than half of the window's frames from the marked frame
+(``frame_pos``) on, calls a trace moving when its mean step over those frames (after camera
+compensation) exceeds a threshold, clusters the moving and the static traces
 with k-means on their positions, keeps one trace per cluster and numbers all marks with a random
 permutation so an id does not tell whether its mark moves (docs/magma-som-tom.md §Video loader,
 §k-means). Every draw here is seeded from the run seed and the sample id; faiss's k-means replaces
@@ -19,6 +20,7 @@ from annotated_types import Ge, Interval, Predicate
 
 from .base import Column, Row, Stage, StageError, seeded_rng
 from .camera import mean_step_length, usable_points
+from .marked_frame import FramePosRule, frame_pos
 
 
 def ascending(bounds: tuple[int, int]) -> bool:
@@ -32,9 +34,15 @@ ClusterRange = Annotated[tuple[Annotated[int, Ge(1)], Annotated[int, Ge(1)]], Pr
 
 @dataclass(frozen=True)
 class MarksConfig:
-    """Which traces become marks (defaults: Magma's video loader)."""
+    """Which frame is marked and which traces become marks (defaults: Magma's video loader)."""
 
-    #: keep traces usable in more than this fraction of the window's frames
+    #: the frame the marks sit on (``frame_pos``, stages.marked_frame): "magma" draws it per sample,
+    #: uniform below frame_rightmost (the video loader); "first" pins it to 0 (the robot loader)
+    frame_pos: FramePosRule = "magma"
+    #: frame_rightmost counts the steps before this share of the window's motion (Magma's
+    #: ``step_rightmost_ratio``)
+    step_rightmost_ratio: Annotated[float, Interval(gt=0, le=1)] = 0.5
+    #: keep traces usable in more than this fraction of the window's frames from frame_pos on
     min_visible_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.5
     #: a trace moves when its mean compensated step exceeds this many pixels per frame
     #: (video loader 3, demo 2, robot 1; manifests override it per source)
@@ -57,7 +65,7 @@ class MarksStage(Stage):
     name = "marks"
     columns = (
         Column("mark_ids", "int32", ("K",), doc="1..K, ascending", group="marks"),
-        Column("mark_xy", "float32", ("K", 2), doc="each mark's position in the window's first frame, pixels",
+        Column("mark_xy", "float32", ("K", 2), doc="each mark's position in the marked frame (frame_pos), pixels",
                group="marks"),
         Column("mark_positive", "bool", ("K",), doc="the mark moves", group="marks"),
         Column("mark_track_index", "int32", ("K",), doc="each mark's trace: an index into the N tracks",
@@ -80,10 +88,11 @@ class MarksStage(Stage):
                 "no tracked point is visible in any frame of the window; "
                 "the tracker lost everything (check the decoded frames)"
             )
-        num_frames = len(tracks)
-        kept = np.flatnonzero(usable.sum(axis=0) > cfg.min_visible_fraction * num_frames)
-        moving = mean_step_length(tracks, usable)[kept] > cfg.moving_threshold_px
-        features = _cluster_features(tracks[:, kept], usable[:, kept])
+        start = frame_pos(row)
+        future, future_usable = tracks[start:], usable[start:]
+        kept = np.flatnonzero(future_usable.sum(axis=0) > cfg.min_visible_fraction * len(future))
+        moving = mean_step_length(future, future_usable)[kept] > cfg.moving_threshold_px
+        features = _cluster_features(future[:, kept], future_usable[:, kept])
 
         groups = []
         for is_moving, cluster_range in ((True, cfg.moving_clusters), (False, cfg.static_clusters)):
@@ -101,7 +110,7 @@ class MarksStage(Stage):
         order = np.argsort(ids)
         return {
             "mark_ids": ids[order].astype(np.int32),
-            "mark_xy": tracks[0, track_index[order]].reshape(-1, 2),
+            "mark_xy": tracks[start, track_index[order]].reshape(-1, 2),
             "mark_positive": positive[order].astype(bool),
             "mark_track_index": track_index[order],
             "num_moving_points": np.int32(moving.sum()),

@@ -31,6 +31,7 @@ from annotated_types import Ge, Interval
 
 from .base import Column, Filtered, Row, Stage
 from .camera import mean_step_length, usable_points
+from .marked_frame import frame_pos
 from .marks import MarksConfig
 
 
@@ -96,8 +97,9 @@ class QualityStage(Stage):
         return rule if rule is not None else figures
 
     def figures(self, row: Row) -> Row:
-        tracks = np.asarray(row["tracks"], np.float32)
-        usable = usable_points(row)
+        start = frame_pos(row)  # the frames the marks stage reads: from the marked one on
+        tracks = np.asarray(row["tracks"], np.float32)[start:]
+        usable = usable_points(row)[start:]
         kept = usable.sum(axis=0) > self.min_visible_fraction * len(tracks)
         motion = mean_step_length(tracks, usable)[kept]
         return {MEAN_MOTION.name: np.float32(motion.mean() if kept.any() else 0.0),

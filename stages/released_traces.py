@@ -2,8 +2,9 @@
 
 The ``video_tom`` pipeline runs this stage instead of decode and track when the tracker is
 ``released`` (``--input magma_video_tom``): a window's tracks come from its released record, read
-by address from the Arrow files on the worker, and only the window's first frame is decoded from
-the user's video, for the SoM image. The rest of the pipeline (camera, marks, render) is the
+by address from the Arrow files on the worker, and only the window's marked frame is decoded from
+the user's video, for the SoM image (``frame_pos``, drawn from the traces as the track stage draws
+it: ``stages.marked_frame``). The rest of the pipeline (camera, marks, render) is the
 same as for tracked windows, so released windows become rows of the same schema, plus the
 record's identity (``RELEASED_COLUMNS``) so an export gives the record back.
 
@@ -27,8 +28,9 @@ from magma_data.sources.base import ClipProblem
 from magma_data.sources.magma_video_tom import ReleasedWindow, open_release
 from magma_data.stages.base import Column, Row, Stage, StageError
 from magma_data.stages.decode import IMAGE_HEIGHT, IMAGE_WIDTH, DecodeConfig, DecodeStage, resize_frames
+from magma_data.stages.marked_frame import FIRST_FRAME, MARKED_FRAME, MarkedFrame
 from magma_data.stages.plan import PlanConfig, VideoProbes, plan_in_threads, sample_id_for
-from magma_data.stages.track import FRAME0, TRACKER, TRACKS, VISIBILITY
+from magma_data.stages.track import TRACKER, TRACKS, VISIBILITY
 
 
 #: Magma's demo tracks frames resized to this height (width ``int(W * 512 / H)``) and returns tracks
@@ -110,17 +112,20 @@ def _released_row(window: ReleasedWindow, info, source: str, config: PlanConfig)
 
 
 class ReleasedTracesStage(Stage):
-    """Reads a window's released traces and decodes its first frame: the columns decode and track add."""
+    """Reads a window's released traces and decodes its marked frame: the columns decode and track add."""
 
     name = "released_traces"
-    columns = (IMAGE_WIDTH, IMAGE_HEIGHT, TRACKER, TRACKS, VISIBILITY, FRAME0, *RELEASED_COLUMNS)
     consumes = RELEASE_ADDRESS
 
-    def __init__(self, decode: DecodeConfig, config: ReleasedConfig, points: int, roots: Sequence[str] = ()):
+    def __init__(self, decode: DecodeConfig, config: ReleasedConfig, points: int, roots: Sequence[str] = (),
+                 marked_frame: MarkedFrame = FIRST_FRAME):
         """``points``: tracked points the run's rows hold (grid size squared); ``roots``: the ``--videos``
-        folders a row's ``video_path`` is relative to."""
+        folders a row's ``video_path`` is relative to; ``marked_frame``: how ``frame_pos`` is drawn."""
         self.config, self.points = config, points
         self.decode = DecodeStage(decode, roots)
+        self.marked_frame = marked_frame
+        self.columns = (IMAGE_WIDTH, IMAGE_HEIGHT, TRACKER, TRACKS, VISIBILITY, MARKED_FRAME, *RELEASED_COLUMNS,
+                        *marked_frame.columns)
         self._releases: dict[str, object] = {}
 
     def __call__(self, row: Row) -> Row:
@@ -131,20 +136,26 @@ class ReleasedTracesStage(Stage):
             raise TraceShapeMismatch(
                 f"the released trace is {list(trace.shape)}, this run expects [{expected[0]}, {expected[1]}, 2]; "
                 f"run with --window-len {trace.shape[0]} and --grid-size {round(trace.shape[1] ** 0.5)}")
-        native = self.decode.read(str(row["video_path"]), np.asarray(row["frame_indices"])[:1])[0]
+        video, indices = str(row["video_path"]), np.asarray(row["frame_indices"])
+        native = self.decode.read(video, indices[:1])[0]
         frame = resize_frames(native[None], self.decode.config.height)[0]
         traced = traced_size(native.shape[1], native.shape[0], self.config)
         scale = np.array([frame.shape[1] / traced[0], frame.shape[0] / traced[1]], np.float32)
+        tracks = (trace * scale).astype(np.float32)
+        frame_pos = self.marked_frame.draw(tracks, row)
+        if frame_pos:
+            frame = resize_frames(self.decode.read(video, indices[frame_pos : frame_pos + 1]), frame.shape[0])[0]
         return {
             "image_width": np.int32(frame.shape[1]),
             "image_height": np.int32(frame.shape[0]),
             "tracker": "released",
-            "tracks": (trace * scale).astype(np.float32),
+            "tracks": tracks,
             "visibility": visibility,
-            "frame0": frame,
+            "marked_frame": frame,
             "released_dataset": str(record["dataset_name"]),
             "released_video_name": str(record["video_name"]),
             "released_frame_index": np.int64(record["frame_index"]),
+            **self.marked_frame.columns_for(frame_pos),
         }
 
     def _record(self, folder: str, row: int) -> dict:

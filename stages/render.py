@@ -22,6 +22,10 @@ Choices where Magma's code leaves room, in one place:
 - A window with no marks gets no SoM/ToM turn; a video window left with no turn at all fails.
 - ``<image>`` placeholders refer, in order, to ``image`` (semantic turn, when present) and then
   ``som_image``; the "robot" style has no semantic turn (its action turn is added elsewhere).
+- Both images are the marked frame (``frame_pos``), with and without the marks; Magma's semantic
+  turn shows the window's first frame. Keeping the unmarked frame the marks sit on is what lets
+  ``magma-train --redraw-marks`` draw new ones, and a third image a row would cost about as much
+  again as the two it holds (docs/magma-som-tom.md §Deviations).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from magma_data.magma_text import GRID_SIZE, semantic_turn, som_turn, tom_turn
 
 from .base import Column, Row, Stage, StageError
 from .camera import usable_points
-from .track import FRAME0
+from .marked_frame import MARKED_FRAME, frame_pos
 
 #: Magma's chat turns; the action stage of robot pipelines puts its turn first.
 CONVERSATIONS = Column("conversations", "turn", ("turns",), group="text",
@@ -69,12 +73,13 @@ class RenderConfig:
 
 
 class RenderStage(Stage):
-    """Draws the marks on the window's first frame and writes the SoM/ToM conversation."""
+    """Draws the marks on the marked frame and writes the SoM/ToM conversation."""
 
     name = "render"
     columns = (
-        Column("image", "image", doc="the window's first frame", group="images"),
-        Column("som_image", "image", doc="the first frame with the numbered marks drawn", group="images"),
+        Column("image", "image", doc="the marked frame (frame_pos; the window's first frame when pinned)",
+               group="images"),
+        Column("som_image", "image", doc="the marked frame with the numbered marks drawn", group="images"),
         CONVERSATIONS,
         Column("tom_mark_ids", "int32", ("M",), doc="ids of the marks with a ToM trace, ascending", group="ToM"),
         Column("tom_targets", "int32", ("M", "L", 2), ragged=True, group="ToM",
@@ -82,18 +87,18 @@ class RenderStage(Stage):
         Column("tom_steps", "int32", doc="future steps the ToM question asks for; 0 without a ToM turn",
                group="ToM"),
     )
-    consumes = (FRAME0.name,)
+    consumes = (MARKED_FRAME.name,)
 
     def __init__(self, config: RenderConfig | None = None):
         self.config = config or RenderConfig()
 
     def __call__(self, row: Row) -> Row:
         cfg = self.config
-        frame = np.asarray(row["frame0"])
+        frame = np.asarray(row["marked_frame"])
         width, height = int(row["image_width"]), int(row["image_height"])
         if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
             raise StageError(
-                f"frame0 is {frame.dtype} {frame.shape}, expected uint8 ({height}, {width}, 3) "
+                f"marked_frame is {frame.dtype} {frame.shape}, expected uint8 ({height}, {width}, 3) "
                 "to match image_width/image_height; check the decode stage"
             )
         ids = np.asarray(row["mark_ids"], dtype=np.int64)
@@ -137,8 +142,9 @@ class RenderStage(Stage):
         """
         if positive.sum() < 2:
             return np.zeros(0, np.int64), []
-        tracks = np.asarray(row["tracks"], dtype=np.float64)
-        usable = usable_points(row)
+        start = frame_pos(row)  # the ToM future: the frames from the marked one on
+        tracks = np.asarray(row["tracks"], dtype=np.float64)[start:]
+        usable = usable_points(row)[start:]
         track_index = np.asarray(row["mark_track_index"], dtype=np.int64)
         kept_ids, targets = [], []
         for mark in np.argsort(ids):

@@ -2,14 +2,21 @@
 
 Magma split every annotated segment with PySceneDetect's ``detect(path, ContentDetector())`` before
 tracing it (docs/magma-data-format.md §Preprocessing): a window across a cut makes every trace jump.
-We run the same detector with the same settings (threshold 27, cuts merged when closer than 15
-frames, frames shrunk to 256 px on their longer side as ``SceneManager`` does) on frames we decode
-ourselves, through the decode stage's readers, rather than through scenedetect's own backends. The
-cuts are then numbered as the planner and the decode stage number frames (decord's indices, or PyAV
-counting decoded frames), whatever the container's timestamps claim; a file the pipeline can decode
-is a file detection can decode; and the detector sees the span of the clip only, as Magma's saw one
-segment at a time. ``SceneManager``'s own loop adds nothing here but a decode thread: ``find_cuts``
-feeds the detector as it does, downscale and interpolation included.
+Magma's data predates PySceneDetect 0.7 and names no version. We run 0.7's ``ContentDetector`` set
+to behave as 0.6 did before its flash filter existed (0.6.0 to 0.6.3): threshold 27; a frame over
+the threshold closer than ``min_scene_len`` (15) frames to the last cut is dropped
+(``FlashFilter.Mode.SUPPRESS``, 0.6's rule), where 0.7's default (``MERGE``, 0.6.4's too) folds it
+into the run of frames over the threshold, so a real cut a few frames after shaky frames is lost
+and a window spans it; and frames shrunk by 0.6's ``SceneManager`` before scoring: by the integer
+factor ``width // 256``, bilinear, where 0.7 shrinks to 256 px exactly. Both are 0.7's own
+classes and arguments (``ContentDetector(filter_mode=...)``, ``cv2.resize`` as the scene manager
+calls it); the only code of our own is the factor, one line. Frames come from our own decoding,
+through the decode stage's readers, rather than scenedetect's backends. The cuts are then numbered
+as the planner and the decode stage number frames (decord's indices, or PyAV counting decoded
+frames), whatever the container's timestamps claim; a file the pipeline can decode is a file
+detection can decode; and the detector sees the span of the clip only, as Magma's saw one segment
+at a time. ``SceneManager``'s own loop adds nothing here but a decode thread: ``find_cuts`` feeds
+the detector as it does, downscale and interpolation included.
 
 Detection decodes every frame of a clip, so it is the costly part of planning (figures in
 ``benchmarks/RESULTS.md``); ``ShotCache`` keeps each video's cuts so a resumed run plans the
@@ -27,7 +34,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
@@ -41,26 +48,34 @@ from .decode import DecodeConfig, DecodeStage
 
 @dataclass(frozen=True)
 class ShotsConfig:
-    """Shot boundaries by PySceneDetect's ContentDetector (defaults: Magma's ``detect(path, ContentDetector())``)."""
+    """Shot boundaries by PySceneDetect's ContentDetector as 0.6 ran Magma's ``detect(path, ContentDetector())``."""
 
     #: plan windows inside shots, as Magma did; off, windows are planned over whole clips
     enabled: bool = False
     #: a frame whose content score (mean change of hue, saturation and luma from the previous
     #: frame, 0-255) reaches this starts a new shot (ContentDetector's default)
     threshold: Annotated[float, Gt(0)] = 27.0
-    #: frames: a cut closer than this to the previous one is merged into it, so a flash is not a
-    #: shot (ContentDetector's default; 0 keeps every cut)
+    #: frames: a cut must be at least this far from the previous one (and from the span's first
+    #: frame), so a flash is not a shot (ContentDetector's default; 0 keeps every cut)
     min_scene_len: Annotated[int, Ge(0)] = 15
-    #: frames are shrunk so that their longer side is this many pixels before they are scored
-    #: (SceneManager's automatic downscale)
+    #: what happens to a frame over the threshold closer than min_scene_len to the last cut:
+    #: "suppress" drops it (PySceneDetect 0.6.0-0.6.3, the rule Magma's data was cut by);
+    #: "merge" folds it into the run of frames over the threshold (0.6.4 and 0.7's default), which
+    #: also hides a real cut that follows a few shaky frames
+    filter_mode: Literal["suppress", "merge"] = "suppress"
+    #: frames are shrunk before they are scored, with the longer side's width in mind: "integer"
+    #: divides both sides by width // downscale_to (PySceneDetect 0.6's SceneManager); "exact" by
+    #: max(width, height) / downscale_to (0.7's)
+    downscale: Literal["integer", "exact"] = "integer"
+    #: the width (longer side, for "exact") frames are shrunk towards (SceneManager's automatic downscale)
     downscale_to: Annotated[int, Ge(16)] = 256
 
 
 def shots_note(config: ShotsConfig) -> str:
     """The line a run says once when shots are on: what planning now decodes."""
     return (f"shots: windows planned inside shots (PySceneDetect ContentDetector, threshold {config.threshold:g}, "
-            f"min_scene_len {config.min_scene_len}); planning decodes every frame of every clip once, cached for "
-            "a resumed run")
+            f"min_scene_len {config.min_scene_len}, {config.filter_mode}); planning decodes every frame of every clip "
+            "once, cached for a resumed run")
 
 
 #: Frames decoded per read while a span is scanned: a bound on the memory of one detection.
@@ -92,14 +107,15 @@ def find_cuts(frames: Iterable[np.ndarray], fps: float, config: ShotsConfig, fir
     """
     require_scenedetect()
     from scenedetect import ContentDetector, FrameTimecode
-    from scenedetect.scene_manager import compute_downscale_factor
+    from scenedetect.detector import FlashFilter
 
-    detector = ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_len)
+    mode = FlashFilter.Mode.SUPPRESS if config.filter_mode == "suppress" else FlashFilter.Mode.MERGE
+    detector = ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_len, filter_mode=mode)
     cuts: list = []
     number = None
     for number, frame in enumerate(frames, start=first_frame):
         height, width = frame.shape[:2]
-        factor = compute_downscale_factor(max(width, height), config.downscale_to)
+        factor = downscale_factor(width, height, config)
         if factor > 1:
             size = (max(1, round(width / factor)), max(1, round(height / factor)))
             frame = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
@@ -107,6 +123,16 @@ def find_cuts(frames: Iterable[np.ndarray], fps: float, config: ShotsConfig, fir
     if number is not None:
         cuts += detector.post_process(FrameTimecode(number, fps))
     return sorted({cut.frame_num for cut in cuts})
+
+
+def downscale_factor(width: int, height: int, config: ShotsConfig) -> float:
+    """What frames are divided by before scoring: PySceneDetect 0.6's ``compute_downscale_factor(width)``,
+    ``width // 256`` (an integer, so frames 256 to 511 wide are scored at full size), or 0.7's."""
+    if config.downscale == "integer":
+        return max(1, width // config.downscale_to)
+    from scenedetect.scene_manager import compute_downscale_factor
+
+    return compute_downscale_factor(max(width, height), config.downscale_to)
 
 
 def shot_spans(cuts: Sequence[int], start: int, end: int) -> list[tuple[int, int]]:

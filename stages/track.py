@@ -3,11 +3,13 @@
 Any point tracker plugs in through two small classes: a ``PointTracker`` (a batch of equal-shape
 windows in, tracks and visibility out) and its registry entry, a ``Tracker`` registered by name
 with ``@register_tracker`` beside its class, as timm registers models. The entry is the one place
-that says how the run names and cites the tracker, whether it needs weights (found, checked on
-the driver before any work, digested for the config hash) and where it runs (``placement``: the
-pipeline's track step takes it from there). ``lk`` (pyramidal Lucas-Kanade, below) needs no
-weights and runs inside the CPU tasks; ``cotracker3`` (the network in ``magma_data.models``) is
-the tracker Magma used and runs batched in one actor per GPU. ``released`` stands for Magma's own
+that says how the run names and cites the tracker, which licence its tracks carry, whether it
+needs weights (found, checked on the driver before any work, digested for the config hash) and
+where it runs (``placement``: the pipeline's track step takes it from there). ``lk`` (pyramidal
+Lucas-Kanade, below) needs no weights and runs inside the CPU tasks; ``cotracker3`` (the network
+in ``magma_data.models``, weights CC-BY-NC) is the tracker Magma used and ``tapnextpp`` (TAPNext++,
+code and weights Apache-2.0) one whose tracks a company may use; both run batched in one actor per
+GPU. ``released`` stands for Magma's own
 CoTracker3 traces, which come with the windows of ``--input magma_video_tom``
 (``magma_data.stages.released_traces``), so nothing is tracked. A tracker defined elsewhere (a
 test's, a plug-in's) registers the same way when its module is imported. ``resolve_tracker``
@@ -30,6 +32,7 @@ from magma_data.models.point_tracking import DEFAULT_BATCH_SIZE, MAX_WINDOWS_PER
 from magma_data.registry import Registry
 from magma_data.stages.base import Column, OneOf, Placement, Row, Stage, update_with_file
 from magma_data.stages.decode import FRAMES
+from magma_data.stages.marked_frame import FIRST_FRAME, MARKED_FRAME, MarkedFrame
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ class TrackConfig:
     grid_size: Annotated[int, Ge(1)] = 15
     checkpoint: str | None = None  # the tracker's weights; see TRACKERS and the tracker's find_weights
     variant: Literal["offline", "online"] = "offline"  # CoTracker3's (Magma: offline)
+    #: the side of the square a tracker resizes frames to, where it has a choice (TAPNext++: 256 for
+    #: tapnextpp_ckpt.pt, 512 for tapnextpp_512.ckpt); None: the tracker's own (CoTracker3's is fixed)
+    resolution: Annotated[int, Ge(8)] | None = None
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on GPU
     #: windows per tracker call; None: the tracker chooses (CoTracker3 on a GPU from its free
     #: memory, see ``PointTracker.batch_size``; ``DEFAULT_BATCH_SIZE`` elsewhere)
@@ -126,9 +132,23 @@ class Tracker(Protocol):
     name: ClassVar[str]
     label: ClassVar[str]
     citation: ClassVar[str] = ""  # BibTeX, for the dataset card
+    #: the licence the tracks carry from what made them (a card's licence id: the weights' licence, or
+    #: the released traces' own); None: no weights made them, so no licence of theirs applies
+    tracks_license: ClassVar[str | None] = None
     placement: ClassVar[Placement] = "tasks"
     needs_weights: ClassVar[bool] = False
+    #: ``auto`` may pick it when its weights are found
+    in_auto: ClassVar[bool] = True
     from_source: ClassVar[bool] = False
+
+    def describe(self, config: TrackConfig) -> str:
+        """How the run names the tracker with its settings (the line that says what was picked)."""
+        return self.label
+
+    def check_config(self, config: TrackConfig) -> None:
+        """Raises ValueError when ``config`` asks what this tracker cannot do (the driver asks before any work)."""
+        if config.resolution is not None:
+            raise ValueError(f"the {self.label} tracker has no resolution to choose; leave track.resolution unset")
 
     def find_weights(self, config: TrackConfig) -> Path | None:
         return None
@@ -187,8 +207,12 @@ class CoTracker3(Tracker):
     name = "cotracker3"
     label = "CoTracker3"
     citation = COTRACKER3_CITATION
+    tracks_license = "cc-by-nc-4.0"
     placement = "actors"
     needs_weights = True
+
+    def describe(self, config: TrackConfig) -> str:
+        return f"{self.label} {config.variant}"
 
     def find_weights(self, config: TrackConfig) -> Path | None:
         """``config.checkpoint``, else the environment, else the hub cache."""
@@ -215,12 +239,72 @@ class CoTracker3(Tracker):
 
 
 @register_tracker
+class TAPNextPP(Tracker):
+    """Our TAPNext++ network (``magma_data.models.tapnextpp_predictor``): code and weights Apache-2.0, so
+    its tracks carry no non-commercial condition. ``auto`` never picks it: it stays CoTracker3 when
+    that checkpoint is found, else Lucas-Kanade."""
+
+    name = "tapnextpp"
+    label = "TAPNext++"
+    citation = """@inproceedings{jung2026tapnextpp,
+  title     = {TAPNext++: What's Next for Tracking Any Point (TAP)?},
+  author    = {Sebastian Jung and Artem Zholus and Martin Sundermeyer and Carl Doersch and Ross Goroshin and David Joseph Tan and Sarath Chandar and Rudolph Triebel and Federico Tombari},
+  booktitle = {Proc. CVPR Findings},
+  pages     = {8429--8438},
+  year      = {2026}
+}"""
+    tracks_license = "apache-2.0"
+    placement = "actors"
+    needs_weights = True
+    in_auto = False
+
+    @staticmethod
+    def resolution(config: TrackConfig) -> int:
+        from magma_data.models.tapnextpp_predictor import DEFAULT_RESOLUTION
+
+        return config.resolution or DEFAULT_RESOLUTION
+
+    def describe(self, config: TrackConfig) -> str:
+        side = self.resolution(config)
+        return f"{self.label} at {side}x{side}"
+
+    def check_config(self, config: TrackConfig) -> None:
+        from magma_data.models.tapnextpp_predictor import check_resolution
+
+        check_resolution(self.resolution(config))
+
+    def find_weights(self, config: TrackConfig) -> Path | None:
+        """``config.checkpoint``, else the environment, else the resolution's released file in the cache."""
+        from magma_data.models.tapnextpp_predictor import find_checkpoint
+
+        return find_checkpoint(config.checkpoint, self.resolution(config))
+
+    def weights_missing(self, config: TrackConfig) -> str:
+        from magma_data.models.tapnextpp_predictor import checkpoint_missing
+
+        return checkpoint_missing(self.resolution(config))
+
+    def check_weights(self, config: TrackConfig, weights: Path) -> None:
+        """Every tensor's name and shape against the network (the file mapped, not read)."""
+        from magma_data.models.tapnextpp_predictor import read_weights
+
+        read_weights(weights, mmap=True)
+
+    def point_tracker(self, config: TrackConfig, weights: Path | None):
+        from magma_data.models.tapnextpp_predictor import TAPNextPPPointTracker
+
+        return TAPNextPPPointTracker(weights, resolution=self.resolution(config), grid_size=config.grid_size,
+                                     device=config.device, precision=config.precision)
+
+
+@register_tracker
 class ReleasedTraces(Tracker):
     """Magma's released traces: the windows of ``--input magma_video_tom`` carry them."""
 
     name = "released"
     label = "Magma's released CoTracker3 traces (no tracking)"
     citation = COTRACKER3_CITATION
+    tracks_license = "mit"  # Magma-Video-ToM's licence, under which Microsoft released them
     from_source = True
 
     def point_tracker(self, config: TrackConfig, weights: Path | None) -> PointTracker:
@@ -271,8 +355,9 @@ def resolve_tracker(config: TrackConfig) -> ResolvedTracker:
     if tracker is None:
         names = list(TRACKERS)
         raise ValueError(f"unknown tracker {config.tracker!r}; use auto, {', '.join(names[:-1])} or {names[-1]}")
+    _check_config(tracker, config)
     if not tracker.needs_weights:
-        return ResolvedTracker(config, "", f"tracker: {tracker.label}")
+        return ResolvedTracker(config, "", f"tracker: {tracker.describe(config)}")
     weights = _find_weights(tracker, config)
     if weights is None:
         raise TrackerUnavailable(tracker.weights_missing(config))
@@ -286,17 +371,26 @@ def _find_weights(tracker: Tracker, config: TrackConfig) -> Path | None:
         raise TrackerUnavailable(str(error)) from None
 
 
+def _check_config(tracker: Tracker, config: TrackConfig) -> None:
+    try:
+        tracker.check_config(config)
+    except ValueError as error:
+        raise TrackerUnavailable(str(error)) from None
+
+
 def _resolve_auto(config: TrackConfig) -> ResolvedTracker:
     not_found = []
     for tracker in TRACKERS.values():
-        if tracker.needs_weights:
+        if tracker.needs_weights and tracker.in_auto:
             weights = _find_weights(tracker, config)
             if weights is not None:
+                _check_config(tracker, config)
                 return _with_weights(tracker, config, weights)
             not_found.append(tracker.label)
     fallback = next(t for t in TRACKERS.values() if not t.needs_weights and not t.from_source)
+    _check_config(fallback, config)
     why = f" (no {' or '.join(not_found)} checkpoint found; --checkpoint to use one)" if not_found else ""
-    return ResolvedTracker(replace(config, tracker=fallback.name), "", f"tracker: {fallback.label}{why}")
+    return ResolvedTracker(replace(config, tracker=fallback.name), "", f"tracker: {fallback.describe(config)}{why}")
 
 
 def _with_weights(tracker: Tracker, config: TrackConfig, weights: Path) -> ResolvedTracker:
@@ -305,7 +399,7 @@ def _with_weights(tracker: Tracker, config: TrackConfig, weights: Path) -> Resol
         tracker.check_weights(resolved, weights)
     except ValueError as error:
         raise TrackerUnavailable(str(error)) from None
-    return ResolvedTracker(resolved, file_digest(weights), f"tracker: {tracker.label} {config.variant} from {weights}")
+    return ResolvedTracker(resolved, file_digest(weights), f"tracker: {tracker.describe(config)} from {weights}")
 
 
 def make_tracker(config: TrackConfig, tracker: Tracker | None = None) -> PointTracker:
@@ -329,34 +423,39 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 TRACKER = Column("tracker", "string", group="traces",
-                 doc="the tracker that made the tracks (lk, cotracker3; released: Magma's Magma-Video-ToM traces)")
+                 doc="the tracker that made the tracks (lk, cotracker3, tapnextpp; released: Magma's Magma-Video-ToM "
+                     "traces)")
 TRACKS = Column("tracks", "float32", ("T", "N", 2), group="traces",
                 doc="x, y of every grid point in every frame, in pixels of the working frames; after the camera "
-                    "stage, in the window's first frame wherever homography_ok")
+                    "stage, in the marked frame's coordinates (frame_pos) wherever homography_ok")
 VISIBILITY = Column("visibility", "bool", ("T", "N"), doc="the tracker sees the point in that frame", group="traces")
-FRAME0 = Column("frame0", "uint8", ("H", "W", 3), doc="the window's first frame, kept for rendering")
 TRACK_OOM_HALVINGS = Column("track_oom_halvings", "int32",
                             doc="how often the window's batch was halved after running out of memory (run summary)")
 
 
 class TrackStage(Stage):
-    """Batches windows of equal shape through the tracker; keeps the first frame for rendering.
+    """Batches windows of equal shape through the tracker; keeps the marked frame for rendering.
 
     On out-of-memory the batch is halved and retried (the rows record how often); a batch that
     fails otherwise is retried window by window, so one bad window fails alone. The tracker is
     built on first use (``setup`` in an actor), so the stage itself is cheap to make and to ship.
+    Which frame is marked (``frame_pos``) needs the tracks, and the decoded frames go no further
+    than this stage, so it is drawn here (``stages.marked_frame``).
     """
 
     name = "track"
-    columns = (TRACKER, TRACKS, VISIBILITY, FRAME0, TRACK_OOM_HALVINGS)
     consumes = (FRAMES.name,)
 
-    def __init__(self, config: TrackConfig, tracker: PointTracker | None = None):
+    def __init__(self, config: TrackConfig, tracker: PointTracker | None = None,
+                 marked_frame: MarkedFrame = FIRST_FRAME):
         """``tracker``: a point tracker to use as it is (tests); else the registered one of ``config.tracker``,
-        built on first use. The stage keeps its registry entry, so a worker builds it without the registry."""
+        built on first use. The stage keeps its registry entry, so a worker builds it without the registry.
+        ``marked_frame``: how the frame the marks sit on is drawn (the pipelines pass the run's; frame 0 else)."""
         self.config = config
         self.entry = TRACKERS.get(config.tracker)  # None while ``auto``: resolved on first use
         self._tracker = tracker
+        self.marked_frame = marked_frame
+        self.columns = (TRACKER, TRACKS, VISIBILITY, MARKED_FRAME, TRACK_OOM_HALVINGS, *marked_frame.columns)
 
     @property
     def placement(self) -> Placement:
@@ -416,10 +515,12 @@ class TrackStage(Stage):
                 results[indices[0]] = error
             return
         for k, i in enumerate(indices):
+            frame_pos = self.marked_frame.draw(tracks[k], rows[i])
             results[i] = {
                 "tracker": self.tracker.name,
                 "tracks": tracks[k].astype(np.float32),
                 "visibility": visibility[k].astype(bool),
-                "frame0": rows[i]["frames"][0],
+                "marked_frame": rows[i]["frames"][frame_pos],
                 "track_oom_halvings": np.int32(halvings),
+                **self.marked_frame.columns_for(frame_pos),
             }

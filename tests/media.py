@@ -84,6 +84,45 @@ def joined_video(parts: list[tuple[Path, int, int]], output: Path) -> Path:
     return output
 
 
+#: ``shaky_join_video``: the frames of the first video a hand-held camera jolts (28, held to 31), then shakes
+#: (32 to 38), and the frame at which the second video starts.
+JOLT, SHAKE, JOIN = (28, 32), (32, 39), 45
+
+
+def shaky_join_video(first: Path, second: Path, output: Path) -> Path:
+    """``first``'s frames 0-44, shaken as a hand-held camera shakes a few frames before the join, then all of
+    ``second``'s, as one H.264 file at ``first``'s size and rate.
+
+    A shaken frame is zoomed in by 25 %, moved by 8 % of the frame's size and darkened to 40 % (an exposure
+    swing); frames 28-31 hold the jolt, 32-38 alternate between shaken and steady, 39-44 are steady again.
+    PySceneDetect's content score is over its threshold 27 at 28 and at every frame from 32 to 38 (the real
+    clips and the stand-ins alike: 33-35 and 57-59), under 10 elsewhere, and about 51 at the join.
+    """
+    import av
+    import cv2
+
+    def frames_of(path: Path) -> list[np.ndarray]:
+        with av.open(str(path)) as container:
+            return [frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])]
+
+    def shaken(frame: np.ndarray) -> np.ndarray:
+        height, width = frame.shape[:2]
+        zoom, shift = 1.25, 0.08
+        matrix = np.float32([[zoom, 0, (1 - zoom) * width / 2 + shift * width],
+                             [0, zoom, (1 - zoom) * height / 2 + shift * height]])
+        return (cv2.warpAffine(frame, matrix, (width, height), borderMode=cv2.BORDER_REFLECT) * 0.4).astype(np.uint8)
+
+    with av.open(str(first)) as container:
+        fps = float(container.streams.video[0].average_rate)
+    steady = frames_of(first)[:JOIN]
+    height, width = steady[0].shape[:2]
+    frames = [shaken(frame) if JOLT[0] <= index < JOLT[1] or (SHAKE[0] <= index < SHAKE[1] and index % 2) else frame
+              for index, frame in enumerate(steady)]
+    frames += [cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) for frame in frames_of(second)]
+    write_video(np.stack(frames), output, fps=fps)
+    return output
+
+
 #: Where ``curation_folder``'s joined clip cuts: bear frames 0-49, paragliding frames 0-19, bear frames 50-81.
 CUTS = (50, 70)
 

@@ -150,3 +150,24 @@ def test_a_single_frame_window_is_an_error():
     row["tracks"], row["visibility"] = row["tracks"][:1], row["visibility"][:1]
     with pytest.raises(StageError, match="at least 2"):
         CameraStage()(row)
+
+
+def test_every_frame_before_and_after_the_marked_frame_is_brought_into_it():
+    """Magma's reference is the frame at ``frame_pos``: the frames after it (the ToM future) and those
+    before it alike are fitted to it, and the motion rule counts the traces from there on."""
+    row, background, truth = panning_window()
+    reference = 5
+    out = CameraStage()({**row, "frame_pos": np.int32(reference)})
+    assert out["camera_status"] == "applied" and out["homography_ok"].all()
+    np.testing.assert_array_equal(out["homography"][reference], np.eye(3))
+    np.testing.assert_array_equal(out["tracks"][reference], row["tracks"][reference])
+    for t in [*range(reference), *range(reference + 1, FRAMES)]:
+        seen = background & in_view(row, t) & in_view(row, reference)
+        aligned = apply_homography(truth[t, seen], out["homography"][t])
+        assert np.linalg.norm(aligned - truth[reference, seen], axis=-1).max() < 0.75, t
+    # a camera still from the marked frame on is not compensated, however it moved before
+    row, _, _ = panning_window(camera=lambda t: camera_at(min(t, reference)))
+    assert CameraStage()(row)["camera_motion"]  # counted from frame 0, the pan moves every trace
+    assert not CameraStage()({**row, "frame_pos": np.int32(reference)})["camera_motion"]
+    with pytest.raises(StageError, match="frame_pos 11 is outside"):
+        CameraStage()({**row, "frame_pos": np.int32(FRAMES - 1)})

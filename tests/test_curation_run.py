@@ -304,7 +304,8 @@ def test_oxe_tom_runs_the_quality_rules_and_refuses_shots_and_alignment(tmp_path
     from magma_data.stages.quality import QualityStage
 
     pipeline = load_pipeline("oxe_tom")
-    config = RunConfig(pipeline="oxe_tom", source="oxe").with_overrides({"quality": {"drop_camera_fallback": True}})
+    config = RunConfig(pipeline="oxe_tom", source="oxe").with_overrides({"quality": {"drop_camera_fallback": True},
+                                                                          "marks": {"frame_pos": "first"}})
     names = [stage.name for stage in pipeline.stages(config)]
     assert names[names.index("camera") + 1] == "quality" and isinstance(pipeline.stages(config)[3], QualityStage)
     assert "quality" not in [stage.name for stage in pipeline.stages(RunConfig(pipeline="oxe_tom", source="oxe"))]
@@ -318,3 +319,5 @@ def test_oxe_tom_runs_the_quality_rules_and_refuses_shots_and_alignment(tmp_path
     assert pipeline.check(episodes, config) == ["quality rules after tracking: no camera fallback"]
     with pytest.raises(ValueError, match="shots and text alignment are video_tom's"):
         pipeline.check(episodes, config.with_overrides({"shots": {"enabled": True}}))
+    with pytest.raises(ValueError, match="its own step's frame.*marks.frame_pos: first"):  # the action turn's image
+        pipeline.check(episodes, config.with_overrides({"marks": {"frame_pos": "magma"}}))

@@ -68,9 +68,30 @@ def test_the_released_traces_are_the_tracks_in_working_pixels(release):
     np.testing.assert_allclose(out["tracks"], trace * np.array([width / TRACED[0], height / TRACED[1]]), rtol=1e-6)
     np.testing.assert_array_equal(out["visibility"], visibility)
     native = DecodeStage(DecodeConfig()).read(row["video_path"], np.array([8]))
-    np.testing.assert_array_equal(out["frame0"], resize_frames(native, 128)[0])
+    np.testing.assert_array_equal(out["marked_frame"], resize_frames(native, 128)[0])
     assert (out["tracker"], out["released_dataset"], out["released_frame_index"]) == ("released", "ego4d", 0)
     assert out["released_video_name"] == RECORDS[0][2]
+
+
+def test_the_marked_frame_is_drawn_from_the_released_traces_and_decoded(release):
+    """Magma draws frame_pos from the released traces too: the stage draws it as the track stage does and
+    decodes that frame of the window."""
+    from magma_data.stages.marked_frame import FRAME_POS, MarkedFrame
+
+    rows = [row for row in _plan(release) if not row.get("drop_kind")]
+    config = _config(decode={"height": 128})
+    drawn = set()
+    for seed in range(6):
+        rule = MarkedFrame(seed=seed)
+        stage = ReleasedTracesStage(config.decode, config.released, config.track.grid_size**2, marked_frame=rule)
+        assert FRAME_POS in stage.columns
+        out = stage(rows[0])
+        pos = int(out["frame_pos"])
+        assert pos == rule.draw(out["tracks"], rows[0])
+        native = DecodeStage(DecodeConfig()).read(rows[0]["video_path"], np.asarray(rows[0]["frame_indices"])[[pos]])
+        np.testing.assert_array_equal(out["marked_frame"], resize_frames(native, 128)[0])
+        drawn.add(pos)
+    assert len(drawn) > 1
 
 
 def test_native_pixels_are_an_option():

@@ -214,3 +214,17 @@ def test_moving_marks_land_on_the_object_in_rendered_frames_tracked_with_lucas_k
             hits += len(xy) > 0 and bool(near_object[xy[:, 1], xy[:, 0]].all())
             windows += 1
     assert hits >= 0.9 * windows, f"{hits}/{windows} windows"
+
+
+def test_from_a_marked_frame_on_only_its_frames_count_and_marks_sit_at_its_points():
+    """With ``frame_pos`` 8, a point seen only before frame 8 is not kept, motion before it does not count,
+    and every mark is at its trace's point in frame 8."""
+    row, moving = busy_window()
+    row["visibility"][10:, :10] = False  # ten points lost after frame 9: kept from frame 0 (10 of 16), not from 8
+    row["tracks"][:8, 10:20] += np.arange(8)[:, None, None] * 10.0  # ten static points moved before frame 8 only
+    out = MarksStage()({**row, "frame_pos": np.int32(8)})
+    from_zero = MarksStage()(row)
+    assert out["num_visible_points"] == from_zero["num_visible_points"] - 10
+    assert out["num_moving_points"] == moving[10:].sum() < from_zero["num_moving_points"]
+    assert not np.isin(out["mark_track_index"], np.arange(10)).any()
+    np.testing.assert_array_equal(out["mark_xy"], row["tracks"][8, out["mark_track_index"]])

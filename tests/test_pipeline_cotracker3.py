@@ -37,6 +37,14 @@ def test_cotracker3_tracks_every_window_in_its_actor_which_ray_restarts_once_kil
     assert done.returncode in (0, 3), done.stderr[-3000:]
     assert marker.exists(), "the tracker actor should have killed itself once"
     assert "tracker: CoTracker3 offline from" in done.stderr
+    non_commercial = "tracks by CoTracker3: licence cc-by-nc-4.0 (non-commercial use only)"
+    assert done.stderr.strip().splitlines()[-1] == f"wrote {output}; {non_commercial}"
+    assert f"- `cotracker3`: {non_commercial}" in (output / "README.md").read_text()
+    pushed = subprocess.run([sys.executable, "-m", "magma_data", "push", str(output), "--repo-id", "someone/windows",
+                             "--dry-run", "--license", "apache-2.0"], capture_output=True, text=True, timeout=300)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert (f"licence: apache-2.0; {non_commercial}\nwarning: the card's licence apache-2.0 allows commercial use, "
+            "but the tracks of sample were made by CoTracker3") in pushed.stderr
 
     summary = json.loads((output / "summary.json").read_text())["sample"]
     assert summary["tracker"] == "cotracker3"

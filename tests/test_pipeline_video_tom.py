@@ -82,3 +82,54 @@ def test_rows_map_back_to_their_videos(folder_run, video_clips):
         assert (video_clips / f"{uid}.mp4").is_file()
         assert indices == list(range(start, start + 16))
         assert fps > 0
+
+
+def test_each_row_marks_the_frame_magmas_rule_draws_from_its_own_tracks(folder_run):
+    """``frame_pos`` recomputed from a row's stored tracks: the camera compensation undone, Magma's
+    ``frame_rightmost`` (steps before half the motion), and the draw seeded by the run seed and sample id."""
+    from magma_data.stages.base import seeded_rng
+    from magma_data.stages.camera import raw_tracks
+    from magma_data.stages.marked_frame import frame_rightmost
+
+    output, _, config = folder_run
+    rows = pq.read_table(output / "data" / "folder").to_pylist()
+    drawn = []
+    for row in rows:
+        raw = raw_tracks(np.asarray(row["tracks"]), np.asarray(row["homography"]), np.asarray(row["homography_ok"]))
+        rightmost = frame_rightmost(raw, config.marks.step_rightmost_ratio)
+        assert 1 <= rightmost <= 15
+        expected = int(seeded_rng(config.seed, row["sample_id"], "frame_pos").integers(0, rightmost))
+        assert row["frame_pos"] == expected, row["sample_id"]
+        drawn.append(expected)
+    assert len(set(drawn)) > 3 and max(drawn) > 0  # not frame 0 alone
+
+
+def test_image_marks_camera_and_tom_targets_start_at_the_marked_frame(folder_run, video_clips):
+    """The stored image is the video's frame at ``frame_pos``; the homographies take every frame there; the
+    marks sit at their traces' points in that frame, and each ToM target starts at its mark."""
+    import decord
+    import io
+
+    from magma_data.stages.decode import resize_frames
+    from magma_data.stages.render import to_grid
+
+    output, _, config = folder_run
+    rows = sorted(pq.read_table(output / "data" / "folder").to_pylist(), key=lambda row: -row["frame_pos"])
+    assert rows[0]["frame_pos"] > 1
+    for row in rows[:6]:  # the latest marked frames: the furthest from the first
+        pos = row["frame_pos"]
+        native = decord.VideoReader(str(video_clips / f"{row['video_uid']}.mp4")).get_batch(
+            [row["frame_indices"][0], row["frame_indices"][pos]]).asnumpy()
+        first, frame = resize_frames(native, config.decode.height).astype(np.int16)
+        image = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"), np.int16)
+        assert np.abs(image - frame).mean() < min(3, np.abs(image - first).mean())  # the frame at frame_pos
+        if row["camera_motion"]:
+            assert row["homography_ok"][pos] and np.allclose(row["homography"][pos], np.eye(3))
+        tracks = np.asarray(row["tracks"], np.float32)
+        np.testing.assert_allclose(row["mark_xy"], tracks[pos, row["mark_track_index"]].reshape(-1, 2))
+        grid = to_grid(np.asarray(row["mark_xy"]).reshape(-1, 2), row["image_width"], row["image_height"], 256)
+        starts = dict(zip(row["mark_ids"], grid))
+        seen = {mark for mark, index in zip(row["mark_ids"], row["mark_track_index"]) if row["visibility"][pos][index]}
+        for mark, target in zip(row["tom_mark_ids"], row["tom_targets"]):
+            if mark in seen:  # a trace's first usable point from frame_pos on: its mark, where the mark is seen
+                assert list(target[0]) == list(starts[mark])

@@ -107,7 +107,8 @@ def test_the_config_takes_a_registered_trackers_name_and_only_then(toy_tracker):
     assert RunConfig().with_overrides({"track": {"tracker": toy_tracker}}).track.tracker == toy_tracker
     TRACKERS.pop(toy_tracker)
     try:
-        with pytest.raises(ValueError, match="track.tracker takes one of auto, lk, cotracker3, released, not"):
+        with pytest.raises(ValueError,
+                           match="track.tracker takes one of auto, lk, cotracker3, tapnextpp, released, not"):
             RunConfig().with_overrides({"track": {"tracker": toy_tracker}})
     finally:
         register_tracker(StandingStillTracker)

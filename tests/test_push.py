@@ -94,3 +94,31 @@ def test_the_upload_is_one_call_that_sends_what_the_dry_run_lists(finished, monk
     files = sorted(p.relative_to(finished).as_posix() for p in finished.rglob("*") if p.is_file())
     sent = list(filter_repo_objects(files, ignore_patterns=upload["ignore_patterns"] + DEFAULT_IGNORE_PATTERNS))
     assert sent == [name for name, _ in plan.files] == [name for name, _ in selection(finished)]
+
+
+def test_the_card_and_push_state_what_the_tracks_allow(finished):
+    result = CliRunner().invoke(main, ["push", str(finished), "--repo-id", "someone/windows", "--dry-run",
+                                       "--license", "apache-2.0"])
+    assert result.exit_code == 0, result.output
+    no_condition = "tracks by Lucas-Kanade on CPU: no weights, so no licence condition from the tracker"
+    assert f"licence: apache-2.0; {no_condition}" in result.stderr and "warning" not in result.stderr
+    card = (finished / "README.md").read_text()
+    assert f"- `lk`: {no_condition}" in card and "**Warning:**" not in card
+
+
+@pytest.mark.parametrize("license", ["apache-2.0", "mit", "cc-by-4.0"])
+def test_a_licence_allowing_commercial_use_of_non_commercial_tracks_is_warned_about(finished, license):
+    """The folder's config says its tracks came from CoTracker3 (a real CoTracker3 run: test_pipeline_cotracker3.py)."""
+    path = finished / ".magma" / "sample" / "config.json"
+    config = json.loads(path.read_text())
+    config["track"]["tracker"] = "cotracker3"
+    path.write_text(json.dumps(config))
+    warned = push(finished, "someone/windows", dry_run=True, license=license)
+    assert warned.tracks_licenses == ["tracks by CoTracker3: licence cc-by-nc-4.0 (non-commercial use only)"]
+    assert warned.license_warnings == [
+        f"the card's licence {license} allows commercial use, but the tracks of sample were made by CoTracker3, whose "
+        "weights are cc-by-nc-4.0: pass --license cc-by-nc-4.0, or track again with a tracker whose weights allow it "
+        "(--tracker tapnextpp)"]
+    assert f"**Warning:** {warned.license_warnings[0]}." in (finished / "README.md").read_text()
+    for claims_no_more in ("cc-by-nc-4.0", "cc-by-nc-sa-4.0", "other"):
+        assert push(finished, "someone/windows", dry_run=True, license=claims_no_more).license_warnings == []

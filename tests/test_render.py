@@ -30,7 +30,7 @@ def hand_built_row(task="open the drawer"):
         "task": task,
         "tracks": tracks.astype(np.float32),
         "visibility": visibility,
-        "frame0": rng.integers(90, 160, (HEIGHT, WIDTH, 3), dtype=np.uint8),
+        "marked_frame": rng.integers(90, 160, (HEIGHT, WIDTH, 3), dtype=np.uint8),
         "image_width": WIDTH,
         "image_height": HEIGHT,
         "camera_motion": False,
@@ -209,3 +209,16 @@ def test_output_and_placeholders_match_the_declared_columns():
 def test_rendering_is_byte_identical_across_runs():
     first, second = RenderStage()(hand_built_row()), RenderStage()(hand_built_row())
     assert first["som_image"] == second["som_image"] and first["conversations"] == second["conversations"]
+
+
+def test_the_tom_future_starts_at_the_marked_frame():
+    """With ``frame_pos`` 2 the targets are the traces from frame 2 on, each starting at its mark there."""
+    row = hand_built_row()
+    row["mark_xy"] = row["tracks"][2]
+    out = RenderStage()({**row, "frame_pos": np.int32(2)})
+    assert out["tom_mark_ids"].tolist() == [2, 4]
+    assert out["tom_targets"][0] == [[59, 50], [63, 50], [67, 50], [71, 50], [75, 50], [79, 50]]
+    assert out["tom_targets"][1] == [[150, 104], [150, 107], [150, 110], [150, 116], [150, 119]]
+    assert out["tom_steps"] == 5
+    question = out["conversations"][2]["value"]
+    assert "for the next 5 steps" in question

@@ -78,7 +78,7 @@ defaults:
   plan: {{window_len: 8, window_stride: 3}}
   decode: {{height: 64}}
   camera: {{force: false, global_motion_px: 1.0}}
-  marks: {{moving_threshold_px: 1.0, moving_clusters: [2, 4], static_clusters: [4, 9]}}
+  marks: {{frame_pos: first, moving_threshold_px: 1.0, moving_clusters: [2, 4], static_clusters: [4, 9]}}
   render: {{style: robot, speed_threshold: 1.0, min_points_divisor: null}}
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media import joined_video
+from media import JOIN, JOLT, joined_video, shaky_join_video
 
 from magma_data.dropped import FILTERED, Dropped, record
 from magma_data.sources.base import Clip
@@ -62,6 +62,65 @@ def test_the_defaults_are_the_detector_magma_called():
     assert config.threshold == defaults["threshold"].default
     assert config.min_scene_len == defaults["min_scene_len"].default
     assert config.downscale_to == DEFAULT_MIN_WIDTH
+    assert (config.filter_mode, config.downscale) == ("suppress", "integer")  # 0.6's rules, not 0.7's defaults
+
+
+def _cuts_at(length: int, at: list[int]) -> np.ndarray:
+    """``length`` frames whose content switches between dark and light at each index of ``at``: those
+    frames, and only those, score over the threshold."""
+    rng = np.random.default_rng(0)
+    dark, light = rng.integers(0, 60, (48, 64, 3)), rng.integers(180, 255, (48, 64, 3))
+    switches = np.zeros(length, int)
+    switches[at] = 1
+    return np.where((np.cumsum(switches) % 2 == 1)[:, None, None, None], light, dark).astype(np.uint8)
+
+
+def test_a_cut_closer_than_min_scene_len_to_the_last_cut_is_dropped_as_0_6_dropped_it():
+    """0.6.0-0.6.3: a frame over the threshold is a cut when it is at least 15 frames after the last cut
+    (and after the span's first frame); nothing else moves the mark the 15 frames count from."""
+    assert find_cuts(_cuts_at(60, [15]), 30.0, ShotsConfig()) == [15]  # 15 after the first frame
+    assert find_cuts(_cuts_at(60, [14]), 30.0, ShotsConfig()) == []  # 14 after: too early
+    assert find_cuts(_cuts_at(60, [20, 35]), 30.0, ShotsConfig()) == [20, 35]  # exactly 15 apart: both
+    assert find_cuts(_cuts_at(60, [20, 34]), 30.0, ShotsConfig()) == [20]
+    # the frames over the threshold in between do not move the mark, as they do with merge
+    assert find_cuts(_cuts_at(80, [20, 26, 30, 40]), 30.0, ShotsConfig()) == [20, 40]
+    assert find_cuts(_cuts_at(80, [20, 26, 30, 40]), 30.0, ShotsConfig(filter_mode="merge")) == [20]
+
+
+def test_frames_are_shrunk_by_0_6s_integer_factor_of_the_width():
+    from magma_data.stages.shots import downscale_factor
+
+    config = ShotsConfig()
+    assert [downscale_factor(width, 480, config) for width in (255, 256, 511, 512, 854, 1296)] == [1, 1, 1, 2, 3, 5]
+    assert downscale_factor(368, 480, config) == 1  # a portrait clip: by its width, so not shrunk at all
+    exact = ShotsConfig(downscale="exact")
+    assert downscale_factor(854, 480, exact) == pytest.approx(854 / 256)
+    assert downscale_factor(368, 480, exact) == pytest.approx(480 / 256)
+
+
+@pytest.fixture(scope="module")
+def shaky_join(two_videos, tmp_path_factory) -> Path:
+    return shaky_join_video(*two_videos, tmp_path_factory.mktemp("shaky") / "shaky_bear_then_paraglider.mp4")
+
+
+def test_a_join_a_few_frames_after_shaky_frames_is_a_cut_and_no_window_spans_it(shaky_join):
+    """The hand-held jolt at 28 is a cut, and the join at 45 is one too; 0.7's defaults (merge, and frames
+    shrunk to 256 px) fold the join into the shaking from 32 to 38 and plan a window across it."""
+    info = probe_video(str(shaky_join))
+    assert ShotDetector(ShotsConfig())(str(shaky_join), 0, info.num_frames, info.fps) == [JOLT[0], JOIN]
+    by_pyav = ShotDetector(ShotsConfig(), DecodeConfig(backend="pyav"))
+    assert by_pyav(str(shaky_join), 0, info.num_frames, info.fps) == [JOLT[0], JOIN]
+
+    clip = _clip(shaky_join)
+    units = plan_windows(clip, info, "src", PlanConfig(), shots=ShotDetector(ShotsConfig()))
+    windows = [unit for unit in units if not unit.get("drop_kind")]
+    assert windows and not any(row["frame_indices"][0] < JOIN <= row["frame_indices"][-1] for row in windows)
+    assert [row["frame_index"] for row in windows] == [0, 28, 45, 61, 77, 93]
+
+    scenedetect_07 = ShotsConfig(filter_mode="merge", downscale="exact")
+    assert ShotDetector(scenedetect_07)(str(shaky_join), 0, info.num_frames, info.fps) == [JOLT[0]]
+    spanning = plan_windows(clip, info, "src", PlanConfig(), shots=ShotDetector(scenedetect_07))
+    assert any(row["frame_indices"][0] < JOIN <= row["frame_indices"][-1] for row in spanning)  # what it guards
 
 
 def test_the_hard_cut_is_found_at_its_frame_as_scenedetect_finds_it(cut_video, two_videos):

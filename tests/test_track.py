@@ -109,7 +109,7 @@ def test_without_a_batch_size_the_tracker_chooses_it_for_the_shape():
 def test_unknown_tracker_names_are_refused():
     from magma_data.stages.track import make_tracker
 
-    with pytest.raises(ValueError, match="use auto, lk, cotracker3 or released"):
+    with pytest.raises(ValueError, match="use auto, lk, cotracker3, tapnextpp or released"):
         make_tracker(TrackConfig(tracker="raft"))
 
 

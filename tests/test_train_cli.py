@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,7 +172,7 @@ def test_help_lists_the_recipes_and_each_option_shows_the_recipes_value():
     listed = run("--help")
     assert all(name in listed for name in ("pretrain", "finetune", "finetune-lora"))
     assert "Recipes" in listed
-    pretrain = run("pretrain", "--help")
+    pretrain = " ".join(run("pretrain", "--help").split())  # as one line, however click wraps it
     assert "[pretrain: constant]" in pretrain and "[pretrain: 3]" in pretrain and "[default: pretrain]" in pretrain
     assert "[finetune: cosine]" in run("finetune", "--help")
 
@@ -200,11 +201,49 @@ def test_options_override_the_recipe_which_overrides_the_fields_defaults(tmp_pat
     finetune, pretrain, mine, lora = captured
 
     assert (finetune.recipe, finetune.lr, finetune.schedule, finetune.warmup_ratio, finetune.epochs) == (
-        "finetune", 1e-5, "cosine", 0.03, 1)
+        "finetune", 1e-5, "cosine", 0.0, 1)
     assert finetune.train == ("vision", "projector", "llm") and finetune.batch_size == 1 and not finetune.lora
     assert (pretrain.lr, pretrain.schedule, pretrain.epochs, pretrain.train) == (2e-5, "constant", 3, ("projector",))
     assert (mine.train, mine.lr, mine.epochs, mine.batch_size) == (("llm", "projector"), 0.5, 5, 4)
     assert lora.lora and lora.lora_rank == 8 and lora.train == ("llm",) and lora.lr == 2e-4
+    assert (pretrain.global_batch, lora.global_batch, lora.batch_size, finetune.global_batch) == (1024, 128, 16, None)
+
+
+def test_each_recipe_takes_its_sources_settings_and_names_the_source_of_each():
+    """One recipe per source; every setting line says where its value comes from."""
+    from magma_data.train.settings import read_recipe, recipe_names
+
+    assert recipe_names() == ["finetune", "finetune-820k", "finetune-lora", "pretrain", "pretrain-openx"]
+    folder = Path(__file__).resolve().parents[1] / "magma_data" / "train" / "recipes"
+    for name in recipe_names():
+        lines = (folder / f"{name}.yaml").read_text().splitlines()
+        assert lines[0].startswith("# ") and any("Source:" in line for line in lines if line.startswith("#")), name
+        unsourced = [line for line in lines if line and not line.startswith("#") and "#" not in line]
+        assert not unsourced, f"{name}: {unsourced}"
+    for script in ("pretrain-openx", "finetune-820k"):  # the released scripts: projector only, 4 GPUs x 4
+        recipe = read_recipe(script)
+        assert (recipe["train"], recipe["batch_size"], recipe["global_batch"], recipe["lr"], recipe["schedule"],
+                recipe["warmup_ratio"], recipe["epochs"]) == ("projector", 4, 16, 1e-5, "cosine", 0.03, 1)
+    paper = read_recipe("pretrain")
+    assert (paper["train"], paper["global_batch"], paper["lr"], paper["schedule"], paper["epochs"]) == (
+        "all", 1024, 1e-5, "constant", 3)
+    assert all(read_recipe(name)["som_tom_drop"] == 0.2 for name in recipe_names())
+
+
+def test_the_global_batch_sets_the_accumulation_for_the_processes_there_are(tmp_path):
+    from magma_data.train.settings import TrainConfig
+
+    model = tmp_path / "model"
+    model.mkdir()
+    config = TrainConfig.from_recipe("finetune-820k", data=(str(tmp_path),), model=model, output=tmp_path / "out")
+    assert [config.for_processes(world).grad_accum for world in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(ValueError, match="not a multiple of --batch-size 4 x 8 processes"):
+        config.for_processes(8)
+    assert TrainConfig.from_recipe("finetune", data=(str(tmp_path),), model=model, output=tmp_path / "out",
+                                   grad_accum=3).for_processes(4).grad_accum == 3  # no global batch: as given
+    with pytest.raises(ValueError, match="both set the samples of a step"):
+        TrainConfig.from_recipe("finetune-820k", data=(str(tmp_path),), model=model, output=tmp_path / "out",
+                                grad_accum=2)
 
 
 @pytest.mark.parametrize(

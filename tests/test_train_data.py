@@ -228,3 +228,51 @@ def test_redrawn_marks_change_between_epochs_and_repeat_in_every_run(processor, 
     assert len(changed) >= len(stored) // 2
     assert any(stored[index] not in first[index] for index in stored)  # not the frozen draw either
     assert all(SYSTEM_PROMPT not in answer for answer in first.values())
+
+
+def _video_turns(task: str) -> list[dict]:
+    return [{"from": "human", "value": "<image>\n\nWhat is the person doing in the image?\n"},
+            {"from": "gpt", "value": f"{task}\n"},
+            {"from": "human", "value": "<image>\n\nThe image is split into 256x256 grids, and labeled with numeric "
+                                       "marks.\nPlease locate all the numerical marks in the image.\n"},
+            {"from": "gpt", "value": "Mark 1 at [10,20]\n"}]
+
+
+def test_a_seeded_epoch_leaves_the_som_tom_turn_out_of_a_fifth_of_the_video_samples(processor):
+    """Magma's ``random.random() < 0.2`` (data/conversations.py ~L231), drawn per (seed, epoch, sample)."""
+    count = 5000
+    sample_ids = [f"video-{index:05d}" for index in range(count)]
+    mixture = Mixture([count], [1.0], seed=7)
+    maker = SampleMaker(processor, som_tom_drop=0.2, seed=7)
+
+    def dropped(epoch: int, made=maker) -> set[str]:
+        order = mixture.epoch(epoch)[:, 1]
+        return {sample_ids[i] for i in order if made.drops_marks_turn(_video_turns("cut"), sample_ids[i], epoch)}
+
+    first = dropped(0)
+    assert 0.18 <= len(first) / count <= 0.22
+    assert dropped(0) == first  # every run drops the same samples
+    second = dropped(1)
+    assert 0.18 <= len(second) / count <= 0.22 and len(first & second) < 0.3 * len(first)  # each epoch others
+    assert dropped(0, SampleMaker(processor, som_tom_drop=0.2, seed=8)) != first  # another seed, others
+    assert not dropped(0, SampleMaker(processor))  # evaluation (and a drop of 0) keeps every turn
+    robot = [{"from": "human", "value": "<image>\n\nWhat action should the robot take to pick?"},
+             {"from": "gpt", "value": "<action>" * 7}, *_video_turns("pick")[2:]]
+    always = SampleMaker(processor, som_tom_drop=1.0)
+    assert always.drops_marks_turn(_video_turns("cut"), "s", 0)
+    assert not always.drops_marks_turn(robot, "s", 0)  # Magma's robot loader never drops it
+    assert not always.drops_marks_turn(_video_turns("cut")[2:], "s", 0)  # no semantic turn: the only turn stays
+
+
+def test_a_dropped_sample_is_the_semantic_turn_with_its_one_image(processor, shards):
+    source = shards[0]
+    indices = [np.arange(len(source.rows))]
+    mixture = Mixture([len(source.rows)], [1.0], seed=0)
+    kept = TrainingSamples(shards, indices, mixture, SampleMaker(processor, som_tom_drop=0.0), seed=0)
+    dropped = TrainingSamples(shards, indices, mixture, SampleMaker(processor, som_tom_drop=1.0), seed=0)
+    for position in range(mixture.epoch_length):
+        row = source.rows[mixture.locate(position)[2]]
+        whole, short = kept[position], dropped[position]
+        assert whole.pixel_values.shape[0] == 2 and short.pixel_values.shape[0] == 1
+        answer = processor.tokenizer.decode(short.labels[short.labels != IGNORE_INDEX])
+        assert answer == row["conversations"][1]["value"].strip() + "<|eot_id|>"

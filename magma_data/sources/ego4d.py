@@ -12,6 +12,8 @@ the same pass, at most ``max_duration_sec`` long, as Magma's narration-derived s
 Magma's filters apply (segments of at least 1 s, no idle verbs such as "walk"; the narrations they
 drop go to the filtered table, not the errors), but verbs match whole words: "sidewalk" and
 "understand" no longer drop a narration (docs/magma-som-tom.md §Defects 6). Empty text is an error row.
+Magma's stride down to 1,000,000 items is a training choice, left to ``magma-train --data out/ego4d:W``
+(docs/magma-som-tom.md §Deviations).
 The release's layout and metadata: docs/sources.md §Ego4D.
 """
 

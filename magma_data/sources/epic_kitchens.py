@@ -10,6 +10,10 @@ Layout (``--root`` holds the downloader's output and a clone of the annotations 
 Spans come from ``start_timestamp``/``stop_timestamp``, never ``start_frame``/``stop_frame``: the
 frame columns count the released ~60 fps RGB dumps, not the native frames of 50, 59.94, 29.97 or
 90 fps videos (docs/sources.md §EPIC-KITCHENS-100).
+
+The task is the segment's narration, an action ("open door"), so rows ask the question an action
+answers, Ego4D's; Magma asked EPIC items what they show and answered with GPT-4o descriptions that
+are not released (docs/magma-som-tom.md §Deviations).
 """
 
 from __future__ import annotations

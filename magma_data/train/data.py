@@ -15,7 +15,8 @@
    on the stored traces, seeded by (run seed, epoch, sample id), as Magma draws new marks each
    time it loads a sample.
 5. ``SampleMaker``: a row -> ``Sample`` exactly as Magma's ``data/dataset.py`` ``preprocess``
-   makes it: one image per ``<image>`` (the ToM / SoM question shows ``som_image``, the other
+   makes it: a video row loses its SoM / ToM turn with probability ``som_tom_drop`` (Magma's 0.2,
+   drawn per (seed, epoch, sample)), one image per ``<image>`` (the ToM / SoM question shows ``som_image``, the other
    turns ``image``), 1 crop for video and robot rows, the Llama-3 chat template with Magma's
    system prompt, labels on the assistant answers and their ``<|eot_id|>`` only, truncation to
    the maximum length, and the 7 ``<action>`` placeholders swapped for the action's token ids.
@@ -53,13 +54,14 @@ from magma_data.magma_text import (
     IMAGE_PLACEHOLDER,
     IMAGE_TOKEN,
     SYSTEM_PROMPT,
+    asks_about_marks,
     blank_turn,
     turn_images,
 )
 from magma_data.parquet_writer import DATA, table_files
 from magma_data.pipelines import load_pipeline
 from magma_data.stages.action_tokens import ActionConfig, action_token_ids
-from magma_data.stages.base import StageError
+from magma_data.stages.base import StageError, seeded_rng
 
 from .processor import MagmaProcessor
 from .settings import MAGMA_MAX_LENGTH, Split
@@ -234,16 +236,17 @@ def redraw_marks(
     """The row with marks, ``som_image``, ToM targets and turns drawn again by the pipeline's stages.
 
     The marks stage is seeded from (run seed, epoch) and keys its draws on the sample id, so a
-    sample gets new marks every epoch and the same marks in every run. ``image`` stays as stored.
+    sample gets new marks every epoch and the same marks in every run. ``image`` stays as stored, and
+    so does the marked frame it is (``frame_pos``: the row keeps that frame's pixels only).
     The stages take NumPy arrays, as the pipeline hands them: ``features`` says which columns are.
     """
     stage_seed = int.from_bytes(hashlib.sha256(f"redraw\x00{seed}\x00{epoch}".encode()).digest()[:4], "little")
     stages = load_pipeline(config.pipeline).redraw_stages(config, stage_seed)  # robot: the action turn goes first again
-    redrawn = dict(row, frame0=np.asarray(_decode(row["image"])))
+    redrawn = dict(row, marked_frame=np.asarray(_decode(row["image"])))  # the row's frame_pos stays
     redrawn.update({name: np.asarray(row[name]) for name in array_columns(features) if name in row})
     for stage in stages:
         redrawn.update(stage(redrawn))
-    del redrawn["frame0"]
+    del redrawn["marked_frame"]
     redrawn["image"] = row["image"]
     return redrawn
 
@@ -295,8 +298,13 @@ class SampleMaker:
     labels are the same, which ``benchmarks/magma_data_parity.py`` checks.
     """
 
-    def __init__(self, processor: MagmaProcessor, max_length: int = MAGMA_MAX_LENGTH):
+    def __init__(self, processor: MagmaProcessor, max_length: int = MAGMA_MAX_LENGTH, som_tom_drop: float = 0.0,
+                 seed: int = 0):
+        """``som_tom_drop``: the share of video samples made without their SoM / ToM turn (training: Magma's 0.2;
+        evaluation: 0), drawn from ``seed``, the epoch and the sample id."""
         self.processor = processor
+        self.som_tom_drop = som_tom_drop
+        self.seed = seed
         self.tokenizer = tokenizer = processor.tokenizer
         self.max_length = max_length
         self.user_header, self.assistant_header = chat_headers(tokenizer)
@@ -308,9 +316,9 @@ class SampleMaker:
         # for Llama-3 (128000) these are the ids magma-data stored; for any other, they differ.
         self.action_config = ActionConfig(vocab_size=tokenizer.vocab_size)
 
-    def __call__(self, row: dict[str, Any], source: DataSource) -> Sample:
+    def __call__(self, row: dict[str, Any], source: DataSource, epoch: int = 0) -> Sample:
         if source.layout == "magma":
-            turns, images, num_crops = self.magma_content(row)
+            turns, images, num_crops = self.magma_content(row, epoch)
         else:
             turns, images, num_crops = self.llava_content(row, source.image_folder)
         self.check_tokens(turns)
@@ -345,11 +353,25 @@ class SampleMaker:
                     f"the row's text holds {token}; magma-train pretrain / finetune add it, as Magma's train.py does",
                 )
 
-    def magma_content(self, row: dict[str, Any]) -> tuple[list[dict], list[Image.Image], int]:
-        """A magma-data row's turns and, per ``<image>``, ``som_image`` (SoM / ToM turns) or ``image``."""
+    def magma_content(self, row: dict[str, Any], epoch: int = 0) -> tuple[list[dict], list[Image.Image], int]:
+        """A magma-data row's turns (less its SoM / ToM turn when the drop draws it) and, per ``<image>``,
+        ``som_image`` (SoM / ToM turns) or ``image``."""
         turns = _turns(row)
+        if self.drops_marks_turn(turns, str(row.get("sample_id", "")), epoch):
+            turns = turns[:2]
         decoded = {column: _decode(row.get(column)) for column in set(turn_images(turns))}
         return turns, [decoded[column] for column in turn_images(turns)], 1  # one crop (docs/magma-som-tom.md §Video loader, §Robot loader)
+
+    def drops_marks_turn(self, turns: list[dict], sample_id: str, epoch: int) -> bool:
+        """Magma's ``random.random() < 0.2`` of ``_construct_conv`` (data/conversations.py): a video sample keeps
+        its semantic turn only. Drawn per (seed, epoch, sample), so each epoch drops other samples and every run
+        the same ones. Robot rows (an action turn first) keep theirs, as Magma's robot loader does; a row
+        without a semantic turn (no task text) keeps its only turn."""
+        video = (len(turns) == 4 and not asks_about_marks(turns[0]["value"]) and asks_about_marks(turns[2]["value"])
+                 and not any(ACTION_TOKEN in turn["value"] for turn in turns))
+        if not video or self.som_tom_drop <= 0:
+            return False
+        return bool(seeded_rng(self.seed, sample_id, f"som_tom drop, epoch {epoch}").random() < self.som_tom_drop)
 
     def llava_content(self, row: dict[str, Any], image_folder: Path | None) -> tuple[list[dict], list[Image.Image], int | None]:
         """Magma's image branch: ``<image>`` moved to the turn's start (``preprocess_multimodal``),
@@ -546,7 +568,7 @@ class TrainingSamples(torch.utils.data.Dataset):
                     row = redraw_marks(row, source.rows.features, source.run_config, self.seed, epoch)
                 except StageError as error:
                     raise BadRow("marks cannot be redrawn", str(error)) from error
-            return self.maker(row, source)
+            return self.maker(row, source, epoch)
         except BadRow as bad:
             return Skipped(source.name, bad.reason, f"{row.get('sample_id', row.get('id', '?'))}: {bad.detail}")
 

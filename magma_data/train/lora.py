@@ -1,9 +1,11 @@
 """LoRA and QLoRA, as Magma's train.py offers them (``--lora_enable``, ``--bits 4/8``), through peft.
 
-Adapters go on the language model's linear layers (``--lora-target-modules``; train.py's
-``find_all_linear_names`` gives the same seven for Llama, lm_head left out) and everything else is
-frozen. With ``--bits 4|8`` the frozen language model is held by bitsandbytes (QLoRA; its
-layers run on CUDA only), the tower, projector and lm_head stay in 16 bits, as train.py skips them.
+Adapters go on the language model's seven linear layers (``--lora-target-modules``), lm_head left
+out, and everything else is frozen. train.py's ``find_all_linear_names`` also returns the projector's
+``0`` and ``2`` (it skips LLaVA's ``mm_projector``, not Magma's ``multi_modal_projector``), which
+peft matches as suffixes in the tower and the decoder too (README.md, its LoRA / QLoRA text). With
+``--bits 4|8`` the frozen language model is held by bitsandbytes (QLoRA; its layers run on CUDA
+only), the tower, projector and lm_head stay in 16 bits, as train.py skips them.
 
 A trained model is saved either merged (``--lora-save merged``: W + B·A·alpha/r in every adapted
 layer, a Magma folder like any other) or as the adapters alone (``adapter``: peft's

@@ -148,16 +148,22 @@ class TrainConfig(ModelData):
     max_steps: Annotated[int, Ge(1)] | None = option(None, help="Stop after this many optimizer steps (overrides --epochs).")
     batch_size: Annotated[int, Ge(1)] = option(1, help="Samples per process and micro-batch.")
     grad_accum: Annotated[int, Ge(1)] = option(1, help="Micro-batches per optimizer step.")
+    global_batch: Annotated[int, Ge(1)] | None = option(
+        None, help="Samples per optimizer step over all processes (a recipe's source's batch): --grad-accum becomes "
+                   "global-batch / (batch-size x processes), which must divide.")
     lr: Annotated[float, Gt(0)] = option(help="Peak learning rate (AdamW).")
     schedule: Literal["constant", "cosine"] = option(help="Learning-rate schedule after the warm-up.")
     warmup_ratio: Annotated[float, Interval(ge=0, le=1)] = option(help="Share of steps warming up.")
     weight_decay: Annotated[float, Ge(0)] = option(0.0, help="AdamW weight decay (Magma's scripts: 0).")
     max_grad_norm: Annotated[float, Gt(0)] = option(1.0, help="Gradient-norm clipping (Magma's train.py: 1).")
-    seed: Annotated[int, Ge(0)] = option(0, help="Data order, re-drawn marks, dropout.")
+    seed: Annotated[int, Ge(0)] = option(0, help="Data order, re-drawn marks, the SoM/ToM drop, dropout.")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward (less memory).")
     strategy: Literal["ddp", "fsdp"] = option(
         "ddp", help="Several processes: replicate the model (ddp) or shard it (fsdp; for Magma-8B).")
     redraw_marks: bool = option(False, help="New marks every epoch, drawn from the stored traces.")
+    som_tom_drop: Annotated[float, Interval(ge=0, le=1)] = option(
+        0.2, help="Share of video samples made without their SoM/ToM turn, drawn per (seed, epoch, sample) "
+                  "(Magma's data/conversations.py: 0.2; robot samples keep theirs).")
     resume: bool = option(False, help="Continue from the newest checkpoint in --output.")
     save_every: Annotated[int, Ge(1)] = option(500, help="Steps between checkpoints.")
     keep_checkpoints: Annotated[int, Ge(1)] = option(1, help="Checkpoints kept on disk.")
@@ -185,6 +191,9 @@ class TrainConfig(ModelData):
             raise ValueError("--train takes parts among vision, projector, llm (or 'all'); got none")
         if self.bits != 16 and not self.lora:
             raise ValueError(f"--bits {self.bits} quantizes weights that then cannot train: add --lora (QLoRA)")
+        if self.global_batch and self.grad_accum != 1:
+            raise ValueError(f"--global-batch {self.global_batch} and --grad-accum {self.grad_accum} both set the "
+                             "samples of a step: give one of them (--global-batch N overrides a recipe's)")
         if self.lora and self.train != ("llm",):
             raise ValueError(
                 f"with --lora only the adapters on the language model train, not {','.join(self.train)}: "
@@ -198,11 +207,24 @@ class TrainConfig(ModelData):
                 "the 16-bit start model later: magma_data.train.lora.load_model)"
             )
 
+    def for_processes(self, world_size: int) -> TrainConfig:
+        """The config with ``grad_accum`` from ``global_batch`` for ``world_size`` processes (as it is without one)."""
+        if not self.global_batch:
+            return self
+        per_step = self.batch_size * world_size
+        if self.global_batch % per_step:
+            raise ValueError(
+                f"--global-batch {self.global_batch} is not a multiple of --batch-size {self.batch_size} x "
+                f"{world_size} processes ({per_step}): choose a --batch-size that divides "
+                f"{self.global_batch // world_size or 1}, or another --global-batch")
+        return dataclasses.replace(self, grad_accum=self.global_batch // per_step, global_batch=None)
+
     def data_order(self) -> dict[str, Any]:
         """What fixes which sample a position holds: resuming with other values is refused."""
         return {
             "data": list(self.data), "seed": self.seed, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
             "validation_fraction": self.validation_fraction, "redraw_marks": self.redraw_marks,
+            **({"som_tom_drop": self.som_tom_drop} if self.som_tom_drop else {}),  # checkpoints before it: 0
         }
 
 

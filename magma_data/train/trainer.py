@@ -49,7 +49,7 @@ def train(config: TrainConfig) -> Path:
     """Train and write the final model to ``config.output``; returns that folder."""
     processes = Processes.start()
     try:
-        return _train(config.resolved(torch.cuda.is_available()), processes)
+        return _train(config.resolved(torch.cuda.is_available()).for_processes(processes.world_size), processes)
     finally:
         processes.end()
 
@@ -62,7 +62,7 @@ def _train(config: TrainConfig, processes: Processes) -> Path:
     # the start model, also when resuming: the checkpoint's master weights replace its weights below
     processor = MagmaProcessor.from_pretrained(config.model)
     model, added = load_for_training(config.model, config, processes, processor)
-    maker = SampleMaker(processor, config.max_length)
+    maker = SampleMaker(processor, config.max_length, config.som_tom_drop, config.seed)
     sources = processes.main_first(lambda: open_data([DataSpec.parse(d) for d in config.data], config.cache_dir))
     indices = [source.split_indices("train", config.validation_fraction) for source in sources]
     mixture = Mixture([len(i) for i in indices], [source.weight for source in sources], config.seed)
