@@ -64,10 +64,12 @@ def take_ctrl_c() -> None:
     A process started in the background of a script (``magma-data run ... &`` in a non-interactive
     shell, as under many CI runners and agents) inherits SIGINT ignored, and Python then never
     raises KeyboardInterrupt: SIGINT would not stop a run at all, where it should stop it between
-    shards' commits (exit 130, resumable).
+    shards' commits (exit 130, resumable). A program that calls the CLI in its own process gets its
+    SIGINT back as it was once the command is done.
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
 
 @main.command()

@@ -24,8 +24,9 @@ import sys
 import time
 
 from cli_runs import HUNG_S, MAGMA_DATA, SMALL, in_session, magma_run, reap, run_env, sample_ids
+from click.testing import CliRunner
 
-from magma_data.cli import EXIT_INTERRUPTED
+from magma_data.cli import EXIT_INTERRUPTED, main
 
 #: 24 windows, 12 shards: enough left to do when the first shard is in
 LONGER = (*SMALL, "--limit", "24")  # the last of a repeated option wins
@@ -87,3 +88,15 @@ def test_ctrl_c_reports_the_committed_shards_exits_130_and_the_same_command_resu
 def test_ctrl_c_stops_a_run_started_as_a_background_job_of_a_script(tmp_path):
     output = tmp_path / "out"
     assert_stopped_at_the_first_shard(output, *interrupted_run(output, signal.SIG_IGN))
+
+
+def test_a_program_that_calls_the_cli_with_sigint_ignored_gets_it_back_ignored():
+    """The CLI takes SIGINT for its command only: a host process that ignores it (a daemon, or pytest
+    started in a script's background) still does afterwards, whatever CLI tests ran in it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = CliRunner().invoke(main, ["run", "video_tom", "--help"])  # the group's callback runs first
+        assert result.exit_code == 0, result.output
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
