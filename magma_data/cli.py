@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +55,21 @@ class RefusedUsage(click.UsageError):
 def main(verbose: bool) -> None:
     """Turn raw videos and robot episodes into Set-of-Mark / Trace-of-Mark training data."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    take_ctrl_c()
+
+
+def take_ctrl_c() -> None:
+    """Ctrl-C (SIGINT) stops a command, however it was started.
+
+    A process started in the background of a script (``magma-data run ... &`` in a non-interactive
+    shell, as under many CI runners and agents) inherits SIGINT ignored, and Python then never
+    raises KeyboardInterrupt: SIGINT would not stop a run at all, where it should stop it between
+    shards' commits (exit 130, resumable). A program that calls the CLI in its own process gets its
+    SIGINT back as it was once the command is done.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
 
 @main.command()

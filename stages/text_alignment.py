@@ -21,10 +21,18 @@ Choices, in one place:
 - Text: the window's task, cut at the text encoder's 77 positions as
   ``clip.tokenize(truncate=True)`` cut it. A window with no text has nothing to match: it is
   filtered (``NoTaskText``), since a run that asks for alignment asks for matching text.
-- Scores are float32 CLIP cosines computed in float32. Every forward has one shape, ``batch_size``
-  windows (a short batch is padded by repeating its last window) and texts padded to 77 tokens:
-  kernels then reduce in the same order whatever the batch holds, so a window's scores do not
-  depend on its neighbours, and a resumed run writes the bytes an uninterrupted one does.
+- Scores are float32 CLIP cosines computed in float32. Every batch's forward has one shape,
+  ``batch_size`` windows (a short batch is padded by repeating its last window) and texts padded
+  to 77 tokens. That does not make a window's scores independent of its batch to the last bit: on
+  some CPUs (AVX-512 with more than one thread) a row's rounding depends on where in the batch it
+  sits, ~1e-7 here. They agree within ``BATCH_TOLERANCE``.
+- The decision does not depend on the batch: a window whose best score in its batch lies within
+  ``BATCH_TOLERANCE`` of the threshold is scored again in a forward of its own (one window, its
+  4 frames and its text, whatever ``batch_size`` is), and those scores decide and are written.
+  Any other window is on the same side of the threshold alone as in any batch, so every window
+  is kept or dropped as its forward alone would have it: in a resumed run as in a clean one, with
+  any ``batch_size``. The cost: a forward of one window for each window within 1e-5 of the
+  threshold, a sliver of any real distribution of scores.
 """
 
 from __future__ import annotations
@@ -70,6 +78,10 @@ class AlignmentConfig:
 FRAMES_PER_WINDOW = 4
 #: Windows per forward when the config does not say: 32 images of 336x336.
 DEFAULT_WINDOWS_PER_FORWARD = 8
+#: How far a window's CLIP scores in a batch may lie from its scores alone (float32 cosines,
+#: rounding that depends on the row's place in the batch: ~1e-7 measured); a best score this close
+#: to the threshold is a tie, decided by the window's forward of its own.
+BATCH_TOLERANCE = 1e-5
 
 CLIP_SCORES = Column("clip_scores", "float32", (FRAMES_PER_WINDOW,), group="text",
                      doc="CLIP cosine similarity of 4 of the window's frames (linspace) with its task text")
@@ -220,6 +232,12 @@ class TextAlignmentStage(Stage):
                     self._score_group(rows, [i], results)
             return
         for k, i in enumerate(indices):
+            if self.windows_per_forward > 1 and abs(float(scores[k].max()) - self.config.threshold) <= BATCH_TOLERANCE:
+                try:  # a tie: the window's own forward decides, as it would in any batch
+                    scores[k] = self.scores([rows[i][FRAMES.name]], [str(rows[i]["task"])], forward_windows=1)[0]
+                except Exception as error:
+                    results[i] = error
+                    continue
             results[i] = self._verdict(scores[k])
 
     def _verdict(self, scores: np.ndarray) -> Row | Filtered:
@@ -230,15 +248,15 @@ class TextAlignmentStage(Stage):
                             f"alignment.threshold {self.config.threshold} (Magma's CLIP filter)", value=best)
         return {CLIP_SCORES.name: scores.astype(np.float32), CLIP_SCORE.name: np.float32(best)}
 
-    def scores(self, windows: list[np.ndarray], texts: list[str]) -> np.ndarray:
+    def scores(self, windows: list[np.ndarray], texts: list[str], forward_windows: int | None = None) -> np.ndarray:
         """[B, 4] float32 cosine similarities of 4 frames of each window (uint8 [T, H, W, 3] RGB) with its text.
 
-        B may be at most ``batch_size``; the forward always holds ``batch_size`` windows.
+        B may be at most ``forward_windows`` (default ``batch_size``): the windows the forward always holds.
         """
         import torch
 
         model, processor, device, max_text_tokens = self._model()
-        size = self.windows_per_forward
+        size = forward_windows or self.windows_per_forward
         if not 0 < len(windows) <= size:
             raise ValueError(f"scores takes 1 to {size} windows, got {len(windows)}")
         images = []

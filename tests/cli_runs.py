@@ -24,12 +24,21 @@ SMALL = ("--input", "sample", "--tracker", "lk", "--height", "128", "--grid-size
          "--window-stride", "8", "--limit", "8", "--rows-per-shard", "2", "--no-progress")
 
 
-def magma_run(output: Path, *args: str, crash_at: str | None = None, timeout: float = 240):
+#: How long a run may take before a test calls it hung: a guard, not a measure (``SMALL`` takes 10
+#: to 60 s on a shared 2-core machine under heavy load).
+HUNG_S = 600
+
+
+def run_env(**hooks: str) -> dict[str, str]:
+    """The environment of a run a test starts: this one without what an earlier test's in-process Ray
+    or a hook left in it (``RAY_*``, ``MAGMA_DATA_*``), with ``hooks`` (magma_data.faults) set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "MAGMA_DATA_"))}
+    return {**env, **hooks}
+
+
+def magma_run(output: Path, *args: str, crash_at: str | None = None, timeout: float = HUNG_S):
     """``magma-data run video_tom --output OUTPUT ARGS``; ``crash_at`` sets the kill hook (magma_data.faults)."""
-    env = dict(os.environ)
-    env.pop("MAGMA_DATA_CRASH_AT", None)
-    if crash_at:
-        env["MAGMA_DATA_CRASH_AT"] = crash_at
+    env = run_env(**({"MAGMA_DATA_CRASH_AT": crash_at} if crash_at else {}))
     command = [MAGMA_DATA, "run", "video_tom", "--output", str(output), "--num-cpus", "2", *args]
     driver = subprocess.Popen(command, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -9,13 +9,16 @@ the 20-frame middle shot holds no window of 24 frames.
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from clip_fixtures import save_tiny_clip, scores_and_split
+from cli_runs import magma_run
+from clip_fixtures import same_values, save_tiny_clip, scores_and_split
 from media import CUTS, curation_folder
 from PIL import Image
 from source_fixtures import EGO4D_CUT, ego4d_with_a_cut
@@ -27,6 +30,7 @@ from magma_data.pipelines import load_pipeline
 from magma_data.runner import RunOptions, run
 from magma_data.show import score_plots, score_values
 from magma_data.sources import load_manifest, open_source
+from magma_data.stages.text_alignment import BATCH_TOLERANCE
 
 #: Windows of 24 frames every 12: the 20-frame middle shot holds none.
 SMALL = {"plan": {"window_len": 24, "window_stride": 12}, "decode": {"height": 96},
@@ -139,7 +143,7 @@ def test_windows_under_the_clip_threshold_are_filtered_with_their_score_and_the_
     rows = _tables(output, "data")
     assert {(row["clip_id"], row["frame_index"]) for row in rows} == passing
     for row in rows:
-        assert row["clip_score"] == pytest.approx(scores[row["clip_id"], row["frame_index"]], abs=1e-6)
+        assert row["clip_score"] == pytest.approx(scores[row["clip_id"], row["frame_index"]], abs=BATCH_TOLERANCE)
         assert len(row["clip_scores"]) == 4 and max(row["clip_scores"]) == row["clip_score"]
         assert row["mean_motion_px"] >= 0 and 0 <= row["invisible_fraction"] <= 1  # the quality stage ran
         assert not _spans_a_cut(row["frame_indices"]) or row["clip_id"] != "joined"
@@ -147,7 +151,8 @@ def test_windows_under_the_clip_threshold_are_filtered_with_their_score_and_the_
     below = {(row["clip_id"], row["frame_index"]): row for row in filtered if row["rule"] == "ClipScoreBelowThreshold"}
     assert below.keys() == scores.keys() - passing
     for key, row in below.items():
-        assert row["value"] == pytest.approx(scores[key], abs=1e-6) and f"{scores[key]:.4f}" in row["message"]
+        assert row["value"] == pytest.approx(scores[key], abs=BATCH_TOLERANCE)
+        assert f"{row['value']:.4f}" in row["message"]
     no_text = [(row["clip_id"], row["frame_index"], row["value"]) for row in filtered if row["rule"] == "NoTaskText"]
     assert no_text == [(*key, None) for key in untexted] and untexted
     assert [row["unit_id"] for row in filtered if row["rule"] == "ShotTooShort"] == ["folder/joined/shot-00000050"]
@@ -213,6 +218,38 @@ def test_curated_rows_export_and_train_as_other_rows_do(curated, tmp_path):
     [source] = open_data([DataSpec(output)])
     rows = list(split_rows(source, SplitRule("all", 0.0)))
     assert len(rows) == summary.rows_written and all("clip_score" in row for row in rows)
+
+
+def test_a_curated_run_killed_after_its_first_shard_resumes_to_the_clean_run(curated, clip_checkpoint, tmp_path):
+    """The curated run's command, killed (-9) once its first shard is committed, then run again: the same
+    windows are kept and filtered, every column but the scores is the clean run's, and the scores are
+    within BATCH_TOLERANCE of its (the resumed run batches its windows otherwise)."""
+    root, clean, summary, _, threshold, _, _ = curated
+    assert summary.shards > 1
+    args = ("--input", "folder", "--root", str(root), "--window-len", "24", "--window-stride", "12", "--height", "96",
+            "--tracker", "lk", "--grid-size", "4", "--rows-per-shard", "4", "--clip-checkpoint", str(clip_checkpoint),
+            "--set", "shots.enabled=true", "--set", f"alignment.threshold={threshold!r}",
+            "--set", "quality.max_invisible_fraction=1.0", "--no-progress")
+    output = tmp_path / "out"
+    killed = magma_run(output, *args, crash_at="after_shard:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = magma_run(output, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((output / "summary.json").read_text())["folder"]["config_hash"] == summary.config_hash
+
+    tables = (("data", "sample_id", ("clip_scores", "clip_score")), ("filtered", "unit_id", ("value",)))
+    for kind, key, scores in tables:
+        want, got = (sorted(_tables(folder, kind), key=lambda row: row[key]) for folder in (clean, output))
+        assert [row[key] for row in got] == [row[key] for row in want]
+        for ours, theirs in zip(got, want):
+            for column in scores:
+                if theirs[column] is not None:
+                    np.testing.assert_allclose(ours[column], theirs[column], rtol=0, atol=BATCH_TOLERANCE)
+            left_out = {*scores, "message"}  # a filtered row's message quotes its score
+            assert ours.keys() == theirs.keys()
+            differing = [column for column in theirs if column not in left_out
+                         and not same_values(ours[column], theirs[column])]
+            assert not differing, f"{ours[key]} differs in {differing}"
 
 
 def test_show_plots_nothing_for_a_run_without_curation_figures(shots_run, tmp_path):

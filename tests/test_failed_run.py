@@ -11,7 +11,7 @@ import subprocess
 
 import pyarrow.parquet as pq
 import pytest
-from cli_runs import MAGMA_DATA
+from cli_runs import HUNG_S, MAGMA_DATA, run_env
 
 from magma_data.cli import EXIT_SOME_UNITS_FAILED
 from magma_data.dropped import ERROR
@@ -29,7 +29,7 @@ def broken_videos(tmp_path_factory):
 
 
 def magma_data(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([MAGMA_DATA, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([MAGMA_DATA, *args], capture_output=True, text=True, timeout=HUNG_S, env=run_env())
 
 
 def test_a_run_whose_every_unit_fails_exits_3_with_its_card_and_summary(broken_videos, tmp_path):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cli_runs import HUNG_S, run_env
 
 from magma_data.models.cotracker3 import CoTracker3Offline
 
@@ -32,8 +32,8 @@ def test_cotracker3_tracks_every_window_in_its_actor_which_ray_restarts_once_kil
         "--limit", "2", "--window-len", "8", "--grid-size", "3", "--height", "128", "--batch-size", "2",
         "--num-cpus", "2", "--no-progress",
     ]
-    environment = {**os.environ, "MAGMA_DATA_CRASH_AT": f"in_track:{marker}"}  # magma_data/faults.py
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    environment = run_env(MAGMA_DATA_CRASH_AT=f"in_track:{marker}")  # magma_data/faults.py
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HUNG_S, env=environment)
     assert done.returncode in (0, 3), done.stderr[-3000:]
     assert marker.exists(), "the tracker actor should have killed itself once"
     assert "tracker: CoTracker3 offline from" in done.stderr

@@ -161,16 +161,14 @@ def curated_args(video_clips, tmp_path_factory):
             f"alignment.threshold={threshold!r}", "--set", "quality.min_mean_motion_px=0.0")
 
 
-def _tables(output):
-    """Every data, errors and filtered file: relative path -> sha256."""
-    import hashlib
-
-    files = sorted(p for kind in ("data/*", "errors", "filtered") for p in output.glob(f"{kind}/*.parquet"))
-    return {p.relative_to(output).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
 @pytest.mark.slow
-def test_killed_curated_runs_resume_to_the_uninterrupted_dataset_byte_for_byte(curated_args, tmp_path):
+def test_killed_curated_runs_resume_to_the_uninterrupted_dataset(curated_args, tmp_path):
+    """The same files with the same rows, every value equal but the CLIP scores: the resumed runs batch
+    their windows otherwise, and on some CPUs a window's scores move with its place in a batch (within
+    BATCH_TOLERANCE; clip_fixtures.scores_and_split keeps the threshold clear of that, so the same windows
+    are kept and filtered)."""
+    from clip_fixtures import batching_differences
+
     baseline = tmp_path / "uninterrupted"
     first = magma_run(baseline, *curated_args)
     assert first.returncode == 0, first.stderr
@@ -187,5 +185,6 @@ def test_killed_curated_runs_resume_to_the_uninterrupted_dataset_byte_for_byte(c
             assert not list(output.glob("data/*/*.parquet"))
     final = magma_run(output, *curated_args)
     assert final.returncode == 0, final.stderr
-    assert _tables(output) == _tables(baseline) and len(_tables(baseline)) > 4
+    assert len([p for kind in ("data/*", "errors", "filtered") for p in baseline.glob(f"{kind}/*.parquet")]) > 4
+    assert batching_differences(output, baseline) == []
     assert stray_files(output) == []
