@@ -37,7 +37,9 @@ from magma_data.magma_text import asks_about_marks
 from magma_data.stages.action_tokens import ActionTokensStage
 from magma_data.train import MagmaProcessor
 from magma_data.train.create import create_tiny
-from magma_data.train.data import BadRow, Collator, DataSource, DataSpec, SampleMaker, open_data
+from magma_data.train.data import Collator
+from magma_data.train.readers import DataSpec, Reader, SplitRule, open_data, split_rows
+from magma_data.train.samples import BadRow, SampleMaker
 from magma_data.train.tokenizer import save_tokenizer
 
 OFFICIAL_DRIVER = Path(__file__).with_name("magma_data_parity_official.py")
@@ -89,13 +91,12 @@ def robot_row(row: dict, index: int) -> dict:
     return {**robot, **ActionTokensStage()(robot)}
 
 
-def write_items(work: Path, sources: list[DataSource], maker: SampleMaker) -> tuple[list[dict], dict]:
+def write_items(work: Path, sources: list[Reader], maker: SampleMaker) -> tuple[list[dict], dict]:
     """Every case, as both sides read it, and ours as rows; images saved losslessly for the official side."""
     (work / "images").mkdir(parents=True, exist_ok=True)
     items, rows = [], {}
-    video = sources[0]
-    for index in range(len(video.rows)):
-        row = video.rows[index]
+    video, every = sources[0], SplitRule("all", 0.0)
+    for index, row in enumerate(split_rows(video, every)):
         cases = [(f"video_{index}", row)]
         if index % 3 == 0:
             cases.append((f"robot_{index}", robot_row(row, index)))
@@ -112,8 +113,7 @@ def write_items(work: Path, sources: list[DataSource], maker: SampleMaker) -> tu
             items.append(item)
             rows[name] = (case, video)
     llava = sources[1]
-    for index in range(len(llava.rows)):
-        row = llava.rows[index]
+    for index, row in enumerate(split_rows(llava, every)):
         items.append({"name": f"llava_{row['id']}", "kind": "llava", "row": LLAVA_ROWS[index]})
         rows[f"llava_{row['id']}"] = (row, llava)
     return items, rows
@@ -174,7 +174,7 @@ def main() -> int:
     processor = MagmaProcessor.from_pretrained(model)
     save_tokenizer(processor.tokenizer, work / "tokenizer")
     data = args.data or sample_run(work)
-    sources = open_data([DataSpec(data), DataSpec(write_llava(work))], cache_dir=work / "cache")
+    sources = open_data([DataSpec(data), DataSpec(write_llava(work))])
     items, rows = write_items(work, sources, SampleMaker(processor))
     names = [item["name"] for item in items]
     batches = {"first four video rows": names[:4], "video, robot and LLaVA": [names[0], next(n for n in names if n.startswith("robot")), names[-3], names[-1]]}

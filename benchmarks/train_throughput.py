@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--data out/sample] [--samples 64] [--batch-size 8]
 
-The data path is what a training process waits for: shard rows read through ``datasets``, turned
+The data path is what a training process waits for: shard rows read in place (``data.RankRows``), turned
 into samples (images decoded and cut into crops, chat text tokenized, labels) and collated, by
 the DataLoader with 0 and 2 worker processes, with frozen marks and with ``--redraw-marks``
 (the marks and render stages run again per sample). The step is the tiny model's forward,
@@ -28,7 +28,12 @@ from torch.utils.data import DataLoader
 
 from magma_data.train import MagmaForCausalLM, MagmaProcessor
 from magma_data.train.create import create_tiny
-from magma_data.train.data import Collator, DataSpec, Mixture, SampleMaker, TrainingSamples, open_data
+from magma_data.train.data import Collator, RankRows, TrainingSamples
+from magma_data.train.order import Order, OrderConfig
+from magma_data.train.readers import SAMPLE_COLUMNS, DataSpec, SplitRule, count_rows, open_data
+from magma_data.train.samples import SampleMaker
+from magma_data.train.settings import TrainConfig
+from magma_data.train.trainer import StepPlan
 
 TITLE = "magma-train: data path against the tiny model's step (CPU)"
 
@@ -44,13 +49,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def micro_batches(sources, samples: int, batch_size: int, redraw: bool = False) -> RankRows:
+    """One process's micro-batches of ``batch_size`` rows, ``samples`` in all, as the trainer reads them."""
+    config = TrainConfig.from_recipe("pretrain", data=("-",), model="-", output="-", batch_size=batch_size,
+                                     global_batch=None, max_steps=-(-samples // batch_size), redraw_marks=redraw)
+    order = Order(sources, OrderConfig(0, 1, config.shuffle_window, config.shuffle_buffer))
+    return RankRows(order, SplitRule("all", 0.0), None if redraw else SAMPLE_COLUMNS, StepPlan(config, 1, None), 0)
+
+
 def data_path(sources, processor, samples: int, batch_size: int, workers: int, redraw: bool) -> float:
-    indices = [np.arange(len(source.rows)) for source in sources]
-    mixture = Mixture([len(i) for i in indices], [1.0] * len(sources), seed=0)
-    dataset = TrainingSamples(sources, indices, mixture, SampleMaker(processor), seed=0, redraw=redraw)
-    batches = [list(range(first, min(first + batch_size, samples))) for first in range(0, samples, batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=Collator(processor.tokenizer.pad_token_id),
-                        num_workers=workers)
+    dataset = TrainingSamples(sources, SampleMaker(processor), seed=0, redraw=redraw)
+    loader = DataLoader(dataset, batch_sampler=micro_batches(sources, samples, batch_size, redraw),
+                        collate_fn=Collator(processor.tokenizer.pad_token_id), num_workers=workers)
     start = time.perf_counter()
     made = sum(len(batch.sources) for batch in loader)
     return made / (time.perf_counter() - start)
@@ -60,11 +70,10 @@ def training_step(model_dir: Path, sources, processor, batch_size: int, steps: i
     """(samples/s, merged tokens/s) of forward + backward + AdamW on pre-collated batches."""
     model = MagmaForCausalLM.from_pretrained(model_dir).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    indices = [np.arange(len(source.rows)) for source in sources]
-    dataset = TrainingSamples(sources, indices, Mixture([len(i) for i in indices], [1.0] * len(sources), seed=0),
-                              SampleMaker(processor), seed=0)
+    dataset = TrainingSamples(sources, SampleMaker(processor), seed=0)
     collate = Collator(processor.tokenizer.pad_token_id)
-    batches = [collate([dataset[p] for p in range(s * batch_size, (s + 1) * batch_size)]).inputs for s in range(steps + 1)]
+    rows = micro_batches(sources, (steps + 1) * batch_size, batch_size)
+    batches = [collate([dataset[row] for row in batch]).inputs for batch in rows]
     rates = []
     for index, batch in enumerate(batches):
         start = time.perf_counter()
@@ -82,10 +91,10 @@ def main() -> None:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="train-throughput-"))
     data = args.data or sample_run(work)
-    sources = open_data([DataSpec(data)], cache_dir=work / "cache")
+    sources = open_data([DataSpec(data)])
     model_dir = create_tiny(work / "tiny")
     processor = MagmaProcessor.from_pretrained(model_dir)
-    rows = sum(len(source.rows) for source in sources)
+    rows = sum(count_rows(source, SplitRule("all", 0.0)) for source in sources)
 
     figures = []
     for workers in (0, 2):

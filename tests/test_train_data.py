@@ -1,4 +1,4 @@
-"""magma_data.train.data: shard rows -> Magma's samples and batches, the split, the mixture, re-drawn marks."""
+"""Shard rows -> Magma's samples and batches (samples.py, data.py), the split (readers.py), re-drawn marks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import io
 import json
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -15,19 +14,9 @@ from train_fixtures import picture, tiny_magma, tom_shards
 from magma_data.magma_text import IGNORE_INDEX, SYSTEM_PROMPT, asks_about_marks, parse_answer
 from magma_data.stages.action_tokens import ActionConfig, action_token_ids
 from magma_data.train import MagmaProcessor
-from magma_data.train.data import (
-    BadRow,
-    Collator,
-    DataSource,
-    DataSpec,
-    Mixture,
-    SampleMaker,
-    Skipped,
-    TrainingSamples,
-    answer_spans,
-    chat_headers,
-    open_data,
-)
+from magma_data.train.data import Collator, ReadRow, TrainingSamples
+from magma_data.train.readers import DataSpec, LlavaJson, MagmaShards, Reader, SplitRule, open_data, split_rows
+from magma_data.train.samples import BadRow, SampleMaker, Skipped, answer_spans, chat_headers
 
 GOLDEN = Path(__file__).parent / "fixtures" / "magma_preprocess_golden.json"
 
@@ -38,8 +27,12 @@ def processor(tmp_path_factory) -> MagmaProcessor:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> list[DataSource]:
-    return open_data([DataSpec(tom_shards(tmp_path_factory))], cache_dir=tmp_path_factory.mktemp("hf-cache"))
+def shards(tmp_path_factory) -> list[Reader]:
+    return open_data([DataSpec(tom_shards(tmp_path_factory))])
+
+
+def _rows(reader: Reader, split: str = "all", fraction: float = 0.0, columns=None) -> list[dict]:
+    return list(split_rows(reader, SplitRule(split, fraction), columns=columns))
 
 
 def _jpeg(width: int, height: int, seed: int) -> dict:
@@ -48,8 +41,8 @@ def _jpeg(width: int, height: int, seed: int) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def _magma_source(rows) -> DataSource:
-    return DataSource("rows", "magma", rows)
+#: A magma-data reader without files: what SampleMaker asks of a row's reader (its layout's branch)
+ROWS = MagmaShards("rows", [])
 
 
 def test_rows_become_the_samples_magmas_own_preprocess_makes(processor):
@@ -59,7 +52,7 @@ def test_rows_become_the_samples_magmas_own_preprocess_makes(processor):
     for case in json.loads(GOLDEN.read_text()):
         row = {"conversations": case["conversations"], "image": _jpeg(192, 128, 1), "som_image": _jpeg(192, 128, 2),
                "action_normalized": case["action_normalized"]}
-        sample = maker(row, _magma_source([row]))
+        sample = maker(row, ROWS)
         assert sample.input_ids.tolist() == case["input_ids"], case["name"]
         assert sample.labels.tolist() == case["labels"], case["name"]
         assert sample.image_sizes.tolist() == case["image_sizes"]
@@ -80,8 +73,7 @@ def test_labels_cover_each_answer_and_its_end_of_turn_only(processor):
 
 
 def test_the_som_question_shows_the_marked_image_and_the_other_turns_the_raw_frame(processor, shards):
-    source = shards[0]
-    row = source.rows[0]
+    row = _rows(shards[0])[0]
     turns, images, crops = SampleMaker(processor).magma_content(row)
     questions = [turn["value"] for turn in turns if turn["from"] == "human"]
     assert crops == 1 and len(images) == len(questions) == 2
@@ -98,7 +90,7 @@ def test_robot_actions_are_retokenised_with_the_tokenizers_own_base_vocabulary(p
     turns = [{"from": "human", "value": "<image>\n\nWhat action should the robot take to open the drawer?"},
              {"from": "gpt", "value": "<action>" * 7}]
     row = {"conversations": turns, "image": _jpeg(64, 64, 0), "som_image": _jpeg(64, 64, 1), "action_normalized": normalized}
-    sample = SampleMaker(processor)(row, _magma_source([row]))
+    sample = SampleMaker(processor)(row, ROWS)
 
     expected = action_token_ids(normalized, ActionConfig(vocab_size=processor.tokenizer.vocab_size)).tolist()
     assert processor.tokenizer.vocab_size == 768 and all(768 - 256 <= i < 768 for i in expected)
@@ -110,16 +102,16 @@ def test_robot_actions_are_retokenised_with_the_tokenizers_own_base_vocabulary(p
     assert llama3_ids == [127999, 127936, 127872, 127840, 127808, 127745, 127744]
     # a LLaVA export carries only the stored ids: used when they are this tokenizer's, else the row is refused
     exported = {key: value for key, value in row.items() if key != "action_normalized"}
-    assert SampleMaker(processor)(dict(exported, action_token_ids=expected), _magma_source([row])).labels.tolist() == sample.labels.tolist()
+    assert SampleMaker(processor)(dict(exported, action_token_ids=expected), ROWS).labels.tolist() == sample.labels.tolist()
     with pytest.raises(BadRow, match="do not fit this tokenizer"):
-        SampleMaker(processor)(dict(exported, action_token_ids=llama3_ids), _magma_source([row]))
+        SampleMaker(processor)(dict(exported, action_token_ids=llama3_ids), ROWS)
 
 
 def test_collator_pads_like_magmas(processor):
     maker = SampleMaker(processor)
     rows = [{"conversations": [{"from": "human", "value": "<image>\n\nWhat is in this image?"}, {"from": "gpt", "value": answer}],
              "image": _jpeg(64, 64, 0), "som_image": _jpeg(64, 64, 0)} for answer in ("A cup.", "A cup on a table, by the window.")]
-    samples = [maker(row, _magma_source(rows)) for row in rows]
+    samples = [maker(row, ROWS) for row in rows]
     batch = Collator(processor.tokenizer.pad_token_id, max_length=1000)(samples + [Skipped("rows", "image does not decode", "x")])
     short, long = (len(s.input_ids) for s in samples)
     inputs = batch.inputs
@@ -133,30 +125,21 @@ def test_collator_pads_like_magmas(processor):
 
 def test_validation_holds_out_whole_videos_the_same_way_every_time(shards):
     source = shards[0]
-    videos = np.asarray(source.rows["video_uid"])
-    train, validation = source.split_indices("train", 0.5), source.split_indices("validation", 0.5)
-    assert sorted(np.concatenate([train, validation]).tolist()) == list(range(len(source.rows)))
+    columns = ["sample_id", "video_uid"]
+    every = _rows(source, columns=columns)
+    train, validation = _rows(source, "train", 0.5, columns), _rows(source, "validation", 0.5, columns)
+    assert sorted(row["sample_id"] for row in train + validation) == sorted(row["sample_id"] for row in every)
     assert len(validation) and len(train)
-    assert not set(videos[train]) & set(videos[validation])
-    assert source.split_indices("validation", 0.5).tolist() == validation.tolist()
-    assert len(source.split_indices("validation", 0.0)) == 0 and len(source.split_indices("all", 0.5)) == len(source.rows)
+    assert not {row["video_uid"] for row in train} & {row["video_uid"] for row in validation}
+    assert _rows(source, "validation", 0.5, columns) == validation
+    assert _rows(source, "validation", 0.0) == [] and len(_rows(source, "all", 0.5)) == len(every)
 
 
-def test_mixture_is_drawn_from_the_seed_and_weights_are_shares_per_epoch():
-    mixture = Mixture([10, 20], [1.0, 0.25], seed=3)
-    first = mixture.epoch(0)
-    assert mixture.epoch_length == 15 and len(first) == 15
-    assert sorted(first[first[:, 0] == 0, 1].tolist()) == list(range(10))  # weight 1: every row once
-    assert (first[:, 0] == 1).sum() == 5  # weight 0.25: a quarter of the rows
-    second = Mixture([10, 20], [1.0, 0.25], seed=3).epoch(1)
-    assert set(first[first[:, 0] == 1, 1]) != set(second[second[:, 0] == 1, 1])  # another quarter next epoch
-    assert np.array_equal(Mixture([10, 20], [1.0, 0.25], seed=3).epoch(0), first)
-    assert not np.array_equal(Mixture([10, 20], [1.0, 0.25], seed=4).epoch(0), first)
-    doubled = Mixture([4], [2.0], seed=0).epoch(0)
-    assert sorted(doubled[:, 1].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert mixture.locate(17) == (1, *second[2].tolist())
+def test_data_entries_take_a_weight_after_the_last_colon():
     assert DataSpec.parse("out/oxe:0.3") == DataSpec(Path("out/oxe"), 0.3)
     assert DataSpec.parse("C:data/x") == DataSpec(Path("C:data/x"))
+    with pytest.raises(ValueError, match="positive"):
+        DataSpec.parse("out/oxe:0")
 
 
 def test_bad_rows_become_skipped_with_their_reason(processor):
@@ -170,10 +153,8 @@ def test_bad_rows_become_skipped_with_their_reason(processor):
     six_dimensions = dict(good, conversations=[{"from": "human", "value": "<image>\nWhat action?"},
                                                {"from": "gpt", "value": "<action>" * 7}], action_normalized=[0.0] * 6)
     rows = [good, broken, long, unanswered, padded, malformed, six_dimensions]
-    source = _magma_source(datasets.Dataset.from_list(rows))
-    mixture = Mixture([len(rows)], [1.0], seed=0)
-    samples = TrainingSamples([source], [np.arange(len(rows))], mixture, SampleMaker(processor, max_length=200), seed=0)
-    results = {mixture.locate(p)[2]: samples[p] for p in range(len(rows))}
+    samples = TrainingSamples([ROWS], SampleMaker(processor, max_length=200), seed=0)
+    results = [samples[ReadRow(0, 0, row)] for row in rows]
     assert not isinstance(results[0], Skipped)
     assert [results[i].reason for i in range(1, len(rows))] == [
         "image does not decode", "text does not fit", "turns are not question-answer pairs", "text holds the pad token",
@@ -188,39 +169,47 @@ def test_llava_json_rows_follow_magmas_image_branch(processor, tmp_path):
         {"id": "3", "image": "missing.png", "conversations": [{"from": "human", "value": "<image>\nAnd this?"}, {"from": "gpt", "value": "?"}]},
     ]
     (tmp_path / "chat.json").write_text(json.dumps(rows))
-    (source,) = open_data([DataSpec.parse(f"{tmp_path / 'chat.json'}:2")], cache_dir=tmp_path / "cache")
-    assert (source.name, source.layout, source.weight) == ("chat", "llava", 2.0)
+    (source,) = open_data([DataSpec.parse(f"{tmp_path / 'chat.json'}:2")])
+    assert (type(source), source.name, source.weight) == (LlavaJson, "chat", 2.0)
     maker = SampleMaker(processor)
+    read = _rows(source)
+    assert read == rows and source.units(0, 0) == source.shard_units(0) == ["a.png", "2", "missing.png"]  # held out whole
 
-    with_image = maker(source.rows[0], source)
+    with_image = maker(read[0], source)
     text = processor.tokenizer.decode(with_image.input_ids)
     assert "<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|>" in text  # <image> moved to the turn's start
     assert with_image.image_sizes.tolist() == [[1, 1]]  # 64x48 fits one 512 crop of at most 4
-    text_only = maker(source.rows[1], source)
+    text_only = maker(read[1], source)
     assert "<image>\nSay hi." in processor.tokenizer.decode(text_only.input_ids) and text_only.pixel_values.abs().sum() > 0
-    two_tokens = dict(source.rows[0], conversations=[{"from": "human", "value": "<image>\nA\n<image>"}, {"from": "gpt", "value": "B"}])
+    two_tokens = dict(read[0], conversations=[{"from": "human", "value": "<image>\nA\n<image>"}, {"from": "gpt", "value": "B"}])
     with pytest.raises(BadRow, match="images do not match"):
         maker(two_tokens, source)
-    samples = TrainingSamples([source], [np.arange(3)], Mixture([3], [1.0], seed=0), maker, seed=0)
-    skipped = [item for item in (samples[p] for p in range(6)) if isinstance(item, Skipped)]
-    assert [item.reason for item in skipped] == ["image does not decode"] * 2  # row 3, in each of its 2 copies
+    samples = TrainingSamples([source], maker, seed=0)
+    skipped = [item for item in (samples[ReadRow(0, 0, row)] for row in read) if isinstance(item, Skipped)]
+    assert [(item.reason, item.detail.split(":")[0]) for item in skipped] == [("image does not decode", "3")]
+
+
+def test_a_llava_file_that_is_not_a_list_of_rows_is_refused(tmp_path):
+    (tmp_path / "one.json").write_text(json.dumps({"id": "1"}))
+    with pytest.raises(ValueError, match="a list of objects"):
+        open_data([DataSpec(tmp_path / "one.json")])
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"id": "1", "text": "hello"}) + "\n")
+    with pytest.raises(ValueError, match="need 'conversations'.*found \\['id', 'text'\\]"):
+        open_data([DataSpec(tmp_path / "plain.jsonl")])
 
 
 def test_redrawn_marks_change_between_epochs_and_repeat_in_every_run(processor, shards):
-    source = shards[0]
-    indices = [np.arange(len(source.rows))]
-    mixture = Mixture([len(source.rows)], [1.0], seed=0)
+    rows = _rows(shards[0])  # every column: the stages that draw marks read the traces
 
     def answers(seed: int, epoch: int) -> dict[int, str]:
-        samples = TrainingSamples(shards, indices, mixture, SampleMaker(processor), seed=seed, redraw=True)
+        samples = TrainingSamples(shards, SampleMaker(processor), seed=seed, redraw=True)
         found = {}
-        for offset in range(mixture.epoch_length):
-            sample = samples[epoch * mixture.epoch_length + offset]
-            labels = sample.labels[sample.labels != IGNORE_INDEX]
-            found[mixture.locate(offset)[2]] = processor.tokenizer.decode(labels)
+        for index, row in enumerate(rows):
+            sample = samples[ReadRow(0, epoch, row)]
+            found[index] = processor.tokenizer.decode(sample.labels[sample.labels != IGNORE_INDEX])
         return found
 
-    stored = {index: source.rows[index]["conversations"][-1]["value"].strip() for index in range(len(source.rows))}
+    stored = {index: row["conversations"][-1]["value"].strip() for index, row in enumerate(rows)}
     first, again, second = answers(0, 0), answers(0, 0), answers(0, 1)
     assert first == again
     assert first != second
@@ -242,12 +231,10 @@ def test_a_seeded_epoch_leaves_the_som_tom_turn_out_of_a_fifth_of_the_video_samp
     """Magma's ``random.random() < 0.2`` (data/conversations.py ~L231), drawn per (seed, epoch, sample)."""
     count = 5000
     sample_ids = [f"video-{index:05d}" for index in range(count)]
-    mixture = Mixture([count], [1.0], seed=7)
     maker = SampleMaker(processor, som_tom_drop=0.2, seed=7)
 
     def dropped(epoch: int, made=maker) -> set[str]:
-        order = mixture.epoch(epoch)[:, 1]
-        return {sample_ids[i] for i in order if made.drops_marks_turn(_video_turns("cut"), sample_ids[i], epoch)}
+        return {sample_id for sample_id in sample_ids if made.drops_marks_turn(_video_turns("cut"), sample_id, epoch)}
 
     first = dropped(0)
     assert 0.18 <= len(first) / count <= 0.22
@@ -265,14 +252,10 @@ def test_a_seeded_epoch_leaves_the_som_tom_turn_out_of_a_fifth_of_the_video_samp
 
 
 def test_a_dropped_sample_is_the_semantic_turn_with_its_one_image(processor, shards):
-    source = shards[0]
-    indices = [np.arange(len(source.rows))]
-    mixture = Mixture([len(source.rows)], [1.0], seed=0)
-    kept = TrainingSamples(shards, indices, mixture, SampleMaker(processor, som_tom_drop=0.0), seed=0)
-    dropped = TrainingSamples(shards, indices, mixture, SampleMaker(processor, som_tom_drop=1.0), seed=0)
-    for position in range(mixture.epoch_length):
-        row = source.rows[mixture.locate(position)[2]]
-        whole, short = kept[position], dropped[position]
+    kept = TrainingSamples(shards, SampleMaker(processor, som_tom_drop=0.0), seed=0)
+    dropped = TrainingSamples(shards, SampleMaker(processor, som_tom_drop=1.0), seed=0)
+    for row in _rows(shards[0]):
+        whole, short = kept[ReadRow(0, 0, row)], dropped[ReadRow(0, 0, row)]
         assert whole.pixel_values.shape[0] == 2 and short.pixel_values.shape[0] == 1
         answer = processor.tokenizer.decode(short.labels[short.labels != IGNORE_INDEX])
         assert answer == row["conversations"][1]["value"].strip() + "<|eot_id|>"

@@ -70,7 +70,7 @@ def test_summaries_are_micro_averages():
 def _eval(tmp_path_factory, model, output, *extra) -> dict:
     result = CliRunner().invoke(main, [
         "eval", "--model", str(model), "--data", str(tom_shards(tmp_path_factory)), "--output", str(output),
-        "--cache-dir", str(tmp_path_factory.getbasetemp() / "hf-cache"), *extra,
+        *extra,
     ])
     assert result.exit_code == 0, result.output
     assert "ADE" in result.output and "sample" in result.output
@@ -96,8 +96,8 @@ def test_overfitting_eight_rows_cuts_the_loss_five_times_and_beats_the_untrained
     shards = tom_shards(tmp_path_factory)
     result = CliRunner().invoke(main, [
         "pretrain", "--data", str(shards), "--model", str(tiny_magma(tmp_path_factory)), "--output", str(tmp_path / "run"),
-        "--max-steps", "80", "--batch-size", "8", "--lr", "1e-2", "--train", "llm,projector", "--validation-fraction", "0",
-        "--num-workers", "1", "--no-progress", "--cache-dir", str(tmp_path_factory.getbasetemp() / "hf-cache"),
+        "--max-steps", "80", "--batch-size", "8", "--global-batch", "8", "--lr", "1e-2", "--train", "llm,projector",
+        "--validation-fraction", "0", "--num-workers", "1", "--no-progress",
     ])
     assert result.exit_code == 0, result.output
     losses = [record["loss"] for record in read_log(tmp_path / "run")]

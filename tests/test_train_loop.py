@@ -32,7 +32,7 @@ def _config(tmp_path_factory, output: Path, **changes) -> TrainConfig:
     settings = dict(
         data=(str(tom_shards(tmp_path_factory)),), model=tiny_magma(tmp_path_factory), output=output,
         batch_size=1, grad_accum=2, lr=3e-3, precision="fp32", num_workers=0, progress=False, log_every=1,
-        validation_fraction=0.0, cache_dir=tmp_path_factory.getbasetemp() / "hf-cache",
+        validation_fraction=0.0,
     )
     return TrainConfig.from_recipe("finetune", **{**settings, **changes})
 
@@ -80,7 +80,7 @@ def test_a_trained_model_and_its_checkpoints_load_with_from_pretrained(tmp_path_
         "finetune", "--data", str(tom_shards(tmp_path_factory)), "--model", str(tiny_magma(tmp_path_factory)),
         "--output", str(output), "--max-steps", "3", "--batch-size", "2", "--lr", "1e-3", "--save-every", "2",
         "--keep-checkpoints", "2", "--train", "llm,projector", "--num-workers", "1", "--no-progress",
-        "--validation-fraction", "0.5", "--cache-dir", str(tmp_path_factory.getbasetemp() / "hf-cache"),
+        "--validation-fraction", "0.5",
     ])
     assert result.exit_code == 0, result.output
     assert "step 3 loss" not in result.output and "rows skipped: none" in result.output  # a line every 10 steps
@@ -114,12 +114,36 @@ def _damage_one_image(shards: Path, copy: Path) -> None:
 def test_rows_that_cannot_be_read_are_counted_and_training_goes_on(tmp_path_factory, tmp_path):
     _damage_one_image(tom_shards(tmp_path_factory), tmp_path / "damaged")
     config = _config(tmp_path_factory, tmp_path / "run", data=(str(tmp_path / "damaged"),), max_steps=2, grad_accum=4,
-                     train=("projector",), cache_dir=tmp_path / "cache")
+                     train=("projector",))
     train(config)
     record = json.loads((config.output / "training.json").read_text())
     assert record["skipped_rows"] == {"image does not decode": 1}
     log = list(read_log(config.output))
     assert sum(entry["samples"] for entry in log) == 7 and all(entry["loss"] == entry["loss"] for entry in log)
+
+
+def test_training_reads_the_shards_in_place_and_writes_only_its_output(tmp_path_factory, tmp_path):
+    """No copy of the data anywhere: with home, caches and temporary files in empty folders, a run with a loader
+    worker and two checkpoints leaves them empty and the data folder as it was."""
+    shards = tom_shards(tmp_path_factory)
+    data_before = {path: path.stat().st_mtime_ns for path in shards.rglob("*")}
+    elsewhere = {name: tmp_path / name for name in ("home", "cache", "hf", "tmp")}
+    for folder in elsewhere.values():
+        folder.mkdir()
+    env = {**os.environ, "HOME": str(elsewhere["home"]), "XDG_CACHE_HOME": str(elsewhere["cache"]),
+           "HF_HOME": str(elsewhere["hf"]), "HF_DATASETS_CACHE": str(elsewhere["hf"] / "datasets"),
+           "TMPDIR": str(elsewhere["tmp"]), "TOKENIZERS_PARALLELISM": "false"}
+    run = subprocess.run([MAGMA_TRAIN, "finetune", "--data", str(shards), "--model", str(tiny_magma(tmp_path_factory)),
+                          "--output", str(tmp_path / "run"), "--max-steps", "2", "--save-every", "1",
+                          "--keep-checkpoints", "2", "--batch-size", "2", "--train", "projector", "--num-workers", "1",
+                          "--validation-fraction", "0", "--no-progress", "--precision", "fp32"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [path for folder in elsewhere.values() for path in folder.rglob("*") if path.is_file()] == []
+    assert {path: path.stat().st_mtime_ns for path in shards.rglob("*")} == data_before
+    written = {path.name for path in (tmp_path / "run").iterdir()}
+    assert {"checkpoint-1", "checkpoint-2", "log.jsonl", "training.json", "model.safetensors"} <= written
+    assert not [path for path in (tmp_path / "run").rglob("*") if path.suffix in (".parquet", ".arrow")]
 
 
 def test_each_step_is_logged_to_the_jsonl_log_and_tensorboard(tmp_path_factory, tmp_path):
@@ -174,7 +198,7 @@ def _torchrun(args: list[str], processes: int) -> subprocess.CompletedProcess:
 def test_two_processes_under_torchrun_train_as_one_with_the_same_global_batch(tmp_path_factory, tmp_path, strategy):
     common = ["finetune", "--data", str(tom_shards(tmp_path_factory)), "--model", str(tiny_magma(tmp_path_factory)),
               "--max-steps", "4", "--batch-size", "1", "--lr", "3e-3", "--precision", "fp32", "--num-workers", "0",
-              "--no-progress", "--validation-fraction", "0", "--cache-dir", str(tmp_path / "cache")]
+              "--no-progress", "--validation-fraction", "0"]
     one = _torchrun([*common, "--output", str(tmp_path / "one"), "--grad-accum", "2"], processes=1)
     assert one.returncode == 0, one.stderr[-3000:]
     two = _torchrun([*common, "--output", str(tmp_path / "two"), "--grad-accum", "1", "--strategy", strategy], processes=2)
@@ -196,7 +220,7 @@ def test_ray_train_runs_the_same_loop_on_two_workers(tmp_path_factory, tmp_path)
 
     common = ["finetune", "--data", str(tom_shards(tmp_path_factory)), "--model", str(tiny_magma(tmp_path_factory)),
               "--max-steps", "2", "--batch-size", "1", "--lr", "3e-3", "--precision", "fp32", "--num-workers", "0",
-              "--no-progress", "--validation-fraction", "0", "--cache-dir", str(tmp_path / "cache")]
+              "--no-progress", "--validation-fraction", "0"]
     one = _torchrun([*common, "--output", str(tmp_path / "one"), "--grad-accum", "2"], processes=1)
     assert one.returncode == 0, one.stderr[-3000:]
     driver = subprocess.Popen([MAGMA_TRAIN, *common, "--output", str(tmp_path / "ray"), "--ray-address", "local",

@@ -27,8 +27,7 @@ def _config(tmp_path_factory, output, **changes) -> TrainConfig:
     settings = dict(
         data=(str(tom_shards(tmp_path_factory)),), model=tiny_magma(tmp_path_factory), output=output, max_steps=6,
         batch_size=2, lr=2e-2, precision="fp32", num_workers=0, progress=False, validation_fraction=0.0,
-        lora_rank=RANK, lora_alpha=ALPHA, lora_dropout=0.0, cache_dir=tmp_path_factory.getbasetemp() / "hf-cache",
-        global_batch=None, gradient_checkpointing=False,
+        lora_rank=RANK, lora_alpha=ALPHA, lora_dropout=0.0, global_batch=None, gradient_checkpointing=False,
     )
     return TrainConfig.from_recipe("finetune-lora", **{**settings, **changes})
 

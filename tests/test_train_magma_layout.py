@@ -60,8 +60,7 @@ def test_eval_finetune_and_eval_again_from_an_official_folder_without_action(off
     start_tokenizer = MagmaProcessor.from_pretrained(official).tokenizer
     base = start_tokenizer.vocab_size
     robot = robot_rows(tmp_path / "robot", list(range(base - ACTION_DIMENSIONS, base)))
-    cache = tmp_path_factory.getbasetemp() / "hf-cache"
-    common = ["--data", shards, "--data", robot, "--cache-dir", cache]
+    common = ["--data", shards, "--data", robot]
 
     said = invoke("eval", "--model", official, *common, "--output", tmp_path / "before", "--split", "all",
                   "--limit", "3", "--max-new-tokens", "4")

@@ -132,3 +132,25 @@ def official_layout_magma(folder: Path, seed: int = 0) -> Path:
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     as_official_config(folder)
     return folder
+
+
+def shard_folder(root: Path, shards: dict[str, list[int]], rows_per_group: int = 4, rows_per_video: int = 3) -> Path:
+    """An output folder laid out as magma-data writes one (``data/<source>/train-<i>-of-<n>.parquet``), with
+    ``shards[source]`` rows in each shard, ``rows_per_group`` rows a row group and small rows: an id, a video
+    (``rows_per_video`` windows each) and a turn. For the order and the readers; no image to make samples of."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for source, sizes in shards.items():
+        folder = root / "data" / source
+        folder.mkdir(parents=True)
+        for index, size in enumerate(sizes):
+            ids = [f"{source}-{index}-{row}" for row in range(size)]
+            table = pa.table({
+                "sample_id": ids, "source": [source] * size,
+                "video_uid": [f"{source}-{index}-video{row // rows_per_video}" for row in range(size)],
+                "conversations": [[{"from": "human", "value": "<image>\nWhat next?"}, {"from": "gpt", "value": id_}]
+                                  for id_ in ids],
+            })
+            pq.write_table(table, folder / f"train-{index:05d}-of-{len(sizes):05d}.parquet", row_group_size=rows_per_group)
+    return root

@@ -4,8 +4,9 @@ A checkpoint (``checkpoint-<step>/``) is a Magma-format folder (``MagmaForCausal
 and ``magma-train eval`` read it; weights in the start model's dtype; with LoRA, merged or the
 adapters alone, as ``--lora-save`` says) plus ``trainer/``: the fp32 master weights and the
 optimizer state, written shard by shard with ``torch.distributed.checkpoint``, and
-``trainer_state.pt`` (step, scheduler, counts, data order). It is written under a temporary name
-and renamed when complete, so a crash never leaves a half checkpoint that ``--resume`` would take.
+``trainer_state.pt`` (step, scheduler, counts, the data order and each lane's position in it). It
+is written under a temporary name and renamed when complete, so a crash never leaves a half
+checkpoint that ``--resume`` would take.
 The run's final model goes to ``--output`` itself, with ``training.json``.
 """
 
@@ -32,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from . import lora
 from .config import MagmaConfig
+from .order import LanePosition
 from .parallel import Processes, unwrapped
 from .processor import MagmaProcessor
 from .settings import TRAINING_RECORD, TrainConfig
@@ -83,8 +85,9 @@ class CheckpointManager:
     #: rows skipped, by reason, on this process (a resumed run's earlier counts live on rank 0)
     skipped: Counter = dataclasses.field(default_factory=Counter)
 
-    def save(self, step: int) -> Path:
-        """``checkpoint-<step>/``, written under a temporary name and renamed when complete."""
+    def save(self, step: int, positions: dict[int, LanePosition]) -> Path:
+        """``checkpoint-<step>/``, written under a temporary name and renamed when complete, with this
+        process's lanes' ``positions`` at ``step`` (``data.RankRows.positions``)."""
         config, processes = self.config, self.processes
         final = config.output / f"{CHECKPOINT_PREFIX}{step}"
         partial = config.output / f"{final.name}.partial"
@@ -94,10 +97,11 @@ class CheckpointManager:
         self.save_model(partial)
         self._distributed_checkpoint("save", partial / TRAINER_FOLDER)
         skipped = self.total_skipped()
+        lanes = {lane: list(position) for part in processes.gather(positions) for lane, position in part.items()}
         if processes.is_main:
             state = {
                 "step": step, "scheduler": self.scheduler.state_dict(), "skipped": dict(skipped),
-                "data_order": config.data_order(),
+                "data_order": config.data_order(processes.world_size), "lanes": lanes,
             }
             torch.save(state, partial / TRAINER_FOLDER / TRAINER_STATE)
             shutil.rmtree(final, ignore_errors=True)
@@ -107,10 +111,10 @@ class CheckpointManager:
         processes.barrier()
         return final
 
-    def load(self, checkpoint: Path) -> int:
-        """fp32 master weights, optimizer and scheduler of ``checkpoint``; returns its step."""
+    def load(self, checkpoint: Path) -> tuple[int, dict[int, LanePosition]]:
+        """fp32 master weights, optimizer and scheduler of ``checkpoint``; returns its step and its lanes' positions."""
         state = torch.load(checkpoint / TRAINER_FOLDER / TRAINER_STATE, weights_only=True)
-        expected = self.config.data_order()
+        expected = self.config.data_order(self.processes.world_size)
         if state["data_order"] != expected:
             changed = sorted(key for key, value in expected.items() if state["data_order"].get(key) != value)
             raise ValueError(
@@ -121,7 +125,7 @@ class CheckpointManager:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.processes.is_main:
             self.skipped.update(state["skipped"])
-        return state["step"]
+        return state["step"], {int(lane): LanePosition(*position) for lane, position in state["lanes"].items()}
 
     def _distributed_checkpoint(self, action: str, folder: Path) -> None:
         """Master weights and optimizer state, each process writing (reading) its own shards."""

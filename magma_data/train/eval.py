@@ -32,11 +32,12 @@ import torch
 
 from magma_data.magma_text import ACTION_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, asks_about_marks, parse_answer
 
-from .data import BadRow, DataSource, DataSpec, SampleMaker, open_data
 from .lora import load_model
 from .model import MagmaForCausalLM
 from .parallel import Processes
 from .processor import MagmaProcessor
+from .readers import DataSpec, Reader, SplitRule, open_data, split_rows
+from .samples import BadRow, SampleMaker
 from .settings import EvalConfig
 
 EVAL_FILE = "eval.json"
@@ -81,13 +82,13 @@ def _evaluate(config: EvalConfig, processes: Processes) -> dict[str, Any]:
         print(f"{config.model} has no {ACTION_TOKEN} token: rows with actions are skipped (magma-train finetune adds it, "
               "as Magma's train.py does)")
     fraction = config.validation_fraction
-    sources = open_data([DataSpec.parse(entry) for entry in config.data], config.cache_dir)
+    sources = open_data([DataSpec.parse(entry) for entry in config.data])
+    rule = SplitRule(config.split, fraction)
 
     results = []
-    for source in sources:
-        indices = source.split_indices(config.split, fraction)[: config.limit]
-        for index in indices[processes.rank :: processes.world_size]:
-            results.append(evaluate_row(model, maker, source, source.rows[int(index)], config, processes.device))
+    for source in sources:  # read in place; each process scores the rows of its own blocks
+        for row in split_rows(source, rule, config.limit, processes.rank, processes.world_size):
+            results.append(evaluate_row(model, maker, source, row, config, processes.device))
     results = [result for part in processes.gather(results) for result in part]
     if not results:
         raise ValueError(
@@ -113,7 +114,7 @@ def _evaluate(config: EvalConfig, processes: Processes) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate_row(
-    model: MagmaForCausalLM, maker: SampleMaker, source: DataSource, row: dict[str, Any], config: EvalConfig, device
+    model: MagmaForCausalLM, maker: SampleMaker, source: Reader, row: dict[str, Any], config: EvalConfig, device
 ) -> RowResult:
     result = RowResult(source.name, str(row.get("sample_id", row.get("id", ""))))
     try:
@@ -130,10 +131,10 @@ def evaluate_row(
     )
     result.loss_tokens = int((sample.labels[1:] != IGNORE_INDEX).sum())
     result.loss_sum = float(output.loss) * result.loss_tokens
-    if source.layout == "magma" and len(row.get("tom_mark_ids") or []):
+    if len(row.get("tom_mark_ids") or []):
         try:
             targets = tom_targets(row)
-            answer = answer_tom_question(model, maker, row, config.max_new_tokens, device)
+            answer = answer_tom_question(model, maker, source, row, config.max_new_tokens, device)
         except BadRow as bad:
             result.skipped = bad.reason
             return result
@@ -151,10 +152,10 @@ def tom_targets(row: dict[str, Any]) -> tuple[list[int], list[np.ndarray]]:
 
 
 def answer_tom_question(
-    model: MagmaForCausalLM, maker: SampleMaker, row: dict[str, Any], max_new_tokens: int, device
+    model: MagmaForCausalLM, maker: SampleMaker, source: Reader, row: dict[str, Any], max_new_tokens: int, device
 ) -> str:
     """The model's greedy answer to the row's ToM question, after the turns before it."""
-    turns, images, num_crops = maker.magma_content(row)
+    turns, images, num_crops = source.content(maker, row, epoch=0)  # eval's maker drops no turn
     maker.check_tokens(turns)
     questions = [i for i, turn in enumerate(turns) if turn["from"] == "human" and asks_about_marks(turn["value"])]
     if not questions:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .data import DataSpec
+from .readers import DataSpec
 from .settings import TrainConfig
 from .trainer import train
 
@@ -46,7 +46,6 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
         data=tuple(f"{spec.path.resolve()}:{spec.weight}" for spec in specs),
         model=config.model.resolve(),
         output=config.output.resolve(),
-        cache_dir=config.cache_dir.resolve() if config.cache_dir else None,
     )
 
 

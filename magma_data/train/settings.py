@@ -38,6 +38,8 @@ VALIDATION_FRACTION = 0.05
 RECIPES = "recipes"
 #: What a run trained on and how, next to the trained model (``eval`` reads its validation fraction).
 TRAINING_RECORD = "training.json"
+#: The algorithm of ``order.py``: a checkpoint written under another one resumes in another order, so it is refused.
+ORDER_VERSION = "block-shuffle-1"
 
 Split = Literal["train", "validation", "all"]
 Part = Literal["vision", "projector", "llm"]
@@ -80,7 +82,6 @@ class ModelData:
     max_length: Annotated[int, Ge(1)] = option(MAGMA_MAX_LENGTH, help="Text tokens per sample, as Magma's --model_max_length.")
     precision: Literal["bf16", "fp32"] | None = option(
         None, help="Compute precision (default bf16 on GPUs, fp32 on CPUs); trained weights stay fp32.")
-    cache_dir: Path | None = option(None, help="datasets' cache (default: HF_DATASETS_CACHE).")
 
     def __post_init__(self) -> None:
         """Every value converted to its field's type and checked against its range."""
@@ -168,7 +169,12 @@ class TrainConfig(ModelData):
     save_every: Annotated[int, Ge(1)] = option(500, help="Steps between checkpoints.")
     keep_checkpoints: Annotated[int, Ge(1)] = option(1, help="Checkpoints kept on disk.")
     log_every: Annotated[int, Ge(1)] = option(10, help="Steps between log lines.")
-    num_workers: Annotated[int, Ge(0)] = option(2, help="Data-loading processes per trainer.")
+    num_workers: Annotated[int, Ge(0)] = option(2, help="Data-loading processes per trainer (they make samples of "
+                                                           "the rows it reads; the order does not depend on them).")
+    shuffle_window: Annotated[int, Ge(1)] = option(
+        64, help="Shards whose row groups are shuffled together; one footer is read per shard as the run reaches it.")
+    shuffle_buffer: Annotated[int, Ge(1)] = option(
+        16, help="Row groups each lane (micro-batch of a step) draws its rows from at once: the data held in memory.")
     progress: bool = option(True, help="A progress bar (--no-progress for logs and CI).")
     lora: bool = option(False, help="Train LoRA adapters on the language model instead of its weights (Magma's "
                                     "train.py --lora_enable; through peft).")
@@ -207,6 +213,10 @@ class TrainConfig(ModelData):
                 "the 16-bit start model later: magma_data.train.lora.load_model)"
             )
 
+    def lanes(self, world_size: int) -> int:
+        """The order's lanes (``order.py``): a step's micro-batches over all processes, however they are split."""
+        return world_size * self.grad_accum
+
     def for_processes(self, world_size: int) -> TrainConfig:
         """The config with ``grad_accum`` from ``global_batch`` for ``world_size`` processes (as it is without one)."""
         if not self.global_batch:
@@ -219,12 +229,13 @@ class TrainConfig(ModelData):
                 f"{self.global_batch // world_size or 1}, or another --global-batch")
         return dataclasses.replace(self, grad_accum=self.global_batch // per_step, global_batch=None)
 
-    def data_order(self) -> dict[str, Any]:
-        """What fixes which sample a position holds: resuming with other values is refused."""
+    def data_order(self, world_size: int) -> dict[str, Any]:
+        """What fixes which samples a step holds: resuming with other values is refused."""
         return {
-            "data": list(self.data), "seed": self.seed, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-            "validation_fraction": self.validation_fraction, "redraw_marks": self.redraw_marks,
-            **({"som_tom_drop": self.som_tom_drop} if self.som_tom_drop else {}),  # checkpoints before it: 0
+            "order": ORDER_VERSION, "data": list(self.data), "seed": self.seed, "batch_size": self.batch_size,
+            "lanes": self.lanes(world_size), "shuffle_window": self.shuffle_window,
+            "shuffle_buffer": self.shuffle_buffer, "validation_fraction": self.validation_fraction,
+            "redraw_marks": self.redraw_marks, "som_tom_drop": self.som_tom_drop,
         }
 
 

@@ -9,10 +9,11 @@ this file holds the model's set-up, the step plan, the step and the loop.
 A plain PyTorch loop rather than Hugging Face's Trainer, because each of its states is one
 number or one file here:
 
-- data position: step ``s`` takes positions ``s·G .. s·G + G - 1`` of the run (``G`` = global
-  batch = processes x micro-batch x accumulation) from the mixture's seeded per-epoch order
-  (``data.Mixture``); process ``r`` takes micro-batch ``m`` at ``s·G + (m·W + r)·B``. Resuming
-  needs only the step: no sample is seen twice or skipped.
+- data position: step ``s`` takes ``B`` rows from each lane of the order (``order.py``; one lane per
+  micro-batch of the step, ``G`` = global batch = processes x ``B`` x accumulation); process ``r``
+  reads only its lanes ``m·W + r``, in place (``data.RankRows``). A checkpoint holds the step and
+  each lane's position, so a resume gives the rows the uninterrupted run would have: no sample is
+  seen twice or skipped.
 - randomness inside the model (the tower's stochastic depth) is seeded for every micro-batch
   from (seed, step, its place in the global batch), so resuming needs no generator state and
   the draws do not depend on how many processes share the batch;
@@ -24,9 +25,10 @@ number or one file here:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +38,13 @@ from transformers import get_scheduler
 
 from . import lora, parallel
 from .checkpoint import CheckpointManager, checkpoint_to_resume, weights_dtype
-from .data import Batch, Collator, DataSpec, Mixture, SampleMaker, TrainingSamples, open_data
+from .data import Batch, Collator, RankRows, TrainingSamples
 from .model import STORED_ONLY, MagmaForCausalLM
+from .order import Order, OrderConfig
 from .parallel import Processes
 from .processor import MagmaProcessor
+from .readers import SAMPLE_COLUMNS, DataSpec, Reader, SplitRule, count_rows, open_data
+from .samples import SampleMaker
 from .settings import PARTS, TrainConfig
 from .tokenizer import add_magma_tokens
 from .training_log import TrainingLog
@@ -59,14 +64,22 @@ def _train(config: TrainConfig, processes: Processes) -> Path:
     if processes.is_main:
         config.output.mkdir(parents=True, exist_ok=True)
 
-    # the start model, also when resuming: the checkpoint's master weights replace its weights below
-    processor = MagmaProcessor.from_pretrained(config.model)
-    model, added = load_for_training(config.model, config, processes, processor)
+    # Opening the data lists its shards; an order reads a footer when it reaches a shard. Only
+    # --epochs needs the rows of the split counted (unit columns, no images): while the model loads.
+    sources = open_data([DataSpec.parse(d) for d in config.data])
+    rule = SplitRule("train", config.validation_fraction)
+    lanes = config.lanes(processes.world_size)
+    order = Order(sources, OrderConfig(config.seed, lanes, config.shuffle_window, config.shuffle_buffer))
+    with ThreadPoolExecutor(1) as pool:
+        counting = None if config.max_steps else pool.submit(_count, sources, rule, processes)
+        # the start model, also when resuming: the checkpoint's master weights replace its weights below
+        processor = MagmaProcessor.from_pretrained(config.model)
+        model, added = load_for_training(config.model, config, processes, processor)
+        rows = [int(processes.sum(count)) for count in counting.result()] if counting else None
     maker = SampleMaker(processor, config.max_length, config.som_tom_drop, config.seed)
-    sources = processes.main_first(lambda: open_data([DataSpec.parse(d) for d in config.data], config.cache_dir))
-    indices = [source.split_indices("train", config.validation_fraction) for source in sources]
-    mixture = Mixture([len(i) for i in indices], [source.weight for source in sources], config.seed)
-    plan = StepPlan(config, processes.world_size, mixture.epoch_length)
+    plan = StepPlan(config, processes.world_size, order.rows_per_epoch(rows) if rows else None)
+    if plan.epoch_length == 0:
+        raise ValueError("the data hold no row for this split; check --data and --validation-fraction")
 
     trainable = [param for param in model.parameters() if param.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -78,16 +91,16 @@ def _train(config: TrainConfig, processes: Processes) -> Path:
     )
     manager = CheckpointManager(config, processes, model, optimizer, scheduler, processor, weights_dtype(config.model),
                                 added_tokens=added)
-    start_step = manager.load(checkpoint) if checkpoint else 0
+    start_step, positions = manager.load(checkpoint) if checkpoint else (0, None)
 
-    samples = TrainingSamples(sources, indices, mixture, maker, config.seed, redraw=config.redraw_marks)
+    samples = TrainingSamples(sources, maker, config.seed, redraw=config.redraw_marks)
+    # rows are read by this process (its lanes' blocks only) and made into samples by the workers
+    rows_read = RankRows(order, rule, None if config.redraw_marks else SAMPLE_COLUMNS, plan, processes.rank,
+                         start_step, positions)
     collate = Collator(processor.tokenizer.pad_token_id, config.max_length)
-    loader = DataLoader(
-        samples, batch_sampler=plan.micro_batches(start_step, processes.rank), collate_fn=collate,
-        num_workers=config.num_workers,
-    )
+    loader = DataLoader(samples, batch_sampler=rows_read, collate_fn=collate, num_workers=config.num_workers)
     logger = TrainingLog(config.output, processes, plan.total_steps, start_step, config.log_every, config.progress,
-                         header=_header(config, processes, plan, sum(len(i) for i in indices), sources, trainable))
+                         header=_header(config, processes, plan, rows, sources, trainable))
     if added:
         logger.say(f"{config.model} has no {', '.join(added)}: added as Magma's train.py adds it (new embedding and "
                    "lm_head rows = the mean of the others); the trained model keeps it")
@@ -101,8 +114,8 @@ def _train(config: TrainConfig, processes: Processes) -> Path:
             logger.note_skipped(batch.skipped)
         logger.step(step + 1, result, scheduler.get_last_lr()[0])
         if (step + 1) % config.save_every == 0 and step + 1 < plan.total_steps:
-            manager.save(step + 1)
-    manager.save(plan.total_steps)
+            manager.save(step + 1, rows_read.positions(step + 1))
+    manager.save(plan.total_steps, rows_read.positions(plan.total_steps))
     manager.save_final({
         "processes": processes.world_size, "steps": plan.total_steps, "global_batch": plan.global_batch,
         "samples_per_epoch": plan.epoch_length, "final_loss": logger.last_loss,
@@ -111,27 +124,41 @@ def _train(config: TrainConfig, processes: Processes) -> Path:
     return config.output
 
 
-def _header(config: TrainConfig, processes: Processes, plan: StepPlan, rows: int, sources, trainable) -> str:
+def _count(sources: list[Reader], rule: SplitRule, processes: Processes) -> list[int]:
+    """This process's share of each source's rows of the split (its shards ``s % W == rank``)."""
+    # copies: the readers' open files stay the training loop's
+    return [count_rows(copy.copy(source), rule, processes.rank, processes.world_size) for source in sources]
+
+
+def _header(config: TrainConfig, processes: Processes, plan: StepPlan, rows: list[int] | None, sources: list[Reader],
+            trainable) -> str:
     parts = f"LoRA adapters (rank {config.lora_rank}) on {config.model}" if config.lora else f"{', '.join(config.train)} of {config.model}"
+    data = ", ".join(f"{source.name} ({source.shard_count()} shards{f', {count} rows' if rows else ''})"
+                     for source, count in zip(sources, rows or [None] * len(sources)))
+    epoch = f", {plan.epoch_length} samples per epoch" if plan.epoch_length else ""
     return (
-        f"training {parts} on {rows} rows ({', '.join(source.name for source in sources)}), recipe "
-        f"{config.recipe or '-'}: {plan.total_steps} steps of {plan.global_batch} samples ({processes.world_size} processes x "
-        f"{config.batch_size} x {config.grad_accum} accumulated), {plan.epoch_length} samples per epoch; "
+        f"training {parts} on {data}, recipe {config.recipe or '-'}: {plan.total_steps} steps of {plan.global_batch} "
+        f"samples ({processes.world_size} processes x {config.batch_size} x {config.grad_accum} accumulated){epoch}; "
         f"lr {config.lr:g} {config.schedule}, {config.precision}, {sum(p.numel() for p in trainable):,} parameters train"
     )
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How positions of the run map to steps, processes and micro-batches."""
+    """How many steps the run takes, and how a step's samples split into processes and micro-batches."""
 
     config: TrainConfig
     world_size: int
-    epoch_length: int
+    #: samples an epoch holds (counted for --epochs; None with --max-steps)
+    epoch_length: int | None
+
+    @property
+    def lanes(self) -> int:
+        return self.config.lanes(self.world_size)
 
     @property
     def global_batch(self) -> int:
-        return self.world_size * self.config.batch_size * self.config.grad_accum
+        return self.lanes * self.config.batch_size
 
     @property
     def end_position(self) -> int:
@@ -143,14 +170,6 @@ class StepPlan:
     @property
     def total_steps(self) -> int:
         return math.ceil(self.end_position / self.global_batch)
-
-    def micro_batches(self, start_step: int, rank: int) -> Iterator[list[int]]:
-        """This process's positions for every micro-batch from ``start_step`` on, in order."""
-        size = self.config.batch_size
-        for step in range(start_step, self.total_steps):
-            for micro in range(self.config.grad_accum):
-                first = step * self.global_batch + (micro * self.world_size + rank) * size
-                yield list(range(first, min(first + size, self.end_position)))
 
 
 def training_step(
